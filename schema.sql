@@ -1,0 +1,1 @@
+supervisor/store/schema.mysql.sql

@@ -1,0 +1,161 @@
+"""The task lifecycle as pure rules: statuses, failure kinds, backoff, and what an outcome does.
+
+Nothing here performs I/O or reads a clock, so every rule is unit-tested
+directly. The stores carry the decisions out with fenced writes.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import attrs
+
+from supervisor.errors import UsageError
+
+TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_OPTIONS_BYTES = 1024 * 1024
+DEFAULT_BUDGET_S = 3600.0
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 100
+LAST_ERROR_LIMIT = 16 * 1024
+
+
+class Status(enum.StrEnum):
+    """Where a task is. ``queued`` and ``running`` are live; the rest are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class Failure(enum.StrEnum):
+    """Why a task failed: the ``failure`` column."""
+
+    ERROR = "error"
+    PANIC = "panic"
+    TIMEOUT = "timeout"
+    EXPIRED = "expired"
+    LOST = "lost"
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one attempt: one vocabulary for rows, metrics and logs.
+
+    ``completed`` and ``retried`` plus every :class:`Failure` kind.
+    """
+
+    COMPLETED = "completed"
+    RETRIED = "retried"
+    ERROR = "error"
+    PANIC = "panic"
+    TIMEOUT = "timeout"
+    EXPIRED = "expired"
+    LOST = "lost"
+
+
+@attrs.frozen
+class Backoff:
+    """Delay before attempt n+1 after attempt n failed: ``delays[n-1]``, the last one repeating.
+
+    The default ``0, 30, 300`` means: retry the first failure at once, the
+    second after 30 s, any later one after 5 min.
+    """
+
+    delays: tuple[float, ...] = (0.0, 30.0, 300.0)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.delays or any(d < 0 for d in self.delays):
+            raise UsageError("backoff needs at least one delay, none negative")
+
+    @classmethod
+    def parse(cls, text: str) -> Backoff:
+        """Read ``"0,30,300"``; a clear :class:`UsageError` for anything else."""
+        try:
+            delays = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            raise UsageError(
+                f"--backoff wants comma-separated seconds like 0,30,300, not {text!r}"
+            ) from None
+        return cls(delays)
+
+    def delay_after(self, failed_attempt: int) -> float:
+        """Seconds to wait before the next attempt, after ``failed_attempt`` (1-based) failed."""
+        index = min(max(failed_attempt, 1), len(self.delays)) - 1
+        return self.delays[index]
+
+
+@attrs.frozen(kw_only=True)
+class Decision:
+    """What a store must do with a finished attempt."""
+
+    outcome: Outcome
+    status: Status
+    failure: Failure | None = None
+    retry_in_s: float | None = None
+
+
+def decide_error(
+    *, attempt: int, max_attempts: int, permanent: bool, backoff: Backoff
+) -> Decision:
+    """A handler raised: retry with backoff while attempts remain, unless it said not to."""
+    if permanent or attempt >= max_attempts:
+        return Decision(outcome=Outcome.ERROR, status=Status.FAILED, failure=Failure.ERROR)
+    return Decision(
+        outcome=Outcome.RETRIED,
+        status=Status.QUEUED,
+        retry_in_s=backoff.delay_after(attempt),
+    )
+
+
+def decision_for_failure(failure: Failure) -> Decision:
+    """Panics, timeouts, expiry and loss are terminal whatever attempts remain."""
+    return Decision(outcome=Outcome(failure.value), status=Status.FAILED, failure=failure)
+
+
+def trim_error(text: str, limit: int = LAST_ERROR_LIMIT) -> str:
+    """Keep ``last_error`` bounded: the head says what, the tail says where; drop the middle."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 40) // 2
+    return f"{text[:half]}\n... [{len(text) - 2 * half} characters trimmed] ...\n{text[-half:]}"
+
+
+def validate_type(name: str) -> str:
+    """Task types name handler files and metric labels, so they are kept to a safe alphabet."""
+    if not TYPE_NAME.fullmatch(name):
+        raise UsageError(
+            f"task type must be 1-64 characters of letters, digits, '_', '.' or '-', got {name!r}"
+        )
+    return name
+
+
+def validate_options(options: str | None) -> str | None:
+    """Options are stored verbatim up to 1 MiB; the message never echoes their content."""
+    if options is not None and len(options.encode("utf-8")) > MAX_OPTIONS_BYTES:
+        raise UsageError(f"task options are larger than {MAX_OPTIONS_BYTES} bytes (1 MiB)")
+    return options
+
+
+def validate_max_attempts(value: int) -> int:
+    if not 1 <= value <= MAX_ATTEMPTS_LIMIT:
+        raise UsageError(f"max attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {value}")
+    return value
+
+
+def validate_budget(value: float) -> float:
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"budget must be a positive number of seconds, got {value}")
+    return value
+
+
+def validate_delay(value: float) -> float:
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"delay must be zero or a positive number of seconds, got {value}")
+    return value

@@ -1,0 +1,117 @@
+"""The producer side: put tasks on the queue from Python.
+
+:class:`Queue` owns its connection. :func:`enqueue_in_transaction` writes with
+the caller's own open connection and commits nothing, so the task exists if
+and only if the caller's transaction commits: the reason to keep a queue in
+the application's database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from supervisor.dsn import DEFAULT_DSN, parse_dsn
+from supervisor.lifecycle import (
+    DEFAULT_BUDGET_S,
+    DEFAULT_MAX_ATTEMPTS,
+    validate_budget,
+    validate_delay,
+    validate_max_attempts,
+    validate_options,
+    validate_type,
+)
+from supervisor.store import NewTask, Store, open_store
+from supervisor.store.queries import load_queries
+from supervisor.store.sql import SqlStore
+
+
+def new_task(
+    type: str,
+    options: str | None = None,
+    *,
+    delay: float = 0,
+    budget: float = DEFAULT_BUDGET_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    priority: int = 0,
+) -> NewTask:
+    """Validate a producer's request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
+    return NewTask(
+        type=validate_type(type),
+        options=validate_options(options),
+        delay_s=validate_delay(float(delay)),
+        budget_s=validate_budget(float(budget)),
+        max_attempts=validate_max_attempts(int(max_attempts)),
+        priority=int(priority),
+    )
+
+
+class Queue:
+    """A handle on the ``tasks`` table for producers.
+
+    ``priority``: smaller runs first (like ``nice``); the default is 0.
+    ``budget``: seconds of wall-clock time from when the task becomes runnable
+    until it is killed, retries included.
+    """
+
+    def __init__(self, dsn: str = DEFAULT_DSN, *, migrate: bool = True) -> None:
+        self.store: Store = open_store(parse_dsn(dsn))
+        if migrate:
+            self.store.migrate()
+
+    def enqueue(
+        self,
+        type: str,
+        options: str | None = None,
+        *,
+        delay: float = 0,
+        budget: float = DEFAULT_BUDGET_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        priority: int = 0,
+    ) -> int:
+        """Insert one task and return its id."""
+        task = new_task(
+            type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
+        )
+        return self.store.enqueue(task)
+
+    def enqueue_many(self, tasks: list[NewTask]) -> list[int]:
+        """Insert tasks built with :func:`new_task` in one transaction."""
+        return self.store.enqueue_many(tasks)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def enqueue_in_transaction(
+    connection: Any,
+    type: str,
+    options: str | None = None,
+    *,
+    delay: float = 0,
+    budget: float = DEFAULT_BUDGET_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    priority: int = 0,
+) -> int:
+    """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
+
+    The task becomes visible to supervisors only when the caller commits, and
+    disappears with a rollback.
+    """
+    task = new_task(
+        type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
+    )
+    params = SqlStore.new_task_params(task)
+    if isinstance(connection, sqlite3.Connection):
+        cursor = connection.execute(load_queries("sqlite.sql")["enqueue"], params)
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+    with connection.cursor() as cursor:
+        cursor.execute(load_queries("mysql.sql")["enqueue"], params)
+        return int(cursor.lastrowid)

@@ -1,0 +1,192 @@
+"""The store interface shared by both backends, and the records it returns.
+
+A store method is one short transaction. Writes made on behalf of a running
+attempt take a :class:`Claim` and are *fenced*: they match only while the row
+is still ``running`` under the same ``claimed_by`` and ``attempts``, and they
+return whether they won. A supervisor that lost its claim (lease expired, task
+rescued by another) can therefore never overwrite the new owner's state.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import attrs
+
+from supervisor.lifecycle import Failure, Status
+
+
+@attrs.frozen(kw_only=True)
+class NewTask:
+    """What a producer asks for; validated before it reaches a store."""
+
+    type: str
+    options: str | None = None
+    delay_s: float = 0.0
+    budget_s: float = 3600.0
+    max_attempts: int = 3
+    priority: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """One attempt this supervisor owns: the fence (id, owner, attempt) plus what the child needs.
+
+    ``remaining_s`` is the budget left as measured by the database clock when
+    the claim was made, so hosts with skewed clocks agree on deadlines.
+    """
+
+    id: int
+    type: str
+    options: str | None = attrs.field(repr=False)
+    attempt: int
+    max_attempts: int
+    owner: str
+    remaining_s: float
+
+
+@attrs.frozen(kw_only=True)
+class TaskRow:
+    """A whole row, for ``show`` and for tests."""
+
+    id: int
+    type: str
+    status: Status
+    options: str | None = attrs.field(repr=False)
+    priority: int
+    attempts: int
+    max_attempts: int
+    progress_pct: int
+    failure: Failure | None
+    last_error: str | None
+    claimed_by: str | None
+    created_at: datetime
+    run_at: datetime
+    deadline_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    lease_expires_at: datetime | None
+    updated_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class StatusCount:
+    """One line of ``status``: how many tasks of a type are in a status.
+
+    ``oldest_age_s`` is the age of the oldest such task by the database clock
+    (how long the head of the queue has waited, for ``queued``).
+    """
+
+    type: str
+    status: Status
+    count: int
+    oldest_age_s: float
+
+
+@attrs.frozen(kw_only=True)
+class Transition:
+    """The result of an operator's cancel or retry: the status found, and whether it applied."""
+
+    before: Status | None
+    applied: bool
+
+
+@attrs.frozen(kw_only=True)
+class Rescued:
+    """What a sweep of expired leases did: put back to ``queued``, or failed as ``lost``."""
+
+    requeued: int
+    lost: int
+
+
+class Store(abc.ABC):
+    """One interface, two backends (SQLite embedded, MySQL/MariaDB for fleets)."""
+
+    @abc.abstractmethod
+    def migrate(self) -> None:
+        """Create the table and indexes if missing (idempotent)."""
+
+    @abc.abstractmethod
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
+        """Insert tasks in one transaction; return their ids in order."""
+
+    def enqueue(self, task: NewTask) -> int:
+        return self.enqueue_many([task])[0]
+
+    @abc.abstractmethod
+    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+        """Claim up to ``limit`` runnable tasks of ``types`` (priority, then id).
+
+        Runnable: ``queued``, ``run_at`` reached, deadline not passed. The claim
+        increments ``attempts``, sets the lease, and returns the remaining budget.
+        """
+
+    @abc.abstractmethod
+    def progress(self, claim: Claim, pct: int) -> bool:
+        """Record progress 0..100 (fenced)."""
+
+    @abc.abstractmethod
+    def complete(self, claim: Claim) -> bool:
+        """Mark the attempt completed with progress 100 (fenced)."""
+
+    @abc.abstractmethod
+    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+        """Complete several attempts in one statement; return the ids that won their fence."""
+
+    @abc.abstractmethod
+    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
+        """Terminal failure of the attempt (fenced)."""
+
+    @abc.abstractmethod
+    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+        """Put the task back with ``run_at = database now + delay`` (fenced); the attempt stays used."""
+
+    @abc.abstractmethod
+    def refund(self, claim: Claim) -> bool:
+        """Put the task back as if this attempt never started (drain deadline) (fenced)."""
+
+    @abc.abstractmethod
+    def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:
+        """Extend the leases of ``claims``; return the ids still held (the others were lost)."""
+
+    @abc.abstractmethod
+    def rescue_expired(self, limit: int) -> Rescued:
+        """Requeue running tasks whose lease ran out, or fail them ``lost`` if no attempt is left."""
+
+    @abc.abstractmethod
+    def expire_overdue(self, limit: int) -> int:
+        """Fail ``queued`` tasks whose deadline passed before dispatch (``expired``)."""
+
+    @abc.abstractmethod
+    def cancel(self, task_id: int) -> Transition:
+        """Cancel a queued or running task.
+
+        A running task's supervisor sees the cancellation at its next heartbeat
+        and kills the child.
+        """
+
+    @abc.abstractmethod
+    def retry(self, task_id: int) -> Transition:
+        """Put a failed or cancelled task back with fresh attempts and a fresh budget."""
+
+    @abc.abstractmethod
+    def prune(self, older_than_s: float) -> int:
+        """Delete terminal tasks that finished more than ``older_than_s`` ago."""
+
+    @abc.abstractmethod
+    def counts(self) -> list[StatusCount]:
+        """Counts by type and status."""
+
+    @abc.abstractmethod
+    def get(self, task_id: int) -> TaskRow | None:
+        """One whole row."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`~supervisor.errors.StoreUnavailable` unless the database answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; the store reconnects if used again."""

@@ -1,0 +1,218 @@
+"""MySQL 8 / MariaDB 10.6+ through pymysql: the backend for fleets of supervisors.
+
+Session rules that keep many supervisors from hurting each other:
+
+* READ COMMITTED: under REPEATABLE READ, gap locks make claims deadlock with
+  producers' INSERTs, and MariaDB 11.6+ raises 1020 on locking reads of rows
+  changed since the snapshot.
+* autocommit outside the claim transaction, so a polling connection never
+  sits in a stale snapshot.
+* CLIENT_FOUND_ROWS, so a fenced write reports rows *matched*: a progress
+  write of an unchanged value is not mistaken for a lost claim.
+* short lock waits, and 1213/1205/1020 retried with jitter.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+
+import pymysql
+import pymysql.cursors
+from pymysql.constants import CLIENT
+
+from supervisor.dsn import MysqlDsn
+from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.store.base import Claim, NewTask
+from supervisor.store.queries import load_queries, parse_statements
+from supervisor.store.sql import Params, Row, SqlStore, row_to_claim, seconds
+
+T = TypeVar("T")
+
+DEADLOCK, LOCK_WAIT_TIMEOUT, RECORD_CHANGED = 1213, 1205, 1020
+RETRYABLE = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT, RECORD_CHANGED})
+# Errors that mean "the server is not reachable (now)": worth reconnecting later.
+UNREACHABLE = frozenset({
+    1040,  # too many connections
+    1045,  # access denied
+    1049,  # unknown database
+    1053,  # server shutdown in progress
+    1927,  # connection killed (MariaDB)
+    2002, 2003, 2005, 2006, 2013, 2014, 2055,
+    4031,  # disconnected by the server for inactivity (MySQL 8)
+})
+TRANSACTION_TRIES = 6
+LOCK_WAIT_S = 5
+READ_TIMEOUT_S = 30
+
+
+class MysqlStore(SqlStore):
+    def __init__(self, dsn: MysqlDsn) -> None:
+        self.dsn = dsn
+        self._queries = load_queries("mysql.sql")
+        self._conn: pymysql.connections.Connection[Any] | None = None
+
+    def _connection(self) -> pymysql.connections.Connection[Any]:
+        if self._conn is None:
+            try:
+                self._conn = pymysql.connect(
+                    host=self.dsn.host,
+                    port=self.dsn.port,
+                    user=self.dsn.user,
+                    password=self.dsn.password,
+                    database=self.dsn.database,
+                    unix_socket=self.dsn.unix_socket,
+                    charset="utf8mb4",
+                    autocommit=True,
+                    client_flag=CLIENT.FOUND_ROWS,
+                    connect_timeout=self.dsn.connect_timeout,
+                    read_timeout=READ_TIMEOUT_S,
+                    write_timeout=READ_TIMEOUT_S,
+                    cursorclass=pymysql.cursors.DictCursor,
+                )
+                with self._conn.cursor() as cursor:
+                    for statement in ("session_read_committed", "session_lock_wait"):
+                        cursor.execute(self._queries[statement], {"lock_wait_s": LOCK_WAIT_S})
+            except (pymysql.err.MySQLError, OSError) as exc:
+                raise self._translate(exc) from None
+        return self._conn
+
+    def _translate(self, exc: BaseException) -> StoreError:
+        """Turn a driver error into one clear line that names the server but not the password."""
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        message = exc.args[1] if len(exc.args) > 1 else str(exc)
+        where = self.dsn.redacted()
+        if isinstance(exc, pymysql.err.InterfaceError | OSError) or code in UNREACHABLE:
+            self._drop()
+            return StoreUnavailable(f"MySQL at {where} is unavailable: ({code}) {message}")
+        return StoreError(f"MySQL at {where} refused the operation: ({code}) {message}")
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - the socket may already be gone; nothing to save
+                pass
+
+    def _with_retries(self, work: Callable[[pymysql.connections.Connection[Any]], T]) -> T:
+        """Run ``work`` retrying deadlocks and lock waits with jittered backoff."""
+        for attempt in range(TRANSACTION_TRIES):
+            try:
+                return work(self._connection())
+            except pymysql.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else 0
+                if code in RETRYABLE and attempt < TRANSACTION_TRIES - 1:
+                    time.sleep(random.uniform(0, 0.01 * 2**attempt))
+                    continue
+                raise self._translate(exc) from None
+            except OSError as exc:
+                raise self._translate(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run(self, name: str, params: Params | None = None) -> tuple[int, list[Row]]:
+        query = self._queries[name]
+
+        def work(conn: pymysql.connections.Connection[Any]) -> tuple[int, list[Row]]:
+            with conn.cursor() as cursor:
+                matched = cursor.execute(query, params)
+                return matched, list(cursor.fetchall())
+
+        return self._with_retries(work)
+
+    def _transaction(self, body: Callable[[pymysql.cursors.DictCursor], T]) -> T:
+        """One short explicit transaction; rolled back on any error, retried on lock conflicts."""
+
+        def work(conn: pymysql.connections.Connection[Any]) -> T:
+            conn.begin()
+            try:
+                with conn.cursor() as cursor:
+                    result = body(cursor)
+                conn.commit()
+            except BaseException:
+                try:
+                    conn.rollback()
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    self._drop()
+                raise
+            return result
+
+        return self._with_retries(work)
+
+    def migrate(self) -> None:
+        script = resources.files("supervisor.store").joinpath("schema.mysql.sql").read_text()
+        for statement in parse_statements(script):
+            self._run_raw(statement)
+
+    def _run_raw(self, statement: str) -> None:
+        def work(conn: pymysql.connections.Connection[Any]) -> None:
+            with conn.cursor() as cursor:
+                cursor.execute(statement)
+
+        self._with_retries(work)
+
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
+        query = self._queries["enqueue"]
+
+        def body(cursor: pymysql.cursors.DictCursor) -> list[int]:
+            ids = []
+            for task in tasks:
+                cursor.execute(query, self.new_task_params(task))
+                ids.append(int(cursor.lastrowid))
+            return ids
+
+        return self._transaction(body)
+
+    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+        type_list = tuple(self._types_list(types))
+        if not type_list or limit <= 0:
+            return []
+        select, update = self._queries["claim_select"], self._queries["claim_update"]
+
+        def body(cursor: pymysql.cursors.DictCursor) -> list[Row]:
+            cursor.execute(select, {"types": type_list, "limit": limit})
+            rows = list(cursor.fetchall())
+            if rows:
+                ids = tuple(int(row["id"]) for row in rows)
+                params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
+                cursor.execute(update, params)
+            return rows
+
+        return [row_to_claim(row, owner) for row in self._transaction(body)]
+
+    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+        won: set[int] = set()
+        for owner in {c.owner for c in claims}:
+            mine = [c for c in claims if c.owner == owner]
+            params = _fence_params(owner, mine)
+            matched = self._run("complete_many", params)[0]
+            if matched == len(mine):
+                won.update(c.id for c in mine)
+            else:
+                won.update(int(row["id"]) for row in self._rows("completed_by", params))
+        return won
+
+    def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:
+        if not claims:
+            return set()
+        params = {**_fence_params(owner, claims), "lease_us": seconds(lease_s)["us"]}
+        if self._run("renew_leases", params)[0] == len(claims):
+            return {c.id for c in claims}
+        return {int(row["id"]) for row in self._rows("still_held", params)}
+
+    def server_version(self) -> str:
+        return str(self._rows("server_version")[0]["version"])
+
+    def close(self) -> None:
+        self._drop()
+
+
+def _fence_params(owner: str, claims: Sequence[Claim]) -> Params:
+    return {
+        "owner": owner,
+        "ids": tuple(c.id for c in claims),
+        "fences": tuple((c.id, c.attempt) for c in claims),
+    }

@@ -1,0 +1,160 @@
+-- Every statement the MySQL/MariaDB backend runs. Named blocks, loaded once by queries.py.
+-- Parameters are pymysql's %(name)s; a Python tuple expands to a parenthesised list.
+-- Times are the database clock, NOW(6); durations arrive as integer microseconds.
+-- Fenced writes match only while the attempt is still this owner's:
+--   id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
+-- The connection uses CLIENT_FOUND_ROWS, so the row count is rows matched, not rows changed.
+
+-- name: session_read_committed
+SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED
+
+-- name: session_lock_wait
+SET SESSION innodb_lock_wait_timeout = %(lock_wait_s)s
+
+-- name: enqueue
+INSERT INTO tasks (type, task_options, priority, max_attempts, run_at, deadline_at)
+VALUES (
+    %(type)s, %(options)s, %(priority)s, %(max_attempts)s,
+    NOW(6) + INTERVAL %(delay_us)s MICROSECOND,
+    NOW(6) + INTERVAL %(total_us)s MICROSECOND
+)
+
+-- name: claim_select
+SELECT id, type, task_options, attempts + 1 AS attempts, max_attempts, priority,
+       TIMESTAMPDIFF(MICROSECOND, NOW(6), deadline_at) / 1000000.0 AS remaining_s
+FROM tasks FORCE INDEX (tasks_claim)
+WHERE status = 'queued'
+  AND type IN %(types)s
+  AND run_at <= NOW(6)
+  AND deadline_at > NOW(6)
+ORDER BY priority, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: claim_update
+UPDATE tasks
+SET status = 'running',
+    attempts = attempts + 1,
+    claimed_by = %(owner)s,
+    progress_pct = 0,
+    started_at = NOW(6),
+    lease_expires_at = NOW(6) + INTERVAL %(lease_us)s MICROSECOND
+WHERE id IN %(ids)s AND status = 'queued'
+
+-- name: progress
+UPDATE tasks
+SET progress_pct = %(pct)s
+WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
+
+-- name: complete
+UPDATE tasks
+SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
+    lease_expires_at = NULL, completed_at = NOW(6)
+WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
+
+-- name: complete_many
+UPDATE tasks
+SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
+    lease_expires_at = NULL, completed_at = NOW(6)
+WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
+  AND (id, attempts) IN %(fences)s
+
+-- name: completed_by
+SELECT id FROM tasks
+WHERE id IN %(ids)s AND status = 'completed' AND claimed_by = %(owner)s
+  AND (id, attempts) IN %(fences)s
+
+-- name: fail
+UPDATE tasks
+SET status = 'failed', failure = %(failure)s, last_error = %(error)s,
+    lease_expires_at = NULL, completed_at = NOW(6)
+WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
+
+-- name: requeue
+UPDATE tasks
+SET status = 'queued', last_error = %(error)s, claimed_by = NULL, lease_expires_at = NULL,
+    run_at = NOW(6) + INTERVAL %(delay_us)s MICROSECOND
+WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
+
+-- name: refund
+UPDATE tasks
+SET status = 'queued', attempts = attempts - 1, claimed_by = NULL, lease_expires_at = NULL,
+    started_at = NULL, progress_pct = 0, run_at = NOW(6)
+WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
+
+-- name: renew_leases
+UPDATE tasks
+SET lease_expires_at = NOW(6) + INTERVAL %(lease_us)s MICROSECOND
+WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
+  AND (id, attempts) IN %(fences)s
+
+-- name: still_held
+SELECT id FROM tasks
+WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
+  AND (id, attempts) IN %(fences)s
+
+-- name: rescue_lost
+-- MySQL evaluates SET left to right: last_error reads claimed_by before it is changed.
+UPDATE tasks
+SET status = 'failed', failure = 'lost',
+    last_error = CONCAT('lease of ', COALESCE(claimed_by, '?'), ' expired on the last attempt'),
+    lease_expires_at = NULL, completed_at = NOW(6)
+WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts >= max_attempts
+LIMIT %(limit)s
+
+-- name: rescue_requeue
+UPDATE tasks
+SET status = 'queued',
+    last_error = CONCAT('lease of ', COALESCE(claimed_by, '?'), ' expired; attempt counted'),
+    claimed_by = NULL, lease_expires_at = NULL, run_at = NOW(6)
+WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts < max_attempts
+LIMIT %(limit)s
+
+-- name: expire_overdue
+UPDATE tasks
+SET status = 'failed', failure = 'expired',
+    last_error = 'deadline passed before the task was dispatched',
+    completed_at = NOW(6)
+WHERE status = 'queued' AND deadline_at <= NOW(6)
+LIMIT %(limit)s
+
+-- name: status_of
+SELECT status FROM tasks WHERE id = %(id)s
+
+-- name: cancel
+UPDATE tasks
+SET status = 'cancelled', failure = NULL, lease_expires_at = NULL,
+    last_error = 'cancelled by an operator', completed_at = NOW(6)
+WHERE id = %(id)s AND status IN ('queued', 'running')
+
+-- name: retry
+-- deadline_at is set before created_at-based arithmetic would see a new value: SET runs left
+-- to right, and only deadline_at itself changes among the columns it reads.
+UPDATE tasks
+SET deadline_at = NOW(6) + INTERVAL TIMESTAMPDIFF(MICROSECOND, created_at, deadline_at) MICROSECOND,
+    status = 'queued', failure = NULL, attempts = 0, progress_pct = 0,
+    claimed_by = NULL, lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
+    run_at = NOW(6)
+WHERE id = %(id)s AND status IN ('failed', 'cancelled')
+
+-- name: prune
+DELETE FROM tasks
+WHERE status IN ('completed', 'failed', 'cancelled')
+  AND completed_at < NOW(6) - INTERVAL %(older_than_us)s MICROSECOND
+LIMIT %(limit)s
+
+-- name: counts
+SELECT type, status, COUNT(*) AS count,
+       TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) / 1000000.0 AS oldest_age_s
+FROM tasks
+GROUP BY type, status
+ORDER BY type, status
+
+-- name: get
+SELECT * FROM tasks WHERE id = %(id)s
+
+-- name: ping
+SELECT 1
+
+-- name: server_version
+SELECT VERSION() AS version

@@ -1,0 +1,196 @@
+"""What both SQL backends share: each store method is one named query plus record conversion.
+
+A backend supplies the connection, the parameter style of its driver and its
+error mapping (:meth:`SqlStore._run`), and whatever statements must differ
+(the claim). Parameters are always passed as one dict of named values, with
+durations both in seconds (SQLite's date modifiers) and in integer
+microseconds (MySQL's ``INTERVAL ... MICROSECOND``).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from supervisor.lifecycle import Failure, Status, trim_error
+from supervisor.store.base import (
+    Claim,
+    NewTask,
+    Rescued,
+    StatusCount,
+    Store,
+    TaskRow,
+    Transition,
+)
+
+Row = Mapping[str, Any]
+Params = dict[str, Any]
+
+
+def seconds(value: float) -> Params:
+    """A duration as the two spellings the SQL files use."""
+    return {"s": round(value, 3), "us": int(round(value * 1_000_000))}
+
+
+def fence(claim: Claim) -> Params:
+    return {"id": claim.id, "owner": claim.owner, "attempt": claim.attempt}
+
+
+def fences_json(claims: Sequence[Claim]) -> str:
+    return json.dumps([[c.id, c.attempt] for c in claims])
+
+
+def to_datetime(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def to_optional_datetime(value: object) -> datetime | None:
+    return None if value is None else to_datetime(value)
+
+
+def row_to_task(row: Row) -> TaskRow:
+    return TaskRow(
+        id=int(row["id"]),
+        type=row["type"],
+        status=Status(row["status"]),
+        options=row["task_options"],
+        priority=int(row["priority"]),
+        attempts=int(row["attempts"]),
+        max_attempts=int(row["max_attempts"]),
+        progress_pct=int(row["progress_pct"]),
+        failure=Failure(row["failure"]) if row["failure"] else None,
+        last_error=row["last_error"],
+        claimed_by=row["claimed_by"],
+        created_at=to_datetime(row["created_at"]),
+        run_at=to_datetime(row["run_at"]),
+        deadline_at=to_datetime(row["deadline_at"]),
+        started_at=to_optional_datetime(row["started_at"]),
+        completed_at=to_optional_datetime(row["completed_at"]),
+        lease_expires_at=to_optional_datetime(row["lease_expires_at"]),
+        updated_at=to_datetime(row["updated_at"]),
+    )
+
+
+def row_to_claim(row: Row, owner: str) -> Claim:
+    return Claim(
+        id=int(row["id"]),
+        type=row["type"],
+        options=row["task_options"],
+        attempt=int(row["attempts"]),
+        max_attempts=int(row["max_attempts"]),
+        owner=owner,
+        remaining_s=float(row["remaining_s"]),
+    )
+
+
+class SqlStore(Store):
+    """The store logic over two primitives: run a named query, and a short transaction."""
+
+    @abc.abstractmethod
+    def _run(self, name: str, params: Params | None = None) -> tuple[int, list[Row]]:
+        """Execute query ``name`` in autocommit; return (rows matched, rows returned)."""
+
+    def _changed(self, name: str, params: Params) -> int:
+        return self._run(name, params)[0]
+
+    def _rows(self, name: str, params: Params | None = None) -> list[Row]:
+        return self._run(name, params)[1]
+
+    @staticmethod
+    def new_task_params(task: NewTask) -> Params:
+        delay = seconds(task.delay_s)
+        total = seconds(task.delay_s + task.budget_s)
+        return {
+            "type": task.type,
+            "options": task.options,
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+            "delay_s": delay["s"],
+            "delay_us": delay["us"],
+            "budget_s": round(task.budget_s, 3),
+            "budget_us": seconds(task.budget_s)["us"],
+            "total_us": total["us"],
+        }
+
+    def progress(self, claim: Claim, pct: int) -> bool:
+        return self._changed("progress", {**fence(claim), "pct": max(0, min(100, pct))}) == 1
+
+    def complete(self, claim: Claim) -> bool:
+        return self._changed("complete", fence(claim)) == 1
+
+    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
+        params = {**fence(claim), "failure": failure.value, "error": trim_error(error)}
+        return self._changed("fail", params) == 1
+
+    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+        delay = seconds(delay_s)
+        params = {
+            **fence(claim),
+            "delay_s": delay["s"],
+            "delay_us": delay["us"],
+            "error": trim_error(error),
+        }
+        return self._changed("requeue", params) == 1
+
+    def refund(self, claim: Claim) -> bool:
+        return self._changed("refund", fence(claim)) == 1
+
+    def rescue_expired(self, limit: int) -> Rescued:
+        lost = self._changed("rescue_lost", {"limit": limit})
+        requeued = self._changed("rescue_requeue", {"limit": limit})
+        return Rescued(requeued=requeued, lost=lost)
+
+    def expire_overdue(self, limit: int) -> int:
+        return self._changed("expire_overdue", {"limit": limit})
+
+    def cancel(self, task_id: int) -> Transition:
+        return self._transition("cancel", task_id)
+
+    def retry(self, task_id: int) -> Transition:
+        return self._transition("retry", task_id)
+
+    def _transition(self, name: str, task_id: int) -> Transition:
+        """Apply an operator's transition; the status read first only explains a refusal."""
+        before = self._rows("status_of", {"id": task_id})
+        if not before:
+            return Transition(before=None, applied=False)
+        applied = self._changed(name, {"id": task_id}) == 1
+        return Transition(before=Status(before[0]["status"]), applied=applied)
+
+    def prune(self, older_than_s: float, batch: int = 1000) -> int:
+        """Delete in batches so a large prune never holds locks for long."""
+        cutoff = seconds(older_than_s)
+        params = {"older_than_s": cutoff["s"], "older_than_us": cutoff["us"], "limit": batch}
+        total = 0
+        while True:
+            deleted = self._changed("prune", params)
+            total += deleted
+            if deleted < batch:
+                return total
+
+    def counts(self) -> list[StatusCount]:
+        return [
+            StatusCount(
+                type=row["type"],
+                status=Status(row["status"]),
+                count=int(row["count"]),
+                oldest_age_s=max(0.0, float(row["oldest_age_s"])),
+            )
+            for row in self._rows("counts")
+        ]
+
+    def get(self, task_id: int) -> TaskRow | None:
+        rows = self._rows("get", {"id": task_id})
+        return row_to_task(rows[0]) if rows else None
+
+    def ping(self) -> None:
+        self._rows("ping")
+
+    @staticmethod
+    def _types_list(types: Iterable[str]) -> list[str]:
+        return sorted(set(types))

@@ -1,0 +1,175 @@
+-- Every statement the SQLite backend runs. Named blocks, loaded once by queries.py.
+-- "now" below is the database clock: strftime('%Y-%m-%d %H:%M:%f', 'now') in UTC;
+-- SQLite returns the same 'now' for every use within one statement.
+-- Fenced writes match only while the attempt is still this owner's:
+--   id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
+
+-- name: enqueue
+INSERT INTO tasks (type, task_options, priority, max_attempts, run_at, deadline_at)
+VALUES (
+    :type, :options, :priority, :max_attempts,
+    strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :delay_s || ' seconds'),
+    strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || (:delay_s + :budget_s) || ' seconds')
+)
+
+-- name: claim_batch
+UPDATE tasks
+SET status = 'running',
+    attempts = attempts + 1,
+    claimed_by = :owner,
+    progress_pct = 0,
+    started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (
+    SELECT id FROM tasks INDEXED BY tasks_claim
+    WHERE status = 'queued'
+      AND type IN (SELECT value FROM json_each(:types))
+      AND run_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+      AND deadline_at > strftime('%Y-%m-%d %H:%M:%f', 'now')
+    ORDER BY priority, id
+    LIMIT :limit
+)
+RETURNING id, type, task_options, attempts, max_attempts, priority,
+          (julianday(deadline_at) - julianday('now')) * 86400.0 AS remaining_s
+
+-- name: progress
+UPDATE tasks
+SET progress_pct = :pct, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
+
+-- name: complete
+UPDATE tasks
+SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
+    lease_expires_at = NULL,
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
+
+-- name: complete_many
+UPDATE tasks
+SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
+    lease_expires_at = NULL,
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE status = 'running' AND claimed_by = :owner
+  AND (id, attempts) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:fences)
+  )
+RETURNING id
+
+-- name: fail
+UPDATE tasks
+SET status = 'failed', failure = :failure, last_error = :error,
+    lease_expires_at = NULL,
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
+
+-- name: requeue
+UPDATE tasks
+SET status = 'queued', last_error = :error, claimed_by = NULL, lease_expires_at = NULL,
+    run_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :delay_s || ' seconds'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
+
+-- name: refund
+UPDATE tasks
+SET status = 'queued', attempts = attempts - 1, claimed_by = NULL, lease_expires_at = NULL,
+    started_at = NULL, progress_pct = 0,
+    run_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
+
+-- name: renew_leases
+UPDATE tasks
+SET lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE status = 'running' AND claimed_by = :owner
+  AND (id, attempts) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:fences)
+  )
+RETURNING id
+
+-- name: rescue_lost
+UPDATE tasks
+SET status = 'failed', failure = 'lost',
+    last_error = 'lease of ' || coalesce(claimed_by, '?') || ' expired on the last attempt',
+    lease_expires_at = NULL,
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'running' AND lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now')
+      AND attempts >= max_attempts
+    LIMIT :limit
+)
+
+-- name: rescue_requeue
+UPDATE tasks
+SET status = 'queued',
+    last_error = 'lease of ' || coalesce(claimed_by, '?') || ' expired; attempt counted',
+    claimed_by = NULL, lease_expires_at = NULL,
+    run_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'running' AND lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now')
+      AND attempts < max_attempts
+    LIMIT :limit
+)
+
+-- name: expire_overdue
+UPDATE tasks
+SET status = 'failed', failure = 'expired',
+    last_error = 'deadline passed before the task was dispatched',
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND deadline_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+    LIMIT :limit
+)
+
+-- name: status_of
+SELECT status FROM tasks WHERE id = :id
+
+-- name: cancel
+UPDATE tasks
+SET status = 'cancelled', failure = NULL, lease_expires_at = NULL,
+    last_error = 'cancelled by an operator',
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status IN ('queued', 'running')
+
+-- name: retry
+UPDATE tasks
+SET status = 'queued', failure = NULL, attempts = 0, progress_pct = 0,
+    claimed_by = NULL, lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
+    deadline_at = strftime('%Y-%m-%d %H:%M:%f', 'now',
+        '+' || ((julianday(deadline_at) - julianday(created_at)) * 86400.0) || ' seconds'),
+    run_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status IN ('failed', 'cancelled')
+
+-- name: prune
+DELETE FROM tasks
+WHERE id IN (
+    SELECT id FROM tasks
+    WHERE status IN ('completed', 'failed', 'cancelled')
+      AND completed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || :older_than_s || ' seconds')
+    LIMIT :limit
+)
+
+-- name: counts
+SELECT type, status, count(*) AS count,
+       (julianday('now') - julianday(min(created_at))) * 86400.0 AS oldest_age_s
+FROM tasks
+GROUP BY type, status
+ORDER BY type, status
+
+-- name: get
+SELECT * FROM tasks WHERE id = :id
+
+-- name: ping
+SELECT 1
