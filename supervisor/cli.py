@@ -1,0 +1,265 @@
+"""``python -m supervisor``: run the supervisor (no subcommand), or an operator's subcommand.
+
+Every failure is one line on stderr and an exit status: 2 for bad input
+(nothing was written), 1 for a runtime failure such as an unreachable
+database. No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+from supervisor.config import add_run_flags, env_name, settings_from
+from supervisor.dsn import DEFAULT_DSN, parse_dsn
+from supervisor.errors import StoreError, UsageError
+from supervisor.handlers import discover
+from supervisor.lifecycle import MAX_OPTIONS_BYTES, Status
+from supervisor.producer import new_task
+from supervisor.store import Store, TaskRow, open_store
+
+EXIT_RUNTIME, EXIT_USAGE = 1, 2
+SUBCOMMANDS = ("run", "enqueue", "status", "show", "retry", "cancel", "migrate", "prune")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if environ is None else environ
+    try:
+        if args_list and args_list[0] in SUBCOMMANDS and args_list[0] != "run":
+            return run_subcommand(args_list, env)
+        if args_list and args_list[0] == "run":
+            args_list = args_list[1:]
+        return run_supervisor(args_list, env)
+    except UsageError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"supervisor: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_supervisor(argv: list[str], environ: Mapping[str, str]) -> int:
+    parser = OneLineParser(
+        prog="python -m supervisor",
+        description=(
+            "Run the supervisor: claim tasks from the tasks table and run each in an isolated "
+            "child process. Subcommands: " + ", ".join(SUBCOMMANDS[1:]) + " (each has --help)."
+        ),
+        epilog="Signals: TERM/INT drain and exit 0; a second TERM/INT or QUIT drains at once; "
+        "HUP reloads handlers; TTIN/TTOU add/remove a worker.",
+    )
+    add_run_flags(parser, environ)
+    settings = settings_from(parser.parse_args(argv), environ)
+    from supervisor.parent import run
+
+    return run(settings)
+
+
+def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
+    parser = OneLineParser(prog="python -m supervisor")
+    dsn_default = environ.get(env_name("--dsn"), DEFAULT_DSN)
+    common = OneLineParser(add_help=False)
+    common.add_argument(
+        "--dsn", default=dsn_default, help="database (env SUPERVISOR_DSN; default %(default)s)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    enqueue = sub.add_parser("enqueue", parents=[common], help="add a task; prints its id")
+    enqueue.add_argument("type", help="task type: the handler file's name without .py")
+    enqueue.add_argument("options", nargs="?", help="the task's options string; - reads stdin")
+    enqueue.add_argument("--delay", default="0", help="seconds before it may run")
+    enqueue.add_argument("--budget", default="3600", help="seconds of wall-clock budget")
+    enqueue.add_argument("--max-attempts", default="3", help="1..100 (default 3)")
+    enqueue.add_argument("--priority", default="0", help="smaller runs first (default 0)")
+
+    status = sub.add_parser("status", parents=[common], help="counts by type and status")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--handlers",
+        default=environ.get(env_name("--handlers"), "handlers"),
+        help="handlers folder, to flag types that no handler here serves",
+    )
+
+    show = sub.add_parser("show", parents=[common], help="one task's row")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--options", action="store_true", help="include task_options")
+
+    for name, text in (("retry", "put a failed or cancelled task back"),
+                       ("cancel", "cancel a queued or running task")):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("id", type=int)
+
+    sub.add_parser("migrate", parents=[common], help="create the tasks table (idempotent)")
+    prune = sub.add_parser("prune", parents=[common], help="delete old finished tasks")
+    prune.add_argument("--older-than", required=True, help="seconds since they finished")
+    return parser
+
+
+def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
+    args = build_subcommand_parser(environ).parse_args(argv)
+    dsn = parse_dsn(args.dsn, dict(environ))
+    if args.command == "enqueue":
+        task = new_task(
+            args.type,
+            read_options(args.options),
+            delay=number(args.delay, "--delay"),
+            budget=number(args.budget, "--budget"),
+            max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
+            priority=int(number(args.priority, "--priority", integer=True)),
+        )
+        store = open_store(dsn)
+        store.migrate()
+        print(store.enqueue(task))
+        return 0
+    if args.command == "prune":
+        older_than = number(args.older_than, "--older-than")
+        if older_than < 0:
+            raise UsageError("--older-than must be zero or more seconds")
+        store = ready_store(dsn)
+        print(f"pruned {store.prune(older_than)} finished tasks")
+        return 0
+    store = open_store(dsn)
+    if args.command == "migrate":
+        store.migrate()
+        print(f"schema ready at {dsn.redacted()}")
+        return 0
+    store.migrate()
+    if args.command == "status":
+        return print_status(store, Path(args.handlers), as_json=args.json)
+    if args.command == "show":
+        return print_show(store, args.id, as_json=args.json, with_options=args.options)
+    return operator_transition(store, args.command, args.id)
+
+
+def ready_store(dsn: Any) -> Store:
+    store = open_store(dsn)
+    store.migrate()
+    return store
+
+
+def number(text: str, flag: str, *, integer: bool = False) -> float:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "a whole number" if integer else "a number of seconds"
+        raise UsageError(f"{flag} must be {kind}, got {text!r}") from None
+
+
+def read_options(options: str | None) -> str | None:
+    """``-`` reads standard input, refusing more than 1 MiB without reading it all."""
+    if options != "-":
+        return options
+    data = sys.stdin.buffer.read(MAX_OPTIONS_BYTES + 1)
+    if len(data) > MAX_OPTIONS_BYTES:
+        raise UsageError(f"task options are larger than {MAX_OPTIONS_BYTES} bytes (1 MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("task options on standard input are not UTF-8 text") from None
+
+
+def print_status(store: Store, handlers_dir: Path, *, as_json: bool) -> int:
+    counts = store.counts()
+    handled = set(discover(handlers_dir)) if handlers_dir.is_dir() else set()
+    by_type: dict[str, dict[str, Any]] = {}
+    for line in counts:
+        entry = by_type.setdefault(
+            line.type,
+            {"counts": {s.value: 0 for s in Status}, "oldest_queued_age_s": None,
+             "handler_here": line.type in handled},
+        )
+        entry["counts"][line.status.value] = line.count
+        if line.status is Status.QUEUED:
+            entry["oldest_queued_age_s"] = round(line.oldest_age_s, 3)
+    if as_json:
+        print(json.dumps({"types": by_type}, indent=2, sort_keys=True))
+        return 0
+    if not by_type:
+        print("no tasks")
+        return 0
+    columns = [s.value for s in Status]
+    width = max(4, *(len(t) for t in by_type))
+    print(f"{'TYPE':<{width}}  " + "  ".join(f"{c:>9}" for c in columns) + "  OLDEST QUEUED")
+    for name, entry in sorted(by_type.items()):
+        age = entry["oldest_queued_age_s"]
+        note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
+        cells = "  ".join(f"{entry['counts'][c]:>9}" for c in columns)
+        print(f"{name:<{width}}  {cells}  {format_age(age):>13}{note}")
+    return 0
+
+
+def format_age(age: float | None) -> str:
+    if age is None:
+        return "-"
+    if age < 120:
+        return f"{age:.1f}s"
+    if age < 7200:
+        return f"{age / 60:.1f}m"
+    return f"{age / 3600:.1f}h"
+
+
+def print_show(store: Store, task_id: int, *, as_json: bool, with_options: bool) -> int:
+    row = store.get(task_id)
+    if row is None:
+        print(f"supervisor: no task with id {task_id}", file=sys.stderr)
+        return EXIT_RUNTIME
+    record = row_to_dict(row, with_options=with_options)
+    if as_json:
+        print(json.dumps(record, indent=2))
+    else:
+        width = max(len(key) for key in record)
+        for key, value in record.items():
+            text = "" if value is None else str(value)
+            print(f"{key:<{width}}  {text}")
+    return 0
+
+
+def row_to_dict(row: TaskRow, *, with_options: bool) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for field in attrs.fields(TaskRow):
+        if field.name == "options" and not with_options:
+            continue
+        value = getattr(row, field.name)
+        if isinstance(value, datetime):
+            value = value.isoformat(sep=" ")
+        elif isinstance(value, Status) or hasattr(value, "value"):
+            value = value.value
+        record["task_options" if field.name == "options" else field.name] = value
+    return record
+
+
+def operator_transition(store: Store, command: str, task_id: int) -> int:
+    result = store.cancel(task_id) if command == "cancel" else store.retry(task_id)
+    if result.before is None:
+        print(f"supervisor: no task with id {task_id}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if not result.applied:
+        allowed = "queued or running" if command == "cancel" else "failed or cancelled"
+        print(
+            f"supervisor: task {task_id} is {result.before.value}; only {allowed} tasks can be "
+            f"{'cancelled' if command == 'cancel' else 'retried'}",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    print(f"task {task_id}: {result.before.value} -> "
+          f"{'cancelled' if command == 'cancel' else 'queued'}")
+    return 0

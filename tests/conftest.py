@@ -1,0 +1,88 @@
+"""Shared fixtures: a fresh database per test, on SQLite and on MariaDB/MySQL.
+
+MySQL tests use the server named by ``SUPERVISOR_TEST_MYSQL_DSN`` (default
+``mysql://root@127.0.0.1:3306/test``); each test gets its own throwaway
+database, dropped afterwards. When the server cannot be reached they are
+skipped, unless ``SUPERVISOR_TEST_REQUIRE_MYSQL=1`` or ``CI`` is set: then
+they fail, so CI can never pass by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from supervisor.dsn import MysqlDsn, parse_dsn
+from supervisor.store import Store, open_store
+
+MYSQL_DSN = os.environ.get("SUPERVISOR_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/test")
+REQUIRE_MYSQL = bool(os.environ.get("SUPERVISOR_TEST_REQUIRE_MYSQL") or os.environ.get("CI"))
+
+
+def _admin_connection(dsn: MysqlDsn) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+    return pymysql.connect(
+        host=dsn.host,
+        port=dsn.port,
+        user=dsn.user,
+        password=dsn.password,
+        unix_socket=dsn.unix_socket,
+        autocommit=True,
+        connect_timeout=5,
+    )
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> MysqlDsn:
+    dsn = parse_dsn(MYSQL_DSN)
+    assert isinstance(dsn, MysqlDsn)
+    try:
+        _admin_connection(dsn).close()
+    except pymysql.err.MySQLError as exc:
+        message = f"MySQL at {dsn.redacted()} is unreachable: {exc}"
+        if REQUIRE_MYSQL:
+            pytest.fail(message + " (required: SUPERVISOR_TEST_REQUIRE_MYSQL or CI is set)")
+        pytest.skip(message)
+    return dsn
+
+
+@pytest.fixture
+def mysql_dsn(mysql_server: MysqlDsn) -> Iterator[str]:
+    """A DSN naming a brand-new, empty database, dropped after the test."""
+    name = f"sv_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin_connection(mysql_server)
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    try:
+        password = f":{mysql_server.password}" if mysql_server.password else ""
+        yield (
+            f"mysql://{mysql_server.user}{password}@{mysql_server.host}:{mysql_server.port}/{name}"
+        )
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
+@pytest.fixture
+def sqlite_dsn(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tasks.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
+def dsn(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once per backend."""
+    name = "sqlite_dsn" if request.param == "sqlite" else "mysql_dsn"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def store(dsn: str) -> Iterator[Store]:
+    store = open_store(parse_dsn(dsn))
+    store.migrate()
+    yield store
+    store.close()
