@@ -28,7 +28,7 @@ class Settings:
     dsn: Dsn
     workers: int = 4
     handlers_dir: Path = Path("handlers")
-    backoff: Backoff = Backoff()
+    backoff: Backoff = attrs.field(factory=Backoff)
     drain_timeout_s: float = 60.0
     lease_s: float = 60.0
     poll_interval_s: float = 0.2
@@ -88,28 +88,78 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 # flag, converter, default, what the value must be (for errors), help
 RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
-    ("--workers", _positive_int, str(os.cpu_count() or 2), "a whole number >= 1",
-     "child processes that run tasks at once (default: number of CPUs)"),
-    ("--dsn", str, DEFAULT_DSN, "a DSN",
-     "database: sqlite:///file.db or mysql://user@host:3306/db (password may come from "
-     "SUPERVISOR_DB_PASSWORD)"),
-    ("--handlers", str, "handlers", "a folder",
-     "folder of handler files: <task_type>.py defining handle(task, progress)"),
-    ("--backoff", Backoff.parse, "0,30,300", "seconds like 0,30,300",
-     "delay before attempt 2, 3, ... after a handler raised; the last value repeats"),
-    ("--drain-timeout", _positive_float, "60", "seconds > 0",
-     "on TERM/INT, how long in-flight tasks may finish before they are put back"),
-    ("--lease", _positive_float, "60", "seconds > 0",
-     "claim lease; renewed every lease/3, and a task whose lease runs out is rescued"),
-    ("--poll-interval", _positive_float, "0.2", "seconds > 0",
-     "how often an idle supervisor looks for work (a full batch polls again at once)"),
-    ("--max-tasks-per-child", _non_negative_int, "0", "a whole number >= 0",
-     "recycle a child after this many tasks (0 = never, 1 = fresh process per task)"),
-    ("--metrics-port", _port, "9191", "a port 0-65535",
-     "serve Prometheus /metrics and /healthz on this port (0 = off)"),
+    (
+        "--workers",
+        _positive_int,
+        str(os.cpu_count() or 2),
+        "a whole number >= 1",
+        "child processes that run tasks at once (default: number of CPUs)",
+    ),
+    (
+        "--dsn",
+        str,
+        DEFAULT_DSN,
+        "a DSN",
+        "database: sqlite:///file.db or mysql://user@host:3306/db (password may come from "
+        "SUPERVISOR_DB_PASSWORD)",
+    ),
+    (
+        "--handlers",
+        str,
+        "handlers",
+        "a folder",
+        "folder of handler files: <task_type>.py defining handle(task, progress)",
+    ),
+    (
+        "--backoff",
+        Backoff.parse,
+        "0,30,300",
+        "seconds like 0,30,300",
+        "delay before attempt 2, 3, ... after a handler raised; the last value repeats",
+    ),
+    (
+        "--drain-timeout",
+        _positive_float,
+        "60",
+        "seconds > 0",
+        "on TERM/INT, how long in-flight tasks may finish before they are put back",
+    ),
+    (
+        "--lease",
+        _positive_float,
+        "60",
+        "seconds > 0",
+        "claim lease; renewed every lease/3, and a task whose lease runs out is rescued",
+    ),
+    (
+        "--poll-interval",
+        _positive_float,
+        "0.2",
+        "seconds > 0",
+        "how often an idle supervisor looks for work (a full batch polls again at once)",
+    ),
+    (
+        "--max-tasks-per-child",
+        _non_negative_int,
+        "0",
+        "a whole number >= 0",
+        "recycle a child after this many tasks (0 = never, 1 = fresh process per task)",
+    ),
+    (
+        "--metrics-port",
+        _port,
+        "9191",
+        "a port 0-65535",
+        "serve Prometheus /metrics and /healthz on this port (0 = off)",
+    ),
     ("--metrics-host", str, "127.0.0.1", "a host", "address the metrics server binds to"),
-    ("--log-format", _choice(LOG_FORMATS), "auto", "auto, json or text",
-     "auto = text on a terminal, JSON lines otherwise"),
+    (
+        "--log-format",
+        _choice(LOG_FORMATS),
+        "auto",
+        "auto, json or text",
+        "auto = text on a terminal, JSON lines otherwise",
+    ),
     ("--log-level", _choice(LOG_LEVELS), "INFO", "a loguru level", "minimum level logged"),
 ]
 

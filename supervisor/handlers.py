@@ -1,4 +1,4 @@
-"""Find handler files: every ``<dir>/*.py`` not starting with ``_`` serves the type named by its stem.
+"""Find handler files: each ``<dir>/*.py`` not starting with ``_`` serves the type of its stem.
 
 The parent only lists file names here; it never imports handler code, so a
 broken handler cannot take the parent down. Children import lazily.

@@ -26,7 +26,7 @@ from supervisor.store.base import (
     Transition,
 )
 
-Row = Mapping[str, Any]
+Row = dict[str, Any]
 Params = dict[str, Any]
 
 

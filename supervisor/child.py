@@ -1,0 +1,275 @@
+"""The child's side: receive a task, run its handler, report, repeat.
+
+A child is started by the parent as ``python -m supervisor.child`` with the
+parent's end of a socket pair, a lifeline pipe and a dump file. It
+
+* ignores SIGINT and SIGTERM: only the parent decides when it stops;
+* lives in its own process group, and becomes a subreaper so that whatever a
+  handler starts stays in its tree (and is killed with it);
+* dies within moments if the parent dies: a thread blocks on the lifeline
+  pipe, whose only writer is the parent, and reads EOF when the parent is gone;
+* has faulthandler write to the dump file on a fatal signal and on SIGUSR1,
+  which is how the parent learns where a hung or crashed handler was.
+
+It never sees a DSN or a database connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import faulthandler
+import importlib.util
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, BinaryIO
+
+from supervisor.errors import PermanentError
+from supervisor.protocol import (
+    DoneMessage,
+    ErrorMessage,
+    LineBuffer,
+    Message,
+    ProgressMessage,
+    ReadyMessage,
+    StopMessage,
+    TaskMessage,
+    decode,
+    encode,
+)
+from supervisor.task import Task
+
+STACK_SIGNAL = signal.SIGUSR1
+PR_SET_CHILD_SUBREAPER = 36
+PROGRESS_MIN_INTERVAL_S = 0.1
+TRACEBACK_LIMIT = 8000
+
+
+class Channel:
+    """Line-framed JSON messages over the child's end of the socket pair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = LineBuffer()
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def send(self, message: Message) -> None:
+        with self._lock:
+            self._sock.sendall(encode(message))
+
+    def receive(self) -> Message | None:
+        """The next message, or None when the parent closed its end."""
+        while not self._lines:
+            data = self._sock.recv(1 << 20)
+            if not data:
+                return None
+            self._lines.extend(self._buffer.feed(data))
+        return decode(self._lines.pop(0))
+
+
+class Progress:
+    """The ``progress(pct)`` callable: clamps, and coalesces bursts into at most 10 messages/s.
+
+    The last value is always delivered (by :meth:`flush` before the outcome).
+    """
+
+    def __init__(self, channel: Channel, task_id: int) -> None:
+        self._channel = channel
+        self._task_id = task_id
+        self._sent: int | None = None
+        self._pending: int | None = None
+        self._last_send = 0.0
+
+    def __call__(self, pct: float) -> None:
+        try:
+            value = int(max(0.0, min(100.0, float(pct))))
+        except (TypeError, ValueError):
+            return  # a handler's bad progress value must not fail its task
+        self._pending = value
+        if time.monotonic() - self._last_send >= PROGRESS_MIN_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending is not None and self._pending != self._sent:
+            self._channel.send(ProgressMessage(id=self._task_id, pct=self._pending))
+            self._sent = self._pending
+            self._last_send = time.monotonic()
+        self._pending = None
+
+
+class HandlerCache:
+    """Import each handler file once per child, lazily, as its own module."""
+
+    def __init__(self) -> None:
+        self._modules: dict[str, ModuleType] = {}
+
+    def handle_function(self, task_type: str, path: str) -> Callable[..., Any]:
+        module = self._modules.get(path)
+        if module is None:
+            module = import_handler(task_type, path)
+            self._modules[path] = module
+        handle = getattr(module, "handle", None)
+        if not callable(handle):
+            raise HandlerImportError(f"handler {path} does not define handle(task, progress)")
+        return handle  # type: ignore[no-any-return]
+
+
+class HandlerImportError(Exception):
+    """The handler file could not be loaded: its tasks fail without retry."""
+
+
+def import_handler(task_type: str, path: str) -> ModuleType:
+    folder = str(Path(path).parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # so a handler can import its sibling helper modules
+    spec = importlib.util.spec_from_file_location(f"supervisor_handlers.{task_type}", path)
+    if spec is None or spec.loader is None:
+        raise HandlerImportError(f"cannot load handler file {path}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+        detail = "".join(traceback.format_exception(exc, limit=-5))
+        raise HandlerImportError(
+            f"handler {path} failed to import: {type(exc).__name__}: {exc}\n{detail}"
+        ) from None
+    return module
+
+
+def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> None:
+    progress = Progress(channel, message.id)
+    task = Task.starting_now(
+        id=message.id,
+        type=message.type,
+        options=message.options,
+        attempt=message.attempt,
+        max_attempts=message.max_attempts,
+        remaining_s=message.remaining_s,
+    )
+    try:
+        handle = handlers.handle_function(message.type, message.path)
+    except HandlerImportError as exc:
+        channel.send(ErrorMessage(id=message.id, message=str(exc), traceback="", permanent=True))
+        return
+    try:
+        handle(task, progress)
+    except BaseException as exc:  # noqa: BLE001 - any exception from a handler is its outcome
+        progress.flush()
+        channel.send(
+            ErrorMessage(
+                id=message.id,
+                message=f"{type(exc).__name__}: {exc}",
+                traceback="".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:],
+                permanent=isinstance(exc, PermanentError),
+            )
+        )
+        return
+    progress.flush()
+    channel.send(DoneMessage(id=message.id))
+
+
+def kill_own_tree() -> None:
+    """The parent is gone: take everything this child started down with it."""
+    with contextlib.suppress(Exception):
+        import psutil
+
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
+
+
+def watch_lifeline(fd: int) -> None:
+    """Block until the parent (the lifeline's only writer) is gone, then die."""
+    while True:
+        try:
+            if not os.read(fd, 1):
+                break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries reads
+            continue
+        except OSError:
+            break
+    kill_own_tree()
+
+
+def become_subreaper() -> None:
+    """Orphans of a handler re-parent to this child instead of init, so they die with its tree."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def open_dump(path: str) -> BinaryIO:
+    dump = open(path, "ab", buffering=0)  # noqa: SIM115 - kept open for faulthandler's lifetime
+    faulthandler.enable(file=dump, all_threads=True)
+    faulthandler.register(STACK_SIGNAL, file=dump, all_threads=True, chain=False)
+    return dump
+
+
+def serve(sock: socket.socket, dump: BinaryIO) -> int:
+    channel = Channel(sock)
+    handlers = HandlerCache()
+    channel.send(ReadyMessage(pid=os.getpid()))
+    while True:
+        message = channel.receive()
+        if message is None or isinstance(message, StopMessage):
+            return 0
+        if not isinstance(message, TaskMessage):
+            return 3
+        os.ftruncate(dump.fileno(), 0)
+        run_task(channel, handlers, message)
+
+
+def check_imports(handlers: list[str]) -> int:
+    """``--check type=path ...``: import each handler, print ``{type: error or null}`` as JSON.
+
+    The parent runs this at start-up and on reload to report broken handlers
+    loudly without ever importing handler code itself.
+    """
+    report: dict[str, str | None] = {}
+    for item in handlers:
+        task_type, _, path = item.partition("=")
+        try:
+            HandlerCache().handle_function(task_type, path)
+            report[task_type] = None
+        except HandlerImportError as exc:
+            report[task_type] = str(exc)
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="supervisor.child")
+    parser.add_argument("--check", nargs="*", metavar="TYPE=PATH")
+    parser.add_argument("--socket", type=int)
+    parser.add_argument("--lifeline", type=int)
+    parser.add_argument("--dump")
+    args = parser.parse_args(argv)
+    if args.check is not None:
+        return check_imports(args.check)
+    if args.socket is None or args.lifeline is None or args.dump is None:
+        parser.error("--socket, --lifeline and --dump are required")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    become_subreaper()
+    threading.Thread(target=watch_lifeline, args=(args.lifeline,), daemon=True).start()
+    sock = socket.socket(fileno=args.socket)
+    with open_dump(args.dump) as dump:
+        return serve(sock, dump)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Structured logging with loguru: JSON lines for machines, readable text for terminals.
+
+``diagnose=False`` everywhere: loguru's default prints local variables in
+tracebacks, which would put task options (and whatever secrets they hold)
+into the log. Task events carry ``task_id``, ``type``, ``attempt``,
+``outcome`` and ``duration_s`` as fields, never the options.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Message
+
+TEXT_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<level>{message}</level> <dim>{extra}</dim>"
+)
+
+
+def json_sink(stream: TextIO) -> Any:
+    """A sink writing one compact JSON object per record: time, level, message and fields."""
+
+    def write(message: Message) -> None:
+        record = message.record
+        document: dict[str, Any] = {
+            "time": record["time"].isoformat(),
+            "level": record["level"].name,
+            "message": record["message"],
+            **record["extra"],
+        }
+        if record["exception"] is not None and record["exception"].type is not None:
+            document["exception"] = (
+                f"{record['exception'].type.__name__}: {record['exception'].value}"
+            )
+        stream.write(json.dumps(document, default=str) + "\n")
+        stream.flush()
+
+    return write
+
+
+def configure(log_format: str, level: str, stream: TextIO | None = None) -> None:
+    """Replace loguru's default handler; ``auto`` means text on a terminal, JSON otherwise."""
+    out = stream or sys.stderr
+    logger.remove()
+    use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
+    if use_json:
+        logger.add(json_sink(out), level=level, diagnose=False, backtrace=False, catch=True)
+    else:
+        logger.add(
+            out, level=level, format=TEXT_FORMAT, diagnose=False, backtrace=False, colorize=None
+        )

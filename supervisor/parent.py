@@ -1,0 +1,749 @@
+"""The parent: one loop around one blocking wait, that claims, dispatches, watches and records.
+
+The loop waits on the children's sockets and pidfds and on the signal wakeup
+fd, with a timeout equal to the next thing due (a deadline, a poll, a
+heartbeat). Signal handlers do nothing but wake it: the signal number arrives
+as a byte on the wakeup fd and the loop calls ``handle_<signal>``.
+
+Only the parent talks to the database. Outcomes are decided when a child
+reports, dies or times out, then written (fenced, batched) when the database
+answers; while it does not, they are held and nothing new is claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import secrets
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from loguru import logger
+
+from supervisor import logs
+from supervisor.config import Settings
+from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.handlers import discover
+from supervisor.lifecycle import Decision, Failure, Outcome, Status, decide_error
+from supervisor.protocol import (
+    DoneMessage,
+    ErrorMessage,
+    Message,
+    ProgressMessage,
+    ProtocolError,
+    ReadyMessage,
+    StopMessage,
+    TaskMessage,
+)
+from supervisor.reaping import ExitStatus
+from supervisor.results import PendingResult, failure_result, write_results
+from supervisor.store import Claim, Store, open_store
+from supervisor.workers import Child, ChildState, Running, child_environment
+
+STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
+PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
+HOUSEKEEPING_INTERVAL_S = 5.0
+HOUSEKEEPING_BATCH = 500
+DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
+SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
+IMPORT_CHECK_TIMEOUT_S = 60.0
+# A drained attempt goes back to the queue as if it never ran (the attempt is refunded).
+BACK_TO_QUEUE = Decision(outcome=Outcome.RETRIED, status=Status.QUEUED, retry_in_s=0.0)
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+def run(settings: Settings) -> int:
+    """Run a supervisor until it has drained; the process's exit status."""
+    logs.configure(settings.log_format, settings.log_level)
+    store = open_store(settings.dsn)
+    supervisor = Supervisor(settings, store)
+    try:
+        return supervisor.run()
+    finally:
+        supervisor.cleanup()
+        store.close()
+
+
+def owner_id() -> str:
+    """``claimed_by``: host and pid to trace a claim to a process, plus a token unique per start."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.owner = owner_id()
+        self.log = logger.bind(owner=self.owner)
+        self.handlers: dict[str, Path] = {}
+        self.children: dict[int, Child] = {}
+        self.target_workers = settings.workers
+        self.pending: list[PendingResult] = []
+        self.selector = selectors.DefaultSelector()
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="supervisor-"))
+        self.lifeline_r, self.lifeline_w = os.pipe()
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        self.child_env = child_environment(os.environ, {})
+        now = time.monotonic()
+        self.draining = False
+        self.drain_deadline: float | None = None
+        self.next_poll = now
+        self.next_heartbeat = now + settings.heartbeat_s
+        self.next_housekeeping = now
+        self.db_retry_at = now
+        self.db_failures = 0
+        self.migrated = False
+        self.spawn_at: dict[int, float] = {}
+        self.spawn_failures: dict[int, int] = {}
+        self.previous_handlers: dict[int, signal.Handlers | object] = {}
+
+    # ---------------------------------------------------------------- set-up and tear-down
+
+    def run(self) -> int:
+        self.install_signals()
+        self.load_handlers()
+        self.log.info(
+            "supervisor starting",
+            workers=self.target_workers,
+            dsn=self.settings.dsn.redacted(),
+            types=sorted(self.handlers),
+        )
+        for slot in range(self.target_workers):
+            self.spawn(slot)
+        while not self.finished():
+            self.step()
+        self.final_flush()
+        self.log.info("supervisor stopped")
+        return 0
+
+    def install_signals(self) -> None:
+        os.set_blocking(self.wakeup_w, False)
+        os.set_blocking(self.wakeup_r, False)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        for signum in HANDLED_SIGNALS:
+            # The handler records nothing itself: the wakeup fd carries the signal number.
+            self.previous_handlers[signum] = signal.signal(signum, _record_only)
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ, ("signal", None))
+
+    def cleanup(self) -> None:
+        for child in list(self.children.values()):
+            child.kill_tree()
+            self.forget(child)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        for fd in (self.lifeline_r, self.lifeline_w, self.wakeup_r, self.wakeup_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    def load_handlers(self) -> None:
+        """Discover handler files and import-check them in a throwaway child, loudly."""
+        self.handlers = discover(self.settings.handlers_dir)
+        if not self.handlers:
+            self.log.warning(
+                "no handler files found; nothing will be claimed",
+                handlers_dir=str(self.settings.handlers_dir),
+            )
+            return
+        for task_type, problem in self.check_imports().items():
+            if problem:
+                self.log.error(
+                    "handler cannot be imported; its tasks will fail with this error",
+                    type=task_type,
+                    error=problem,
+                )
+
+    def check_imports(self) -> dict[str, str | None]:
+        args = [f"{t}={p}" for t, p in sorted(self.handlers.items())]
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "supervisor.child", "--check", *args],
+                env=self.child_env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=IMPORT_CHECK_TIMEOUT_S,
+                check=False,
+            )
+            report: dict[str, str | None] = json.loads(done.stdout.splitlines()[-1])
+        except (subprocess.TimeoutExpired, IndexError, ValueError) as exc:
+            return {"*": f"the handler import check did not finish cleanly: {exc!r}"}
+        return report
+
+    # ---------------------------------------------------------------- the loop
+
+    def finished(self) -> bool:
+        return self.draining and not self.children
+
+    def step(self) -> None:
+        timeout = max(0.0, self.next_wakeup() - time.monotonic())
+        for key, _events in self.selector.select(timeout):
+            kind, child = key.data
+            if kind == "signal":
+                self.dispatch_signals()
+            elif kind == "socket":
+                self.on_readable(child)
+            elif kind == "exit":
+                self.on_exit(child)
+        now = time.monotonic()
+        self.enforce_deadlines(now)
+        self.respawn_due(now)
+        if self.db_ready(now):
+            self.flush_progress(now)
+            self.flush_results()
+        if self.db_ready(now) and now >= self.next_heartbeat:
+            self.heartbeat(now)
+        if self.db_ready(now) and now >= self.next_housekeeping:
+            self.housekeeping(now)
+        if self.db_ready(now) and self.can_claim(now):
+            self.claim_and_dispatch(now)
+        if self.draining and self.drain_deadline is not None and now >= self.drain_deadline:
+            self.abandon_in_flight()
+
+    def next_wakeup(self) -> float:
+        due = [self.next_heartbeat, self.next_housekeeping]
+        if not self.draining and self.handlers and self.idle_children():
+            due.append(max(self.next_poll, self.db_retry_at))
+        for child in self.children.values():
+            if child.running is not None:
+                running = child.running
+                due.append(running.deadline if running.stack_requested else running.stack_at)
+                if running.pct_dirty:
+                    due.append(running.pct_written_at + PROGRESS_INTERVAL_S)
+        due.extend(self.spawn_at.values())
+        if self.drain_deadline is not None:
+            due.append(self.drain_deadline)
+        if self.pending:
+            due.append(self.db_retry_at)
+        return min(due)
+
+    # ---------------------------------------------------------------- signals
+
+    def dispatch_signals(self) -> None:
+        try:
+            data = os.read(self.wakeup_r, 256)
+        except BlockingIOError:
+            return
+        for number in data:
+            name = signal.Signals(number).name.lower()
+            getattr(self, f"handle_{name}")()
+
+    def handle_sigterm(self) -> None:
+        if self.draining:
+            self.log.warning("second stop signal: putting in-flight tasks back now")
+            self.drain_deadline = time.monotonic()
+            return
+        self.draining = True
+        self.drain_deadline = time.monotonic() + self.settings.drain_timeout_s
+        self.log.info(
+            "draining: no new claims; in-flight tasks may finish",
+            in_flight=len(self.busy_children()),
+            drain_timeout_s=self.settings.drain_timeout_s,
+        )
+        for child in list(self.children.values()):
+            if child.state in (ChildState.IDLE, ChildState.STARTING):
+                self.stop_child(child)
+        self.spawn_at.clear()
+
+    handle_sigint = handle_sigterm
+
+    def handle_sigquit(self) -> None:
+        if not self.draining:
+            self.handle_sigterm()
+        self.drain_deadline = time.monotonic()
+
+    def handle_sighup(self) -> None:
+        """Reload: re-read the handlers folder; replace children as each becomes idle."""
+        if self.draining:
+            return
+        self.load_handlers()
+        self.log.info("reloaded handlers; replacing children", types=sorted(self.handlers))
+        for child in list(self.children.values()):
+            if child.state is ChildState.BUSY:
+                child.retire_when_idle = True
+            elif child.state is not ChildState.STOPPING:
+                self.stop_child(child)
+
+    def handle_sigttin(self) -> None:
+        if self.draining:
+            return
+        self.target_workers += 1
+        slot = self.target_workers - 1
+        self.log.info("one worker more", workers=self.target_workers)
+        current = self.children.get(slot)
+        if current is None:
+            self.spawn(slot)
+        else:
+            current.retire_when_idle = False
+
+    def handle_sigttou(self) -> None:
+        if self.draining or self.target_workers <= 1:
+            return
+        self.target_workers -= 1
+        self.log.info("one worker less", workers=self.target_workers)
+        self.spawn_at.pop(self.target_workers, None)
+        child = self.children.get(self.target_workers)
+        if child is None:
+            return
+        if child.state is ChildState.BUSY:
+            child.retire_when_idle = True
+        elif child.state is not ChildState.STOPPING:
+            self.stop_child(child)
+
+    # ---------------------------------------------------------------- children
+
+    def spawn(self, slot: int) -> None:
+        self.spawn_at.pop(slot, None)
+        try:
+            child = Child.spawn(
+                slot=slot,
+                runtime_dir=self.runtime_dir,
+                lifeline_fd=self.lifeline_r,
+                env=self.child_env,
+            )
+        except OSError as exc:
+            self.log.error("cannot start a child", slot=slot, error=str(exc))
+            self.schedule_respawn(slot, failed=True)
+            return
+        self.children[slot] = child
+        self.selector.register(child.sock, selectors.EVENT_READ, ("socket", child))
+        self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+
+    def schedule_respawn(self, slot: int, *, failed: bool) -> None:
+        if self.draining or slot >= self.target_workers:
+            return
+        if not failed:
+            self.spawn_failures.pop(slot, None)
+            self.spawn(slot)
+            return
+        failures = self.spawn_failures.get(slot, 0) + 1
+        self.spawn_failures[slot] = failures
+        delay = min(SPAWN_RETRY_MAX_S, SPAWN_RETRY_MIN_S * 2 ** (failures - 1))
+        self.log.warning("child failed at start-up; retrying later", slot=slot, delay_s=delay)
+        self.spawn_at[slot] = time.monotonic() + delay
+
+    def respawn_due(self, now: float) -> None:
+        for slot, when in list(self.spawn_at.items()):
+            if when <= now and slot not in self.children:
+                self.spawn(slot)
+
+    def stop_child(self, child: Child) -> None:
+        child.state = ChildState.STOPPING
+        if not child.send(StopMessage()):
+            child.kill_tree()
+
+    def forget(self, child: Child) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(child.sock)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(child.pidfd)
+        if self.children.get(child.slot) is child:
+            del self.children[child.slot]
+        child.close()
+
+    def idle_children(self) -> list[Child]:
+        return [c for c in self.children.values() if c.state is ChildState.IDLE]
+
+    def busy_children(self) -> list[Child]:
+        return [c for c in self.children.values() if c.state is ChildState.BUSY]
+
+    def on_readable(self, child: Child) -> None:
+        try:
+            messages, closed = child.receive()
+        except ProtocolError as exc:
+            self.log.error(
+                "child sent a malformed message; killing it", pid=child.pid, error=str(exc)
+            )
+            self.kill_running(child, Failure.PANIC, f"child sent a malformed message: {exc}")
+            return
+        for message in messages:
+            self.on_message(child, message)
+        if closed:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(child.sock)
+
+    def on_message(self, child: Child, message: Message) -> None:
+        if isinstance(message, ReadyMessage):
+            child.saw_ready = True
+            self.spawn_failures.pop(child.slot, None)
+            if child.state is ChildState.STARTING:
+                child.state = ChildState.IDLE
+                if self.draining or child.slot >= self.target_workers:
+                    self.stop_child(child)
+            return
+        running = child.running
+        if running is None or getattr(message, "id", None) != running.claim.id:
+            self.log.warning("child reported on a task it does not hold; ignored", pid=child.pid)
+            return
+        if isinstance(message, ProgressMessage):
+            running.pct = message.pct
+            running.pct_dirty = True
+        elif isinstance(message, DoneMessage):
+            self.finish(child, self.completed(running))
+        elif isinstance(message, ErrorMessage):
+            self.finish(child, self.errored(running, message))
+
+    def completed(self, running: Running) -> PendingResult:
+        return PendingResult(
+            claim=running.claim,
+            decision=Decision(outcome=Outcome.COMPLETED, status=Status.COMPLETED),
+            duration_s=time.monotonic() - running.started,
+        )
+
+    def errored(self, running: Running, message: ErrorMessage) -> PendingResult:
+        claim = running.claim
+        decision = decide_error(
+            attempt=claim.attempt,
+            max_attempts=claim.max_attempts,
+            permanent=message.permanent,
+            backoff=self.settings.backoff,
+        )
+        error = message.message + ("\n\n" + message.traceback if message.traceback else "")
+        return PendingResult(
+            claim=claim,
+            decision=decision,
+            error=error,
+            duration_s=time.monotonic() - running.started,
+            progress_pct=running.pct if running.pct_dirty else None,
+        )
+
+    def finish(self, child: Child, result: PendingResult) -> None:
+        """The child is free again: queue its result, then give it work or let it go."""
+        self.pending.append(result)
+        child.running = None
+        child.tasks_done += 1
+        child.state = ChildState.IDLE
+        recycle = self.settings.max_tasks_per_child and (
+            child.tasks_done >= self.settings.max_tasks_per_child
+        )
+        if self.draining or child.retire_when_idle or recycle or child.slot >= self.target_workers:
+            self.stop_child(child)
+
+    def on_exit(self, child: Child) -> None:
+        if child.sock.fileno() >= 0:
+            # Messages written just before the exit are still in the socket: read them first.
+            with contextlib.suppress(ProtocolError):
+                messages, _ = child.receive()
+                for message in messages:
+                    self.on_message(child, message)
+        status = child.reap()
+        if status is None:
+            return
+        if child.running is not None and not child.killed_by_parent:
+            self.record_panic(child, status)
+        elif child.state is not ChildState.STOPPING:
+            self.log.warning("idle child died; replacing it", pid=child.pid, exit=status.describe())
+        self.forget(child)
+        failed_start = not child.saw_ready and not child.killed_by_parent
+        if child.slot < self.target_workers and not self.draining:
+            self.schedule_respawn(child.slot, failed=failed_start)
+
+    def record_panic(self, child: Child, status: ExitStatus) -> None:
+        running = child.running
+        assert running is not None
+        dump = child.read_dump()
+        error = f"panic: {status.describe()}" + (f"\n\n{dump}" if dump else "")
+        self.pending.append(
+            failure_result(
+                running.claim,
+                Failure.PANIC,
+                error,
+                time.monotonic() - running.started,
+                running.pct if running.pct_dirty else None,
+            )
+        )
+        child.running = None
+
+    def kill_running(self, child: Child, failure: Failure, error: str) -> None:
+        """Kill a child's whole tree and, if it held a task, record ``failure`` for it."""
+        child.kill_tree()
+        running = child.running
+        if running is not None:
+            self.pending.append(
+                failure_result(
+                    running.claim,
+                    failure,
+                    error,
+                    time.monotonic() - running.started,
+                    running.pct if running.pct_dirty else None,
+                )
+            )
+            child.running = None
+
+    def enforce_deadlines(self, now: float) -> None:
+        for child in list(self.children.values()):
+            running = child.running
+            if running is None:
+                continue
+            if not running.stack_requested and now >= running.stack_at:
+                running.stack_requested = True
+                child.request_stack()
+            if now >= running.deadline:
+                budget = running.deadline - running.started
+                stack = child.read_dump()
+                error = (
+                    f"timeout: the wall-clock budget ran out after {budget:.3f} s of this attempt;"
+                    " the child and its process tree were killed"
+                    + (f"\n\nStack at the deadline:\n{stack}" if stack else "")
+                )
+                self.log.warning(
+                    "deadline reached; killing the child's tree",
+                    task_id=running.claim.id,
+                    pid=child.pid,
+                )
+                self.kill_running(child, Failure.TIMEOUT, error)
+
+    # ---------------------------------------------------------------- database
+
+    def db_ready(self, now: float) -> bool:
+        return now >= self.db_retry_at
+
+    def db_failed(self, exc: StoreError) -> None:
+        self.db_failures += 1
+        delay = min(DB_RETRY_MAX_S, DB_RETRY_MIN_S * 2 ** (self.db_failures - 1))
+        delay *= random.uniform(0.5, 1.0)
+        self.db_retry_at = time.monotonic() + delay
+        self.log.error(
+            "database error; holding results and retrying",
+            error=str(exc),
+            retry_in_s=round(delay, 2),
+            held=len(self.pending),
+        )
+
+    def db_ok(self) -> None:
+        if self.db_failures:
+            self.log.info("database is back", after_failures=self.db_failures)
+        self.db_failures = 0
+
+    def guarded(self, work: str) -> bool:
+        """Run ``self.<work>()`` against the database; False (and backoff) if it failed."""
+        try:
+            if not self.migrated:
+                self.store.migrate()
+                self.migrated = True
+            getattr(self, work)()
+        except StoreUnavailable as exc:
+            self.db_failed(exc)
+            return False
+        except StoreError as exc:
+            self.db_failed(exc)
+            return False
+        self.db_ok()
+        return True
+
+    def flush_results(self) -> None:
+        if self.pending:
+            self.guarded("write_pending")
+
+    def write_pending(self) -> None:
+        write_results(self.store, self.pending, self.recorded)
+
+    def recorded(self, result: PendingResult, won: bool) -> None:
+        claim = result.claim
+        outcome = result.decision.outcome
+        fields = {
+            "task_id": claim.id,
+            "type": claim.type,
+            "attempt": claim.attempt,
+            "duration_s": round(result.duration_s, 4),
+        }
+        if result.refund:
+            self.log.bind(**fields, outcome="refunded", won=won).info(
+                "task put back to queued (attempt refunded)" if won else "refund lost its claim"
+            )
+            return
+        if not won:
+            self.log.bind(**fields, outcome=Outcome.LOST.value).warning(
+                "result discarded: the claim was lost (rescued or cancelled elsewhere)",
+                would_have_been=outcome.value,
+            )
+            return
+        line = self.log.bind(**fields, outcome=outcome.value)
+        if outcome is Outcome.COMPLETED:
+            line.info("task completed")
+        elif outcome is Outcome.RETRIED:
+            line.warning(
+                "task failed; retrying",
+                retry_in_s=result.decision.retry_in_s,
+                error=first_line(result.error),
+            )
+        else:
+            line.error("task failed", failure=outcome.value, error=first_line(result.error))
+
+    def flush_progress(self, now: float) -> None:
+        due = [
+            c.running
+            for c in self.children.values()
+            if c.running is not None
+            and c.running.pct_dirty
+            and now >= c.running.pct_written_at + PROGRESS_INTERVAL_S
+        ]
+        if not due:
+            return
+        try:
+            for running in due:
+                assert running.pct is not None
+                self.store.progress(running.claim, running.pct)
+                running.pct_dirty = False
+                running.pct_written_at = now
+        except StoreError as exc:
+            self.db_failed(exc)
+
+    def heartbeat(self, now: float) -> None:
+        """Renew our leases; a task we no longer hold is someone else's now: kill its child."""
+        self.next_heartbeat = now + self.settings.heartbeat_s
+        busy = self.busy_children()
+        if not busy:
+            return
+        claims = [c.running.claim for c in busy if c.running is not None]
+        try:
+            held = self.store.renew_leases(self.owner, claims, self.settings.lease_s)
+        except StoreError as exc:
+            self.db_failed(exc)
+            return
+        self.db_ok()
+        for child in busy:
+            running = child.running
+            if running is not None and running.claim.id not in held:
+                self.log.bind(
+                    task_id=running.claim.id,
+                    type=running.claim.type,
+                    attempt=running.claim.attempt,
+                    outcome=Outcome.LOST.value,
+                ).warning("claim lost (lease expired and rescued, or cancelled); killing the child")
+                child.kill_tree()
+                child.running = None
+
+    def housekeeping(self, now: float) -> None:
+        """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
+        self.next_housekeeping = now + min(HOUSEKEEPING_INTERVAL_S, self.settings.heartbeat_s)
+        if not self.guarded("sweep"):
+            return
+
+    def sweep(self) -> None:
+        expired = self.store.expire_overdue(HOUSEKEEPING_BATCH)
+        rescued = self.store.rescue_expired(HOUSEKEEPING_BATCH)
+        if expired:
+            self.log.warning(
+                "expired queued tasks whose deadline passed",
+                count=expired,
+                outcome=Outcome.EXPIRED.value,
+            )
+        if rescued.requeued or rescued.lost:
+            self.log.warning(
+                "rescued tasks whose lease ran out", requeued=rescued.requeued, lost=rescued.lost
+            )
+
+    def can_claim(self, now: float) -> bool:
+        return (
+            not self.draining
+            and bool(self.handlers)
+            and now >= self.next_poll
+            and now >= self.db_retry_at
+            and bool(self.idle_children())
+        )
+
+    def claim_and_dispatch(self, now: float) -> None:
+        idle = self.idle_children()
+        try:
+            claims = self.store.claim(self.owner, self.handlers, len(idle), self.settings.lease_s)
+        except StoreError as exc:
+            self.db_failed(exc)
+            return
+        self.db_ok()
+        full = len(claims) == len(idle)
+        self.next_poll = now if full else now + self.settings.poll_interval_s
+        for child, claim in zip(idle, claims, strict=False):
+            self.dispatch(child, claim)
+
+    def dispatch(self, child: Child, claim: Claim) -> None:
+        now = time.monotonic()
+        if claim.remaining_s <= 0:
+            self.pending.append(
+                failure_result(
+                    claim, Failure.EXPIRED, "deadline passed before the task was dispatched", 0.0
+                )
+            )
+            return
+        deadline = now + claim.remaining_s
+        child.running = Running(
+            claim=claim,
+            started=now,
+            deadline=deadline,
+            stack_at=max(now, deadline - STACK_LEAD_S),
+        )
+        child.state = ChildState.BUSY
+        self.log.bind(task_id=claim.id, type=claim.type, attempt=claim.attempt).debug(
+            "task dispatched", pid=child.pid
+        )
+        message = TaskMessage(
+            id=claim.id,
+            type=claim.type,
+            path=str(self.handlers[claim.type]),
+            options=claim.options,
+            attempt=claim.attempt,
+            max_attempts=claim.max_attempts,
+            remaining_s=claim.remaining_s,
+        )
+        if not child.send(message):
+            # The child died between ready and now: its exit is handled as a panic.
+            self.log.warning("child vanished at dispatch", pid=child.pid)
+
+    # ---------------------------------------------------------------- drain
+
+    def abandon_in_flight(self) -> None:
+        """Drain time is up: kill what still runs and put those tasks back, attempt refunded."""
+        self.drain_deadline = None
+        for child in list(self.children.values()):
+            running = child.running
+            child.kill_tree()
+            if running is not None:
+                self.pending.append(
+                    PendingResult(
+                        claim=running.claim,
+                        decision=BACK_TO_QUEUE,
+                        duration_s=time.monotonic() - running.started,
+                        refund=True,
+                    )
+                )
+                child.running = None
+
+    def final_flush(self) -> None:
+        """Write what is held; what cannot be written is logged, and rescued later by lease."""
+        for _ in range(3):
+            if not self.pending:
+                return
+            if self.guarded("write_pending"):
+                return
+            time.sleep(0.2)
+        for result in self.pending:
+            self.log.bind(
+                task_id=result.claim.id, type=result.claim.type, attempt=result.claim.attempt
+            ).error(
+                "result not recorded (database unavailable); the task will be rescued when "
+                "its lease expires",
+                would_have_been=result.decision.outcome.value,
+            )
+
+
+def first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
+
+
+def _record_only(signum: int, frame: object) -> None:
+    """Signal handler: the wakeup fd already carries ``signum`` to the loop; nothing else to do."""

@@ -1,0 +1,73 @@
+"""Turn a child's wait status into a frozen record: the one place that tells a panic from an exit.
+
+``os.wait4`` gives the child's own resource usage, so a panic report can say
+how much memory the child had reached when it died.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class ExitStatus:
+    """How a child ended: an exit code, or the signal that killed it."""
+
+    exit_code: int | None
+    signal_name: str | None
+    peak_rss_bytes: int
+    killed_by_parent: bool
+
+    @classmethod
+    def from_wait(
+        cls, status: int, rusage_maxrss_kib: int, *, killed_by_parent: bool
+    ) -> ExitStatus:
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            return cls(
+                exit_code=None,
+                signal_name=signal_name(-code),
+                peak_rss_bytes=rusage_maxrss_kib * 1024,
+                killed_by_parent=killed_by_parent,
+            )
+        return cls(
+            exit_code=code,
+            signal_name=None,
+            peak_rss_bytes=rusage_maxrss_kib * 1024,
+            killed_by_parent=killed_by_parent,
+        )
+
+    @property
+    def clean(self) -> bool:
+        return self.exit_code == 0
+
+    def describe(self) -> str:
+        """What an operator needs in ``last_error`` to tell a segfault from an OOM kill."""
+        rss = f"peak RSS {self.peak_rss_bytes / (1024 * 1024):.1f} MiB"
+        if self.signal_name is None:
+            return f"child process exited with code {self.exit_code} ({rss})"
+        text = f"child process was killed by {self.signal_name} ({rss})"
+        if self.signal_name == "SIGKILL" and not self.killed_by_parent:
+            text += "; the supervisor did not send it: possibly out of memory (OOM killer)"
+        return text
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def reap(pid: int) -> tuple[int, int] | None:
+    """Collect a finished child without blocking: ``(wait status, peak RSS KiB)`` or None."""
+    try:
+        waited, status, usage = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if waited == 0:
+        return None
+    return status, usage.ru_maxrss

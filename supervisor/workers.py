@@ -1,0 +1,185 @@
+"""The parent's handle on one child process: spawn, talk, watch, kill, reap.
+
+Each child gets one end of a socket pair for messages, a pidfd the parent
+waits on to learn of its exit the moment it happens, and a dump file for
+faulthandler's stack traces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+import psutil
+
+from supervisor.protocol import LineBuffer, Message, decode, encode
+from supervisor.reaping import ExitStatus, reap
+from supervisor.store import Claim
+
+STACK_SIGNAL = signal.SIGUSR1
+SEND_TIMEOUT_S = 5.0
+# Never handed to a child: it must not be able to reach the database.
+SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD")
+
+
+class ChildState(enum.Enum):
+    STARTING = "starting"  # spawned, no ``ready`` yet
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"  # told to stop (or killed); waiting to be reaped
+
+
+@attrs.define(kw_only=True)
+class Running:
+    """The attempt a busy child is working on, with its local monotonic deadlines."""
+
+    claim: Claim
+    started: float
+    deadline: float
+    stack_at: float
+    stack_requested: bool = False
+    pct: int | None = None
+    pct_dirty: bool = False
+    pct_written_at: float = 0.0
+
+
+def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    env = {key: value for key, value in environ.items() if key not in SECRET_ENV}
+    env.update(extra)
+    return env
+
+
+class Child:
+    """One child process as the parent sees it."""
+
+    def __init__(
+        self,
+        *,
+        slot: int,
+        process: subprocess.Popen[bytes],
+        sock: socket.socket,
+        dump_path: Path,
+    ) -> None:
+        self.slot = slot
+        self.process = process
+        self.pid = process.pid
+        self.sock = sock
+        self.pidfd = os.pidfd_open(process.pid)
+        self.dump_path = dump_path
+        self.state = ChildState.STARTING
+        self.running: Running | None = None
+        self.tasks_done = 0
+        self.spawned_at = time.monotonic()
+        self.killed_by_parent = False
+        self.retire_when_idle = False
+        self.saw_ready = False
+        self._buffer = LineBuffer()
+
+    @classmethod
+    def spawn(
+        cls, *, slot: int, runtime_dir: Path, lifeline_fd: int, env: Mapping[str, str]
+    ) -> Child:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        dump_path = runtime_dir / f"child-{slot}.dump"
+        dump_path.write_bytes(b"")
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "supervisor.child",
+                    "--socket",
+                    str(child_end.fileno()),
+                    "--lifeline",
+                    str(lifeline_fd),
+                    "--dump",
+                    str(dump_path),
+                ],
+                pass_fds=(child_end.fileno(), lifeline_fd),
+                process_group=0,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),
+                env=dict(env),
+            )
+        finally:
+            child_end.close()
+        parent_end.settimeout(SEND_TIMEOUT_S)
+        return cls(slot=slot, process=process, sock=parent_end, dump_path=dump_path)
+
+    def send(self, message: Message) -> bool:
+        """Deliver a message; False if the child is gone (its exit is noticed via the pidfd)."""
+        try:
+            self.sock.sendall(encode(message))
+        except OSError:
+            return False
+        return True
+
+    def receive(self) -> tuple[list[Message], bool]:
+        """Messages available now, and whether the child closed its end.
+
+        Raises :class:`~supervisor.protocol.ProtocolError` on a malformed line.
+        """
+        try:
+            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return [], False
+        except OSError:
+            return [], True
+        if not data:
+            return [], True
+        return [decode(line) for line in self._buffer.feed(data)], False
+
+    def request_stack(self) -> None:
+        """Ask faulthandler in the child to dump every thread's stack into the dump file."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, STACK_SIGNAL)
+
+    def read_dump(self) -> str:
+        try:
+            return self.dump_path.read_text("utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    def kill_tree(self) -> None:
+        """SIGKILL the child, its process group, and every descendant found before the kill.
+
+        The descendants are listed first: once the child is dead its orphans
+        are re-parented and can no longer be found through it. Descendants that
+        moved to a new session or group are killed by pid.
+        """
+        self.killed_by_parent = True
+        self.state = ChildState.STOPPING
+        try:
+            descendants = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        for proc in descendants:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+    def reap(self) -> ExitStatus | None:
+        waited = reap(self.pid)
+        if waited is None:
+            return None
+        status, maxrss_kib = waited
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        return ExitStatus.from_wait(status, maxrss_kib, killed_by_parent=self.killed_by_parent)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.close(self.pidfd)
+        with contextlib.suppress(OSError):
+            self.dump_path.unlink()
