@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", type=int)
     parser.add_argument("--lifeline", type=int)
     parser.add_argument("--dump")
+    parser.add_argument("--metrics-id", help="name of this slot's metrics files")
     args = parser.parse_args(argv)
     if args.check is not None:
         return check_imports(args.check)
@@ -264,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--socket, --lifeline and --dump are required")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.metrics_id and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from supervisor.metrics import bind_process_files
+
+        bind_process_files(args.metrics_id)  # before any handler creates a metric
     become_subreaper()
     threading.Thread(target=watch_lifeline, args=(args.lifeline,), daemon=True).start()
     sock = socket.socket(fileno=args.socket)

@@ -25,14 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import psutil
 from loguru import logger
 
-from supervisor import logs
+from supervisor import logs, metrics
 from supervisor.config import Settings
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.handlers import discover
+from supervisor.health import Health
 from supervisor.lifecycle import Decision, Failure, Outcome, Status, decide_error
 from supervisor.protocol import (
     DoneMessage,
@@ -53,6 +56,7 @@ STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
 HOUSEKEEPING_INTERVAL_S = 5.0
 HOUSEKEEPING_BATCH = 500
+SAMPLE_INTERVAL_S = 5.0  # child RSS and queue depth: sampled, not read per scrape
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
 SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
 IMPORT_CHECK_TIMEOUT_S = 60.0
@@ -71,13 +75,37 @@ HANDLED_SIGNALS = (
 def run(settings: Settings) -> int:
     """Run a supervisor until it has drained; the process's exit status."""
     logs.configure(settings.log_format, settings.log_level)
+    directory = None
+    if settings.metrics_port:
+        # Before prometheus_client is first imported, and before children inherit the environment.
+        directory = metrics.prepare_directory(os.environ)
+        metrics.bind_process_files(metrics.PARENT_ID)
     store = open_store(settings.dsn)
-    supervisor = Supervisor(settings, store)
+    supervisor = Supervisor(settings, store, metrics_dir=directory.path if directory else None)
+    server = None
     try:
+        if directory is not None:
+            from supervisor import http
+
+            try:
+                server = http.serve(
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    str(directory.path),
+                    supervisor.health,
+                )
+            except OSError as exc:
+                logger.error("cannot serve metrics", port=settings.metrics_port, error=str(exc))
+                return 1
         return supervisor.run()
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         supervisor.cleanup()
         store.close()
+        if directory is not None:
+            directory.cleanup()
 
 
 def owner_id() -> str:
@@ -86,9 +114,13 @@ def owner_id() -> str:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics_dir: Path | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics_dir = metrics_dir
+        self.metrics = metrics.Metrics(lambda: self.handlers)
+        self.health = Health(stale_after_s=settings.lease_s)
+        self.next_sample = time.monotonic()
         self.owner = owner_id()
         self.log = logger.bind(owner=self.owner)
         self.handlers: dict[str, Path] = {}
@@ -214,6 +246,26 @@ class Supervisor:
             self.claim_and_dispatch(now)
         if self.draining and self.drain_deadline is not None and now >= self.drain_deadline:
             self.abandon_in_flight()
+        self.publish_state(now)
+
+    def publish_state(self, now: float) -> None:
+        """Gauges and health, after every turn of the loop (each is a store into a mmap)."""
+        self.health.loop_at = now
+        busy = len(self.busy_children())
+        self.metrics.in_flight.set(busy)
+        self.metrics.busy.set(busy)
+        self.metrics.workers.set(self.target_workers)
+        if now >= self.next_sample:
+            self.next_sample = now + SAMPLE_INTERVAL_S
+            self.metrics.set_child_rss(child_rss(self.children.values()))
+            if self.db_ready(now):
+                self.guarded("sample_queue_depth")
+
+    def sample_queue_depth(self) -> None:
+        live = (Status.QUEUED, Status.RUNNING)
+        self.metrics.set_queue_depth(
+            (c.type, c.status.value, c.count) for c in self.store.counts() if c.status in live
+        )
 
     def next_wakeup(self) -> float:
         due = [self.next_heartbeat, self.next_housekeeping]
@@ -274,6 +326,7 @@ class Supervisor:
         self.load_handlers()
         self.log.info("reloaded handlers; replacing children", types=sorted(self.handlers))
         for child in list(self.children.values()):
+            child.exit_reason = "reload"
             if child.state is ChildState.BUSY:
                 child.retire_when_idle = True
             elif child.state is not ChildState.STOPPING:
@@ -315,6 +368,7 @@ class Supervisor:
                 runtime_dir=self.runtime_dir,
                 lifeline_fd=self.lifeline_r,
                 env=self.child_env,
+                metrics_id=metrics.slot_id(slot) if self.metrics_dir else None,
             )
         except OSError as exc:
             self.log.error("cannot start a child", slot=slot, error=str(exc))
@@ -431,6 +485,8 @@ class Supervisor:
         recycle = self.settings.max_tasks_per_child and (
             child.tasks_done >= self.settings.max_tasks_per_child
         )
+        if recycle:
+            child.exit_reason = "recycled"
         if self.draining or child.retire_when_idle or recycle or child.slot >= self.target_workers:
             self.stop_child(child)
 
@@ -445,12 +501,17 @@ class Supervisor:
         if status is None:
             return
         if child.running is not None and not child.killed_by_parent:
+            child.exit_reason = "panic"
             self.record_panic(child, status)
         elif child.state is not ChildState.STOPPING:
             self.log.warning("idle child died; replacing it", pid=child.pid, exit=status.describe())
         self.forget(child)
+        if self.metrics_dir is not None:
+            metrics.mark_slot_dead(self.metrics_dir, child.slot)
         failed_start = not child.saw_ready and not child.killed_by_parent
         if child.slot < self.target_workers and not self.draining:
+            reason = "startup_failed" if failed_start else child.exit_reason
+            self.metrics.restarts.labels(reason=reason).inc()
             self.schedule_respawn(child.slot, failed=failed_start)
 
     def record_panic(self, child: Child, status: ExitStatus) -> None:
@@ -471,6 +532,7 @@ class Supervisor:
 
     def kill_running(self, child: Child, failure: Failure, error: str) -> None:
         """Kill a child's whole tree and, if it held a task, record ``failure`` for it."""
+        child.exit_reason = failure.value
         child.kill_tree()
         running = child.running
         if running is not None:
@@ -514,6 +576,7 @@ class Supervisor:
         return now >= self.db_retry_at
 
     def db_failed(self, exc: StoreError) -> None:
+        self.metrics.db_errors.inc()
         self.db_failures += 1
         delay = min(DB_RETRY_MAX_S, DB_RETRY_MIN_S * 2 ** (self.db_failures - 1))
         delay *= random.uniform(0.5, 1.0)
@@ -526,6 +589,7 @@ class Supervisor:
         )
 
     def db_ok(self) -> None:
+        self.health.db_ok_at = time.monotonic()
         if self.db_failures:
             self.log.info("database is back", after_failures=self.db_failures)
         self.db_failures = 0
@@ -562,6 +626,10 @@ class Supervisor:
             "attempt": claim.attempt,
             "duration_s": round(result.duration_s, 4),
         }
+        if not result.refund:
+            self.metrics.observe_outcome(
+                claim.type, outcome.value if won else Outcome.LOST.value, result.duration_s
+            )
         if result.refund:
             self.log.bind(**fields, outcome="refunded", won=won).info(
                 "task put back to queued (attempt refunded)" if won else "refund lost its claim"
@@ -626,6 +694,10 @@ class Supervisor:
                     attempt=running.claim.attempt,
                     outcome=Outcome.LOST.value,
                 ).warning("claim lost (lease expired and rescued, or cancelled); killing the child")
+                self.metrics.observe_outcome(
+                    running.claim.type, Outcome.LOST.value, time.monotonic() - running.started
+                )
+                child.exit_reason = Outcome.LOST.value
                 child.kill_tree()
                 child.running = None
 
@@ -660,12 +732,14 @@ class Supervisor:
 
     def claim_and_dispatch(self, now: float) -> None:
         idle = self.idle_children()
+        started = time.perf_counter()
         try:
             claims = self.store.claim(self.owner, self.handlers, len(idle), self.settings.lease_s)
         except StoreError as exc:
             self.db_failed(exc)
             return
         self.db_ok()
+        self.metrics.observe_claims((c.type for c in claims), time.perf_counter() - started)
         full = len(claims) == len(idle)
         self.next_poll = now if full else now + self.settings.poll_interval_s
         for child, claim in zip(idle, claims, strict=False):
@@ -739,6 +813,16 @@ class Supervisor:
                 "its lease expires",
                 would_have_been=result.decision.outcome.value,
             )
+
+
+def child_rss(children: Iterable[Child]) -> dict[int, int]:
+    rss = {}
+    for child in children:
+        try:
+            rss[child.slot] = psutil.Process(child.pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return rss
 
 
 def first_line(text: str) -> str:

@@ -81,12 +81,20 @@ class Child:
         self.spawned_at = time.monotonic()
         self.killed_by_parent = False
         self.retire_when_idle = False
+        # Why this child ends, for supervisor_child_restarts_total{reason}; set by whoever ends it.
+        self.exit_reason = "died_idle"
         self.saw_ready = False
         self._buffer = LineBuffer()
 
     @classmethod
     def spawn(
-        cls, *, slot: int, runtime_dir: Path, lifeline_fd: int, env: Mapping[str, str]
+        cls,
+        *,
+        slot: int,
+        runtime_dir: Path,
+        lifeline_fd: int,
+        env: Mapping[str, str],
+        metrics_id: str | None = None,
     ) -> Child:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         dump_path = runtime_dir / f"child-{slot}.dump"
@@ -103,6 +111,7 @@ class Child:
                     str(lifeline_fd),
                     "--dump",
                     str(dump_path),
+                    *(["--metrics-id", metrics_id] if metrics_id else []),
                 ],
                 pass_fds=(child_end.fileno(), lifeline_fd),
                 process_group=0,

@@ -1,0 +1,187 @@
+"""Prometheus metrics aggregated across the parent and every child (multiprocess mode).
+
+Bounded files: prometheus-client writes one set of value files per process
+id, so a supervisor that recycles children (``--max-tasks-per-child 1``)
+would grow the directory without bound (prometheus-client issues 204, 367,
+443). Here every process names its files after its *worker slot* instead
+(``counter_slot-3.db``, ``counter_parent.db``) by installing
+``MultiProcessValue`` with a fixed identifier before any metric exists. A
+child that replaces another in the same slot reopens the same files and
+continues their counts, so counters stay exact and the directory holds at
+most (slots + 1) files per metric kind, whatever the churn. Only one process
+uses a slot at a time: a slot's new child is spawned after the old one was
+reaped. When a child exits the parent calls ``mark_process_dead`` for its
+slot, which drops its live gauges.
+
+Import order matters: ``prometheus_client`` reads ``PROMETHEUS_MULTIPROC_DIR``
+when it is first imported, so :func:`prepare_directory` runs before.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PARENT_ID = "parent"
+DURATION_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+)
+CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+UNKNOWN_TYPE = "unknown"
+
+
+def slot_id(slot: int) -> str:
+    return f"slot-{slot}"
+
+
+@attrs.frozen(kw_only=True)
+class MetricsDirectory:
+    path: Path
+    owned: bool  # created by us, so removed on exit
+
+    def cleanup(self) -> None:
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def prepare_directory(environ: dict[str, str] | Any = os.environ) -> MetricsDirectory:
+    """Use the operator's ``PROMETHEUS_MULTIPROC_DIR`` or a private one; wipe stale files."""
+    given = environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        directory = MetricsDirectory(path=path, owned=False)
+    else:
+        directory = MetricsDirectory(
+            path=Path(tempfile.mkdtemp(prefix="supervisor-metrics-")), owned=True
+        )
+    environ[MULTIPROC_ENV] = str(directory.path)
+    return directory
+
+
+def bind_process_files(identifier: str) -> None:
+    """Name this process's value files after ``identifier`` (a slot), not its pid.
+
+    Must run before any metric object is created in this process.
+    """
+    from prometheus_client import values
+
+    values.ValueClass = values.MultiProcessValue(lambda: identifier)  # type: ignore[no-untyped-call]
+
+
+def mark_slot_dead(directory: Path, slot: int) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(slot_id(slot), str(directory))  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """The supervisor's own metrics. Labels for ``type`` are limited to handled types."""
+
+    def __init__(self, handled_types: Callable[[], Iterable[str]]) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self._handled_types = handled_types
+        self.claimed = Counter("tasks_claimed", "Tasks claimed by this supervisor.", ["type"])
+        self.processed = Counter(
+            "tasks_processed",
+            "Attempts finished, by outcome: completed, retried, error, panic, timeout, "
+            "expired, lost.",
+            ["type", "outcome"],
+        )
+        self.duration = Histogram(
+            "task_duration_seconds",
+            "Wall-clock time of an attempt.",
+            ["type"],
+            buckets=DURATION_BUCKETS,
+        )
+        self.in_flight = Gauge(
+            "tasks_in_flight", "Attempts running now.", multiprocess_mode="livesum"
+        )
+        self.restarts = Counter(
+            "supervisor_child_restarts", "Children replaced, by reason.", ["reason"]
+        )
+        self.db_errors = Counter("supervisor_db_errors", "Failed database operations.")
+        self.claim_seconds = Histogram(
+            "supervisor_claim_seconds", "Latency of one claim transaction.", buckets=CLAIM_BUCKETS
+        )
+        self.workers = Gauge(
+            "supervisor_workers", "Worker slots configured.", multiprocess_mode="livesum"
+        )
+        self.busy = Gauge(
+            "supervisor_workers_busy", "Worker slots running a task.", multiprocess_mode="livesum"
+        )
+        self.child_rss = Gauge(
+            "supervisor_child_rss_bytes",
+            "Resident memory of each child.",
+            ["slot"],
+            multiprocess_mode="livesum",
+        )
+        self.queue_depth = Gauge(
+            "supervisor_queue_depth",
+            "Live tasks in the table by type and status.",
+            ["type", "status"],
+            multiprocess_mode="livesum",
+        )
+        self._depth_labels: set[tuple[str, str]] = set()
+        self._rss_slots: set[str] = set()
+
+    def type_label(self, task_type: str) -> str:
+        """A producer must not be able to create time series: unknown types share one label."""
+        return task_type if task_type in set(self._handled_types()) else UNKNOWN_TYPE
+
+    def observe_outcome(self, task_type: str, outcome: str, duration_s: float | None) -> None:
+        label = self.type_label(task_type)
+        self.processed.labels(type=label, outcome=outcome).inc()
+        if duration_s is not None:
+            self.duration.labels(type=label).observe(duration_s)
+
+    def observe_claims(self, types: Iterable[str], seconds: float) -> None:
+        self.claim_seconds.observe(seconds)
+        for task_type in types:
+            self.claimed.labels(type=self.type_label(task_type)).inc()
+
+    def set_queue_depth(self, counts: Iterable[tuple[str, str, int]]) -> None:
+        totals: dict[tuple[str, str], int] = {}
+        for task_type, status, count in counts:
+            key = (self.type_label(task_type), status)
+            totals[key] = totals.get(key, 0) + count
+        for key in self._depth_labels - set(totals):
+            totals[key] = 0
+        for (label, status), count in totals.items():
+            self.queue_depth.labels(type=label, status=status).set(count)
+        self._depth_labels = set(totals)
+
+    def set_child_rss(self, rss_by_slot: dict[int, int]) -> None:
+        current = {str(slot): rss for slot, rss in rss_by_slot.items()}
+        for gone in self._rss_slots - set(current):
+            # Multiprocess files cannot forget a series, so a vanished slot reads 0.
+            current[gone] = 0
+        for slot, rss in current.items():
+            self.child_rss.labels(slot=slot).set(rss)
+        self._rss_slots = {slot for slot, rss in current.items() if rss}
