@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,11 @@ from supervisor.producer import new_task
 from supervisor.store import Store, TaskRow, open_store
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
+# Ids are positive and fit SQLite's INTEGER (signed 64-bit); anything else cannot name a task,
+# and would otherwise reach the driver (sqlite3 raises OverflowError, not a database error).
+MAX_TASK_ID = 2**63 - 1
+# tasks.priority is a MySQL INT: keep both backends to the range the smaller one stores.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 SUBCOMMANDS = ("run", "enqueue", "status", "show", "retry", "cancel", "migrate", "prune")
 
 
@@ -99,14 +105,14 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     )
 
     show = sub.add_parser("show", parents=[common], help="one task's row")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=task_id)
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--options", action="store_true", help="include task_options")
 
     for name, text in (("retry", "put a failed or cancelled task back"),
                        ("cancel", "cancel a queued or running task")):
         command = sub.add_parser(name, parents=[common], help=text)
-        command.add_argument("id", type=int)
+        command.add_argument("id", type=task_id)
 
     sub.add_parser("migrate", parents=[common], help="create the tasks table (idempotent)")
     prune = sub.add_parser("prune", parents=[common], help="delete old finished tasks")
@@ -124,7 +130,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             delay=number(args.delay, "--delay"),
             budget=number(args.budget, "--budget"),
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
-            priority=int(number(args.priority, "--priority", integer=True)),
+            priority=priority(args.priority),
         )
         store = open_store(dsn)
         store.migrate()
@@ -132,8 +138,8 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         return 0
     if args.command == "prune":
         older_than = number(args.older_than, "--older-than")
-        if older_than < 0:
-            raise UsageError("--older-than must be zero or more seconds")
+        if not 0 <= older_than < math.inf:  # also refuses nan, which compares false
+            raise UsageError(f"--older-than must be zero or more seconds, got {args.older_than!r}")
         store = ready_store(dsn)
         print(f"pruned {store.prune(older_than)} finished tasks")
         return 0
@@ -164,9 +170,41 @@ def number(text: str, flag: str, *, integer: bool = False) -> float:
         raise UsageError(f"{flag} must be {kind}, got {text!r}") from None
 
 
+def task_id(text: str) -> int:
+    """argparse type of an id: a positive whole number that a store can look up."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a task id is a positive whole number, not {text!r}"
+        ) from None
+    if not 1 <= value <= MAX_TASK_ID:
+        raise argparse.ArgumentTypeError(f"a task id is between 1 and {MAX_TASK_ID}, not {text}")
+    return value
+
+
+def priority(text: str) -> int:
+    """``--priority`` within the column's range, so an overflow is bad input, not a DB error."""
+    value = int(number(text, "--priority", integer=True))
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise UsageError(
+            f"--priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {text}"
+        )
+    return value
+
+
 def read_options(options: str | None) -> str | None:
-    """``-`` reads standard input, refusing more than 1 MiB without reading it all."""
+    """``-`` reads standard input, refusing more than 1 MiB without reading it all.
+
+    An argument that is not UTF-8 reaches Python as lone surrogates (PEP 383), which
+    no database can store; it is refused here like non-UTF-8 standard input.
+    """
     if options != "-":
+        if options is not None:
+            try:
+                options.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError("task options argument is not UTF-8 text") from None
         return options
     data = sys.stdin.buffer.read(MAX_OPTIONS_BYTES + 1)
     if len(data) > MAX_OPTIONS_BYTES:

@@ -1,0 +1,605 @@
+"""The operator's and producer's command line, run as the real ``python -m supervisor``.
+
+Each test starts the command in a subprocess, in a fresh working directory, and
+checks what a user sees (exit status, stdout, stderr) and what the database
+holds afterwards. Tests that touch a database run on SQLite and on MariaDB.
+
+The error contract checked throughout: a failure is exactly one line on
+stderr, never a traceback; exit status 2 means bad input and nothing was
+written, exit status 1 means a runtime failure (unknown task, refused
+transition, unreachable database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import attrs
+import pymysql
+import pytest
+
+from supervisor.dsn import MysqlDsn, SqliteDsn, parse_dsn
+from supervisor.lifecycle import Failure, Status
+from supervisor.store import NewTask, Store, open_store
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+SECRET = "s3cret"
+RUN_FLAGS = (
+    "--workers", "--dsn", "--handlers", "--backoff", "--drain-timeout", "--lease",
+    "--poll-interval", "--max-tasks-per-child", "--metrics-port", "--log-format", "--log-level",
+)  # fmt: skip
+
+
+@attrs.frozen
+class Result:
+    """What one run of the command showed the user."""
+
+    rc: int
+    out: str
+    err: str
+
+    def assert_one_line_error(self, rc: int) -> str:
+        """The error contract: exit ``rc``, nothing on stdout, one line on stderr, no traceback."""
+        assert self.rc == rc, f"exit status {self.rc}, expected {rc}; stderr: {self.err!r}"
+        assert "Traceback" not in self.err, self.err
+        assert self.err.endswith("\n") and self.err.count("\n") == 1, repr(self.err)
+        assert self.out == "", f"a failure printed on stdout: {self.out!r}"
+        return self.err.strip()
+
+    def assert_ok(self) -> str:
+        assert self.rc == 0, f"exit status {self.rc}; stderr: {self.err!r}"
+        assert self.err == "", self.err
+        return self.out
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any SUPERVISOR_* setting, importing this checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    cwd: Path,
+    *args: str | bytes,
+    dsn: str | None = None,
+    env: dict[str, str] | None = None,
+    stdin: bytes = b"",
+    python_args: Sequence[str] = ("-m", "supervisor"),
+) -> Result:
+    """Run ``python -m supervisor ARGS`` in ``cwd``; ``dsn`` goes in SUPERVISOR_DSN, not argv."""
+    environment = clean_env(**(env or {}))
+    if dsn is not None:
+        environment["SUPERVISOR_DSN"] = dsn
+    done = subprocess.run(
+        [sys.executable, *python_args, *args],
+        cwd=cwd,
+        env=environment,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return Result(
+        rc=done.returncode,
+        out=done.stdout.decode("utf-8", "replace"),
+        err=done.stderr.decode("utf-8", "replace"),
+    )
+
+
+def row_count(store: Store) -> int:
+    return sum(line.count for line in store.counts())
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def backdate(dsn: str, task_id: int, column: str, seconds: int) -> None:
+    """Move a timestamp of one row into the past, by the database's own clock."""
+    parsed = parse_dsn(dsn)
+    if isinstance(parsed, SqliteDsn):
+        with sqlite3.connect(parsed.path) as conn:
+            conn.execute(
+                f"UPDATE tasks SET {column} = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) WHERE id = ?",
+                (f"-{seconds} seconds", task_id),
+            )
+        conn.close()
+        return
+    assert isinstance(parsed, MysqlDsn)
+    conn = pymysql.connect(
+        host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
+        database=parsed.database, autocommit=True,
+    )  # fmt: skip
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE tasks SET {column} = NOW(6) - INTERVAL %s SECOND WHERE id = %s",
+                (seconds, task_id),
+            )
+    finally:
+        conn.close()
+
+
+def finished(store: Store, type_: str, outcome: str) -> int:
+    """A task of ``type_`` taken through a claim to ``completed`` or ``failed``."""
+    task_id = store.enqueue(NewTask(type=type_, options="{}"))
+    (claim,) = store.claim("e2e-owner", [type_], 1, 60)
+    if outcome == "completed":
+        assert store.complete(claim)
+    else:
+        assert store.fail(claim, Failure.ERROR, "boom")
+    return task_id
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+
+def test_enqueue_prints_the_new_id_and_stores_the_options_verbatim(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`enqueue TYPE OPTIONS` prints only the new id; the row holds the options untouched.
+
+    Defaults: queued, 3 attempts, priority 0, runnable now, budget 3600 s.
+    """
+    options = '{"path": "a.png", "size": [1, 2]}'
+    first = run_cli(tmp_path, "enqueue", "resize", options, dsn=dsn).assert_ok()
+    second = run_cli(tmp_path, "enqueue", "resize", "plain text", dsn=dsn).assert_ok()
+
+    assert first.endswith("\n") and first.strip().isdigit(), repr(first)
+    first_id, second_id = int(first), int(second)
+    assert second_id > first_id
+    row = store.get(first_id)
+    assert row is not None
+    assert (row.type, row.options, row.status) == ("resize", options, Status.QUEUED)
+    assert (row.max_attempts, row.priority, row.attempts) == (3, 0, 0)
+    assert row.run_at == row.created_at
+    assert row.deadline_at - row.run_at == timedelta(seconds=3600)
+    assert store.get(second_id).options == "plain text"  # type: ignore[union-attr]
+
+
+def test_enqueue_flags_land_in_the_row(dsn: str, tmp_path: Path) -> None:
+    """--delay sets run_at, --budget counts from run_at to deadline_at, and --max-attempts and
+    --priority are stored as given (checked through `show ID --json`, which omits the options).
+    """
+    out = run_cli(
+        tmp_path, "enqueue", "report", "{}",
+        "--delay", "30", "--budget", "120.5", "--max-attempts", "7", "--priority", "-5",
+        dsn=dsn,
+    ).assert_ok()  # fmt: skip
+    shown = json.loads(run_cli(tmp_path, "show", out.strip(), "--json", dsn=dsn).assert_ok())
+
+    assert shown["id"] == int(out)
+    assert "task_options" not in shown
+    created, run_at = parse_time(shown["created_at"]), parse_time(shown["run_at"])
+    assert run_at - created == timedelta(seconds=30)
+    assert parse_time(shown["deadline_at"]) - run_at == timedelta(seconds=120.5)
+    assert (shown["max_attempts"], shown["priority"], shown["status"]) == (7, -5, "queued")
+
+
+def test_enqueue_dash_reads_the_options_from_stdin_byte_for_byte(dsn: str, tmp_path: Path) -> None:
+    """OPTIONS `-` stores standard input exactly: non-ASCII, CR LF, tabs, trailing blanks."""
+    text = '{"name": "café ☕ 🙂",\t"q": "\\"x\\""}\r\n\n  '
+    out = run_cli(tmp_path, "enqueue", "mail", "-", dsn=dsn, stdin=text.encode()).assert_ok()
+    shown = run_cli(tmp_path, "show", out.strip(), "--json", "--options", dsn=dsn).assert_ok()
+
+    assert json.loads(shown)["task_options"] == text
+
+
+def test_options_of_exactly_one_mib_are_accepted(dsn: str, store: Store, tmp_path: Path) -> None:
+    """The 1 MiB limit is inclusive: 1,048,576 bytes on stdin are stored whole."""
+    text = "é" * (MIB // 2)
+    out = run_cli(tmp_path, "enqueue", "big", "-", dsn=dsn, stdin=text.encode()).assert_ok()
+
+    assert store.get(int(out)).options == text  # type: ignore[union-attr]
+
+
+# --- show -------------------------------------------------------------------------------------
+
+
+def test_show_prints_one_field_per_line_and_options_only_on_request(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`show ID` lists the row's fields; task_options appear only with --options."""
+    task_id = store.enqueue(NewTask(type="resize", options="opt-value-42", priority=3))
+
+    plain = run_cli(tmp_path, "show", str(task_id), dsn=dsn).assert_ok()
+    full = run_cli(tmp_path, "show", str(task_id), "--options", dsn=dsn).assert_ok()
+
+    fields = {line.split()[0]: line.split()[1:] for line in plain.splitlines()}
+    assert fields["id"] == [str(task_id)]
+    assert fields["type"] == ["resize"]
+    assert fields["status"] == ["queued"]
+    assert fields["priority"] == ["3"]
+    assert "task_options" not in fields and "opt-value-42" not in plain
+    assert any(line.split() == ["task_options", "opt-value-42"] for line in full.splitlines())
+
+
+def test_show_of_an_unknown_id_exits_1_with_one_line(dsn: str, tmp_path: Path) -> None:
+    """An id that names no task is a runtime failure (1), said in one line."""
+    message = run_cli(tmp_path, "show", "424242", dsn=dsn).assert_one_line_error(1)
+
+    assert "424242" in message
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`status` counts tasks per type and status; the age is that of the oldest *queued* task.
+
+    A type with no handler file in --handlers is flagged in the table and in the JSON.
+    """
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "resize.py").write_text("def handle(task, progress):\n    pass\n")
+    old_queued = store.enqueue(NewTask(type="resize"))
+    store.enqueue(NewTask(type="resize"))
+    old_cancelled = store.enqueue(NewTask(type="resize"))
+    assert store.cancel(old_cancelled).applied
+    store.enqueue(NewTask(type="orphan"))
+    finished(store, "mail", "completed")
+    backdate(dsn, old_queued, "created_at", 600)
+    backdate(dsn, old_cancelled, "created_at", 1200)
+
+    report = json.loads(
+        run_cli(tmp_path, "status", "--json", "--handlers", "handlers", dsn=dsn).assert_ok()
+    )
+    table = run_cli(tmp_path, "status", "--handlers", "handlers", dsn=dsn).assert_ok()
+
+    types = report["types"]
+    assert set(types) == {"resize", "orphan", "mail"}
+    zero = {"queued": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    assert types["resize"]["counts"] == {**zero, "queued": 2, "cancelled": 1}
+    assert types["orphan"]["counts"] == {**zero, "queued": 1}
+    assert types["mail"]["counts"] == {**zero, "completed": 1}
+    assert 600 <= types["resize"]["oldest_queued_age_s"] < 660
+    assert 0 <= types["orphan"]["oldest_queued_age_s"] < 60
+    assert types["mail"]["oldest_queued_age_s"] is None
+    assert types["resize"]["handler_here"] is True
+    assert types["orphan"]["handler_here"] is False
+
+    header, *lines = table.splitlines()
+    assert header.split()[:6] == ["TYPE", "queued", "running", "completed", "failed", "cancelled"]
+    rows = {line.split()[0]: line for line in lines}
+    assert set(rows) == {"resize", "orphan", "mail"}
+    assert rows["resize"].split()[1:7] == ["2", "0", "0", "0", "1", "10.0m"]
+    assert rows["mail"].split()[1:7] == ["0", "0", "1", "0", "0", "-"]
+    assert "no handler" in rows["orphan"]
+    assert "no handler" not in rows["resize"]
+
+
+def test_status_of_an_empty_queue(dsn: str, tmp_path: Path) -> None:
+    """With no tasks, the table says so and the JSON has no types."""
+    assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n"
+    assert json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok()) == {"types": {}}
+
+
+# --- operator transitions ---------------------------------------------------------------------
+
+
+def test_cancel_and_retry_move_a_task_and_say_so(dsn: str, store: Store, tmp_path: Path) -> None:
+    """`cancel` ends a queued task; `retry` puts a cancelled or failed one back, attempts reset."""
+    queued = store.enqueue(NewTask(type="resize"))
+    failed = finished(store, "flaky", "failed")
+
+    cancel_out = run_cli(tmp_path, "cancel", str(queued), dsn=dsn).assert_ok()
+    assert store.get(queued).status is Status.CANCELLED  # type: ignore[union-attr]
+    retry_cancelled = run_cli(tmp_path, "retry", str(queued), dsn=dsn).assert_ok()
+    retry_failed = run_cli(tmp_path, "retry", str(failed), dsn=dsn).assert_ok()
+
+    assert cancel_out == f"task {queued}: queued -> cancelled\n"
+    assert retry_cancelled == f"task {queued}: cancelled -> queued\n"
+    assert retry_failed == f"task {failed}: failed -> queued\n"
+    for task_id in (queued, failed):
+        row = store.get(task_id)
+        assert row is not None
+        assert (row.status, row.attempts, row.failure) == (Status.QUEUED, 0, None)
+
+
+def test_cancelling_a_completed_task_is_refused(dsn: str, store: Store, tmp_path: Path) -> None:
+    """Only queued or running tasks can be cancelled: a completed one is exit 1, one line
+    naming its status, and the row is left as it was.
+    """
+    task_id = finished(store, "resize", "completed")
+    before = store.get(task_id)
+
+    message = run_cli(tmp_path, "cancel", str(task_id), dsn=dsn).assert_one_line_error(1)
+
+    assert f"task {task_id} is completed" in message
+    assert store.get(task_id) == before
+
+
+def test_retrying_a_queued_task_is_refused(dsn: str, store: Store, tmp_path: Path) -> None:
+    """Only failed or cancelled tasks can be retried: a queued one is exit 1, one line naming
+    its status, and the row is left as it was.
+    """
+    task_id = store.enqueue(NewTask(type="resize"))
+    before = store.get(task_id)
+
+    message = run_cli(tmp_path, "retry", str(task_id), dsn=dsn).assert_one_line_error(1)
+
+    assert f"task {task_id} is queued" in message
+    assert store.get(task_id) == before
+
+
+def test_cancelling_an_unknown_id_exits_1(dsn: str, tmp_path: Path) -> None:
+    """There is nothing to cancel: exit 1, one line naming the id."""
+    message = run_cli(tmp_path, "cancel", "777", dsn=dsn).assert_one_line_error(1)
+
+    assert "777" in message
+
+
+# --- migrate and prune ------------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent_and_keeps_existing_tasks(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`migrate` creates the schema; running it again changes nothing and loses no task."""
+    first = run_cli(tmp_path, "migrate", dsn=dsn).assert_ok()
+    task_id = store.enqueue(NewTask(type="resize", options="keep me"))
+    second = run_cli(tmp_path, "migrate", dsn=dsn).assert_ok()
+
+    assert first == second and first.startswith("schema ready at ")
+    assert store.get(task_id).options == "keep me"  # type: ignore[union-attr]
+    assert row_count(store) == 1
+
+
+def test_prune_deletes_only_tasks_that_finished_longer_ago_than_asked(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`prune --older-than S` deletes finished tasks whose completed_at is more than S seconds
+    old; recently finished tasks and live tasks (however old) stay.
+    """
+    old_done = finished(store, "resize", "completed")
+    old_failed = finished(store, "mail", "failed")
+    recent_done = finished(store, "resize", "completed")
+    old_queued = store.enqueue(NewTask(type="resize"))
+    for task_id in (old_done, old_failed):
+        backdate(dsn, task_id, "completed_at", 600)
+    backdate(dsn, old_queued, "created_at", 600)
+
+    out = run_cli(tmp_path, "prune", "--older-than", "300", dsn=dsn).assert_ok()
+
+    assert out == "pruned 2 finished tasks\n"
+    assert store.get(old_done) is None and store.get(old_failed) is None
+    assert store.get(recent_done) is not None and store.get(old_queued) is not None
+
+
+# --- bad input: one line, exit 2, nothing written ---------------------------------------------
+
+BAD_INPUTS = {
+    "type-with-space": ["enqueue", "a b", "{}"],
+    "type-of-65-chars": ["enqueue", "x" * 65, "{}"],
+    "empty-type": ["enqueue", "", "{}"],
+    "unicode-type": ["enqueue", "tâche", "{}"],
+    "options-not-utf8": ["enqueue", "t", b"\xff\xfe"],
+    "max-attempts-0": ["enqueue", "t", "{}", "--max-attempts", "0"],
+    "max-attempts-101": ["enqueue", "t", "{}", "--max-attempts", "101"],
+    "max-attempts-x": ["enqueue", "t", "{}", "--max-attempts", "x"],
+    "budget-0": ["enqueue", "t", "{}", "--budget", "0"],
+    "budget-negative": ["enqueue", "t", "{}", "--budget", "-5"],
+    "budget-abc": ["enqueue", "t", "{}", "--budget", "abc"],
+    "budget-inf": ["enqueue", "t", "{}", "--budget", "inf"],
+    "budget-nan": ["enqueue", "t", "{}", "--budget", "nan"],
+    "delay-negative": ["enqueue", "t", "{}", "--delay", "-1"],
+    "priority-not-integer": ["enqueue", "t", "{}", "--priority", "1.5"],
+    "prune-nan": ["prune", "--older-than", "nan"],
+    "prune-negative": ["prune", "--older-than", "-1"],
+    "show-id-zero": ["show", "0"],
+}
+
+
+@pytest.mark.parametrize("args", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    sqlite_dsn: str, tmp_path: Path, args: list[str | bytes]
+) -> None:
+    """Input the rules refuse is reported in one line with exit status 2 before any write.
+
+    These are checked before the database is opened, so SQLite stands for both backends.
+    """
+    store = open_store(parse_dsn(sqlite_dsn))
+    store.migrate()
+    store.enqueue(NewTask(type="existing"))
+
+    run_cli(tmp_path, *args, dsn=sqlite_dsn).assert_one_line_error(2)
+
+    assert row_count(store) == 1
+    store.close()
+
+
+BAD_FOR_THE_DATABASE = {
+    "options-over-1mib-on-stdin": (["enqueue", "t", "-"], b"x" * (MIB + 1)),
+    "multibyte-options-over-1mib-on-stdin": (["enqueue", "t", "-"], "é".encode() * (MIB // 2 + 1)),
+    "options-on-stdin-not-utf8": (["enqueue", "t", "-"], b"{\xff}"),
+    "priority-beyond-an-int-column": (["enqueue", "t", "{}", "--priority", str(2**31)], b""),
+    "task-id-beyond-64-bits": (["cancel", str(2**64)], b""),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin"), list(BAD_FOR_THE_DATABASE.values()), ids=list(BAD_FOR_THE_DATABASE)
+)
+def test_input_a_database_cannot_hold_is_refused_as_bad_input(
+    dsn: str, store: Store, tmp_path: Path, args: list[str], stdin: bytes
+) -> None:
+    """Oversized or non-UTF-8 options and out-of-range numbers are bad input (exit 2, one line),
+    on every backend, not a database error or a crash; the options are never echoed back.
+    """
+    store.enqueue(NewTask(type="existing"))
+
+    message = run_cli(tmp_path, *args, dsn=dsn, stdin=stdin).assert_one_line_error(2)
+
+    assert "xxxx" not in message and "éé" not in message
+    assert row_count(store) == 1
+
+
+def test_options_over_1_mib_as_an_argument_are_refused(sqlite_dsn: str, tmp_path: Path) -> None:
+    """The 1 MiB limit counts UTF-8 bytes of the argument too.
+
+    Linux caps one execve argument at 128 KiB, so this one goes through the same
+    ``main`` in a child interpreter rather than through a real argv.
+    """
+    code = (
+        "import sys; from supervisor.cli import main; "
+        f"sys.exit(main(['enqueue', 't', 'é' * ({MIB // 2} + 1)]))"
+    )
+    result = run_cli(tmp_path, dsn=sqlite_dsn, python_args=("-c", code))
+
+    message = result.assert_one_line_error(2)
+    assert "1 MiB" in message and "é" not in message
+    assert not (tmp_path / "tasks.db").exists()
+
+
+@pytest.mark.parametrize(
+    "bad_dsn",
+    [
+        "nonsense",
+        "postgres://x",
+        f"mysql://root:{SECRET}@host-without-db",
+        f"mysql://user:{SECRET}@host:notaport/db",
+        "sqlite://",
+    ],
+)
+def test_a_malformed_dsn_is_one_line_exit_2_without_the_password(
+    tmp_path: Path, bad_dsn: str
+) -> None:
+    """A DSN that cannot be parsed is bad input: one line, exit 2, no password, no file made."""
+    message = run_cli(tmp_path, "enqueue", "t", "{}", dsn=bad_dsn).assert_one_line_error(2)
+
+    assert "DSN" in message
+    assert SECRET not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("bad_dsn", "env"),
+    [
+        (f"mysql://root:{SECRET}@127.0.0.1:1/x", {}),
+        ("mysql://root@127.0.0.1:1/x", {"SUPERVISOR_DB_PASSWORD": SECRET}),
+    ],
+    ids=["password-in-dsn", "password-in-env"],
+)
+def test_an_unreachable_database_is_exit_1_and_the_password_stays_secret(
+    tmp_path: Path, bad_dsn: str, env: dict[str, str]
+) -> None:
+    """Nothing listens on port 1: a runtime failure (1), one line naming the server, no secret."""
+    message = run_cli(tmp_path, "enqueue", "t", "{}", dsn=bad_dsn, env=env).assert_one_line_error(1)
+
+    assert "127.0.0.1" in message
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize(
+    "args", [["enqueue"], ["show"], ["prune"]], ids=["enqueue-type", "show-id", "prune-older-than"]
+)
+def test_a_missing_argument_is_one_line_exit_2(
+    sqlite_dsn: str, tmp_path: Path, args: list[str]
+) -> None:
+    """A required argument left out is bad input, reported in one line pointing to --help."""
+    message = run_cli(tmp_path, *args, dsn=sqlite_dsn).assert_one_line_error(2)
+
+    assert "required" in message and "--help" in message
+    assert not (tmp_path / "tasks.db").exists()
+
+
+# --- the password from the environment ----------------------------------------------------------
+
+
+@pytest.fixture
+def password_user_dsn(mysql_dsn: str) -> Iterator[tuple[str, str]]:
+    """A MySQL user that needs a password, allowed into the test's database.
+
+    Yields (DSN without the password, the password).
+    """
+    admin_dsn = parse_dsn(mysql_dsn)
+    assert isinstance(admin_dsn, MysqlDsn)
+    user, password = f"sv_e2e_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = pymysql.connect(
+        host=admin_dsn.host, port=admin_dsn.port, user=admin_dsn.user,
+        password=admin_dsn.password, autocommit=True,
+    )  # fmt: skip
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+            cursor.execute(f"GRANT ALL ON `{admin_dsn.database}`.* TO '{user}'@'%'")
+        yield (f"mysql://{user}@{admin_dsn.host}:{admin_dsn.port}/{admin_dsn.database}", password)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+        admin.close()
+
+
+@pytest.mark.mysql
+def test_the_password_can_come_from_supervisor_db_password(
+    password_user_dsn: tuple[str, str], mysql_dsn: str, tmp_path: Path
+) -> None:
+    """With SUPERVISOR_DB_PASSWORD the DSN (and so the command line) needs no password; a wrong
+    one is refused by the server, exit 1, and is not echoed.
+    """
+    dsn, password = password_user_dsn
+
+    refused = run_cli(
+        tmp_path, "enqueue", "t", "{}", dsn=dsn, env={"SUPERVISOR_DB_PASSWORD": "wrong-pw-123"}
+    )
+    accepted = run_cli(
+        tmp_path, "enqueue", "t", "{}", dsn=dsn, env={"SUPERVISOR_DB_PASSWORD": password}
+    )
+
+    assert "wrong-pw-123" not in refused.assert_one_line_error(1)
+    task_id = int(accepted.assert_ok())
+    check = open_store(parse_dsn(mysql_dsn))
+    try:
+        assert row_count(check) == 1
+        assert check.get(task_id) is not None
+    finally:
+        check.close()
+
+
+# --- run flags (parsing only: the supervisor itself is not started here) -------------------------
+
+
+def test_help_documents_every_run_flag_and_its_environment_variable(tmp_path: Path) -> None:
+    """`python -m supervisor --help` exits 0 and lists each run flag with its SUPERVISOR_* name."""
+    out = run_cli(tmp_path, "--help").assert_ok()
+
+    for flag in RUN_FLAGS:
+        assert flag in out, flag
+        env = "SUPERVISOR_" + flag.lstrip("-").replace("-", "_").upper()
+        assert env in out, env
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--workers", "0"], {}, "--workers"),
+        ([], {"SUPERVISOR_WORKERS": "x"}, "SUPERVISOR_WORKERS"),
+        (["--drain-timeout", "-1"], {}, "--drain-timeout"),
+        (["--backoff", "1,x"], {}, "--backoff"),
+        (["--metrics-port", "70000"], {}, "--metrics-port"),
+        ([], {"SUPERVISOR_LOG_LEVEL": "LOUD"}, "SUPERVISOR_LOG_LEVEL"),
+    ],
+    ids=["workers-0", "env-workers-x", "drain-timeout-negative", "backoff-x", "port-70000",
+         "env-log-level"],
+)  # fmt: skip
+def test_a_bad_run_setting_is_one_line_exit_2_naming_the_flag_or_variable(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    """A run setting is checked before anything starts; the message names where it came from."""
+    dsn = f"sqlite:///{tmp_path / 'never.db'}"
+    message = run_cli(tmp_path, *args, dsn=dsn, env=env).assert_one_line_error(2)
+
+    assert named in message
+    assert list(tmp_path.iterdir()) == []
