@@ -22,9 +22,9 @@ import attrs
 from supervisor.config import add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, parse_dsn
 from supervisor.errors import StoreError, UsageError
-from supervisor.handlers import discover
 from supervisor.lifecycle import MAX_OPTIONS_BYTES, Status
 from supervisor.producer import new_task
+from supervisor.status_view import print_status, watch
 from supervisor.store import Store, TaskRow, open_store
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
@@ -103,14 +103,22 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
         default=environ.get(env_name("--handlers"), "handlers"),
         help="handlers folder, to flag types that no handler here serves",
     )
+    status.add_argument(
+        "--watch", action="store_true", help="refresh a compact view every second (Ctrl-C ends)"
+    )
+    status.add_argument(
+        "--count", type=int, default=None, help="with --watch: stop after this many refreshes"
+    )
 
     show = sub.add_parser("show", parents=[common], help="one task's row")
     show.add_argument("id", type=task_id)
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--options", action="store_true", help="include task_options")
 
-    for name, text in (("retry", "put a failed or cancelled task back"),
-                       ("cancel", "cancel a queued or running task")):
+    for name, text in (
+        ("retry", "put a failed or cancelled task back"),
+        ("cancel", "cancel a queued or running task"),
+    ):
         command = sub.add_parser(name, parents=[common], help=text)
         command.add_argument("id", type=task_id)
 
@@ -150,6 +158,8 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         return 0
     store.migrate()
     if args.command == "status":
+        if args.watch:
+            return watch(store, Path(args.handlers), count=args.count)
         return print_status(store, Path(args.handlers), as_json=args.json)
     if args.command == "show":
         return print_show(store, args.id, as_json=args.json, with_options=args.options)
@@ -215,46 +225,6 @@ def read_options(options: str | None) -> str | None:
         raise UsageError("task options on standard input are not UTF-8 text") from None
 
 
-def print_status(store: Store, handlers_dir: Path, *, as_json: bool) -> int:
-    counts = store.counts()
-    handled = set(discover(handlers_dir)) if handlers_dir.is_dir() else set()
-    by_type: dict[str, dict[str, Any]] = {}
-    for line in counts:
-        entry = by_type.setdefault(
-            line.type,
-            {"counts": {s.value: 0 for s in Status}, "oldest_queued_age_s": None,
-             "handler_here": line.type in handled},
-        )
-        entry["counts"][line.status.value] = line.count
-        if line.status is Status.QUEUED:
-            entry["oldest_queued_age_s"] = round(line.oldest_age_s, 3)
-    if as_json:
-        print(json.dumps({"types": by_type}, indent=2, sort_keys=True))
-        return 0
-    if not by_type:
-        print("no tasks")
-        return 0
-    columns = [s.value for s in Status]
-    width = max(4, *(len(t) for t in by_type))
-    print(f"{'TYPE':<{width}}  " + "  ".join(f"{c:>9}" for c in columns) + "  OLDEST QUEUED")
-    for name, entry in sorted(by_type.items()):
-        age = entry["oldest_queued_age_s"]
-        note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
-        cells = "  ".join(f"{entry['counts'][c]:>9}" for c in columns)
-        print(f"{name:<{width}}  {cells}  {format_age(age):>13}{note}")
-    return 0
-
-
-def format_age(age: float | None) -> str:
-    if age is None:
-        return "-"
-    if age < 120:
-        return f"{age:.1f}s"
-    if age < 7200:
-        return f"{age / 60:.1f}m"
-    return f"{age / 3600:.1f}h"
-
-
 def print_show(store: Store, task_id: int, *, as_json: bool, with_options: bool) -> int:
     row = store.get(task_id)
     if row is None:
@@ -298,6 +268,8 @@ def operator_transition(store: Store, command: str, task_id: int) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
-    print(f"task {task_id}: {result.before.value} -> "
-          f"{'cancelled' if command == 'cancel' else 'queued'}")
+    print(
+        f"task {task_id}: {result.before.value} -> "
+        f"{'cancelled' if command == 'cancel' else 'queued'}"
+    )
     return 0

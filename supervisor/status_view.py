@@ -1,0 +1,142 @@
+"""What ``status`` prints: counts by type and status, and the ``--watch`` view for operators.
+
+``--watch`` needs no metrics stack: it re-reads the counts every second and
+shows, next to the live queue, how many tasks finished in the last minute
+(the difference between now and the oldest snapshot kept).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from supervisor.handlers import discover
+from supervisor.lifecycle import Status
+from supervisor.store import StatusCount, Store
+
+WINDOW_S = 60.0
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def summarize(counts: list[StatusCount], handled: set[str]) -> dict[str, dict[str, Any]]:
+    by_type: dict[str, dict[str, Any]] = {}
+    for line in counts:
+        entry = by_type.setdefault(
+            line.type,
+            {
+                "counts": {s.value: 0 for s in Status},
+                "oldest_queued_age_s": None,
+                "handler_here": line.type in handled,
+            },
+        )
+        entry["counts"][line.status.value] = line.count
+        if line.status is Status.QUEUED:
+            entry["oldest_queued_age_s"] = round(line.oldest_age_s, 3)
+    return by_type
+
+
+def handled_types(handlers_dir: Path) -> set[str]:
+    return set(discover(handlers_dir))
+
+
+def print_status(
+    store: Store, handlers_dir: Path, *, as_json: bool, out: TextIO = sys.stdout
+) -> int:
+    handled = handled_types(handlers_dir)
+    by_type = summarize(store.counts(), handled)
+    if as_json:
+        print(json.dumps({"types": by_type}, indent=2, sort_keys=True), file=out)
+        return 0
+    if not by_type:
+        print("no tasks", file=out)
+        return 0
+    columns = [s.value for s in Status]
+    width = max(4, *(len(t) for t in by_type))
+    print(
+        f"{'TYPE':<{width}}  " + "  ".join(f"{c:>9}" for c in columns) + "  OLDEST QUEUED", file=out
+    )
+    for name, entry in sorted(by_type.items()):
+        age = entry["oldest_queued_age_s"]
+        note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
+        cells = "  ".join(f"{entry['counts'][c]:>9}" for c in columns)
+        print(f"{name:<{width}}  {cells}  {format_age(age):>13}{note}", file=out)
+    return 0
+
+
+def format_age(age: float | None) -> str:
+    if age is None:
+        return "-"
+    if age < 120:
+        return f"{age:.1f}s"
+    if age < 7200:
+        return f"{age / 60:.1f}m"
+    return f"{age / 3600:.1f}h"
+
+
+def watch(
+    store: Store,
+    handlers_dir: Path,
+    *,
+    interval_s: float = 1.0,
+    count: int | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Redraw until interrupted (or ``count`` refreshes): live queue and last-minute outcomes."""
+    history: deque[tuple[float, dict[tuple[str, str], int]]] = deque()
+    handled = handled_types(handlers_dir)
+    shown = 0
+    try:
+        while count is None or shown < count:
+            counts = store.counts()
+            now = time.monotonic()
+            snapshot = {(c.type, c.status.value): c.count for c in counts}
+            history.append((now, snapshot))
+            while now - history[0][0] > WINDOW_S:
+                history.popleft()
+            out.write(CLEAR + render_watch(counts, history[0], (now, snapshot), handled))
+            out.flush()
+            shown += 1
+            if count is None or shown < count:
+                time.sleep(interval_s)
+    except KeyboardInterrupt:
+        out.write("\n")
+    return 0
+
+
+def render_watch(
+    counts: list[StatusCount],
+    oldest: tuple[float, dict[tuple[str, str], int]],
+    newest: tuple[float, dict[tuple[str, str], int]],
+    handled: set[str],
+) -> str:
+    span = max(newest[0] - oldest[0], 0.0)
+    by_type = summarize(counts, handled)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    lines = [f"supervisor status  {stamp}  (finished: last {span:.0f} s)", ""]
+    if not by_type:
+        return "\n".join([*lines, "no tasks", ""])
+    width = max(4, *(len(t) for t in by_type))
+    lines.append(
+        f"{'TYPE':<{width}}  {'queued':>8}  {'running':>8}  {'oldest':>8}  "
+        f"{'+done':>7}  {'+failed':>7}  {'+cancel':>7}  {'done/s':>7}"
+    )
+    for name, entry in sorted(by_type.items()):
+
+        def delta(status: Status, task_type: str = name) -> int:
+            key = (task_type, status.value)
+            return newest[1].get(key, 0) - oldest[1].get(key, 0)
+
+        done = delta(Status.COMPLETED)
+        rate = done / span if span > 0 else 0.0
+        flag = "" if entry["handler_here"] or not handled else "  (no handler here)"
+        lines.append(
+            f"{name:<{width}}  {entry['counts']['queued']:>8}  {entry['counts']['running']:>8}  "
+            f"{format_age(entry['oldest_queued_age_s']):>8}  {done:>7}  "
+            f"{delta(Status.FAILED):>7}  {delta(Status.CANCELLED):>7}  {rate:>7.1f}{flag}"
+        )
+    return "\n".join([*lines, ""])
