@@ -13,7 +13,6 @@ answers; while it does not, they are held and nothing new is claimed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import secrets
@@ -21,8 +20,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -50,7 +47,7 @@ from supervisor.protocol import (
 from supervisor.reaping import ExitStatus
 from supervisor.results import PendingResult, failure_result, write_results
 from supervisor.store import Claim, Store, open_store
-from supervisor.workers import Child, ChildState, Running, child_environment
+from supervisor.workers import Child, ChildState, ImportCheck, Running, child_environment
 
 STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
@@ -144,6 +141,7 @@ class Supervisor:
         self.spawn_at: dict[int, float] = {}
         self.spawn_failures: dict[int, int] = {}
         self.previous_handlers: dict[int, signal.Handlers | object] = {}
+        self.import_check: ImportCheck | None = None
 
     # ---------------------------------------------------------------- set-up and tear-down
 
@@ -174,6 +172,7 @@ class Supervisor:
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, ("signal", None))
 
     def cleanup(self) -> None:
+        self.end_import_check()
         for child in list(self.children.values()):
             child.kill_tree()
             self.forget(child)
@@ -186,6 +185,7 @@ class Supervisor:
 
     def load_handlers(self) -> None:
         """Discover handler files and import-check them in a throwaway child, loudly."""
+        self.end_import_check()
         self.handlers = discover(self.settings.handlers_dir)
         if not self.handlers:
             self.log.warning(
@@ -193,7 +193,19 @@ class Supervisor:
                 handlers_dir=str(self.settings.handlers_dir),
             )
             return
-        for task_type, problem in self.check_imports().items():
+        # Imports may be slow or hang: the check runs beside the loop, which never waits for it.
+        self.import_check = ImportCheck(self.handlers, self.child_env, IMPORT_CHECK_TIMEOUT_S)
+        self.selector.register(self.import_check.fileno(), selectors.EVENT_READ, ("check", None))
+
+    def on_import_check(self, *, timed_out: bool = False) -> None:
+        """The check's output ended (or its time ran out): report broken handlers, loudly."""
+        assert self.import_check is not None
+        if not timed_out and not self.import_check.read():
+            return
+        self.selector.unregister(self.import_check.fileno())
+        report = self.import_check.report(timed_out=timed_out)
+        self.import_check = None
+        for task_type, problem in report.items():
             if problem:
                 self.log.error(
                     "handler cannot be imported; its tasks will fail with this error",
@@ -201,21 +213,11 @@ class Supervisor:
                     error=problem,
                 )
 
-    def check_imports(self) -> dict[str, str | None]:
-        args = [f"{t}={p}" for t, p in sorted(self.handlers.items())]
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "supervisor.child", "--check", *args],
-                env=self.child_env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=IMPORT_CHECK_TIMEOUT_S,
-                check=False,
-            )
-            report: dict[str, str | None] = json.loads(done.stdout.splitlines()[-1])
-        except (subprocess.TimeoutExpired, IndexError, ValueError) as exc:
-            return {"*": f"the handler import check did not finish cleanly: {exc!r}"}
-        return report
+    def end_import_check(self) -> None:
+        if self.import_check is not None:
+            self.selector.unregister(self.import_check.fileno())
+            self.import_check.close()
+            self.import_check = None
 
     # ---------------------------------------------------------------- the loop
 
@@ -232,7 +234,11 @@ class Supervisor:
                 self.on_readable(child)
             elif kind == "exit":
                 self.on_exit(child)
+            elif kind == "check" and self.import_check is not None:
+                self.on_import_check()
         now = time.monotonic()
+        if self.import_check is not None and now >= self.import_check.deadline:
+            self.on_import_check(timed_out=True)
         self.enforce_deadlines(now)
         self.respawn_due(now)
         if self.db_ready(now):
@@ -282,6 +288,8 @@ class Supervisor:
             due.append(self.drain_deadline)
         if self.pending:
             due.append(self.db_retry_at)
+        if self.import_check is not None:
+            due.append(self.import_check.deadline)
         return min(due)
 
     # ---------------------------------------------------------------- signals

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 import signal
 import socket
@@ -192,3 +193,62 @@ class Child:
         os.close(self.pidfd)
         with contextlib.suppress(OSError):
             self.dump_path.unlink()
+
+
+class ImportCheck:
+    """A ``supervisor.child --check`` run in the background: which handler files fail to import.
+
+    Importing handlers can take seconds (or hang), so the parent never waits
+    for it: it watches :meth:`fileno` in its one ``wait()``, calls :meth:`read`
+    when it is readable, and takes the :meth:`report` once the output ends or
+    the check's deadline passes. The check runs in its own process group so that
+    whatever a handler starts at import time goes down with it.
+    """
+
+    def __init__(
+        self, handlers: Mapping[str, Path], env: Mapping[str, str], timeout_s: float
+    ) -> None:
+        args = [f"{task_type}={path}" for task_type, path in sorted(handlers.items())]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.child", "--check", *args],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
+        )
+        assert self.process.stdout is not None
+        self._stdout = self.process.stdout
+        os.set_blocking(self._stdout.fileno(), False)
+        self.deadline = time.monotonic() + timeout_s
+        self._output = bytearray()
+
+    def fileno(self) -> int:
+        return self._stdout.fileno()
+
+    def read(self) -> bool:
+        """Take what the check has written so far; True once its output has ended."""
+        try:
+            data = os.read(self.fileno(), 1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        self._output += data
+        return not data
+
+    def report(self, *, timed_out: bool = False) -> dict[str, str | None]:
+        """``{type: import error or None}``; ends the check (and whatever it started) first."""
+        self.close()
+        try:
+            report: dict[str, str | None] = json.loads(self._output.splitlines()[-1])
+        except (IndexError, ValueError):
+            why = "it ran out of time" if timed_out else f"exit status {self.process.returncode}"
+            return {"*": f"the handler import check did not finish cleanly ({why})"}
+        return report
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._stdout.close()
