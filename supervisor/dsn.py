@@ -11,7 +11,9 @@ never has to be on a command line.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
@@ -22,6 +24,11 @@ DEFAULT_DSN = "sqlite:///supervisor.db"
 PASSWORD_ENV = "SUPERVISOR_DB_PASSWORD"
 MYSQL_SCHEMES = ("mysql", "mysql+pymysql", "mariadb")
 MYSQL_PARAMS = ("unix_socket", "connect_timeout")
+# pymysql refuses a longer or non-positive timeout, but only when it connects: check it here.
+MAX_CONNECT_TIMEOUT_S = 365 * 24 * 3600
+# What a URL scheme may look like (RFC 3986). Anything else before "://" is not quoted
+# back in an error: it may be credentials typed without a scheme.
+SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
 
 
 @attrs.frozen(kw_only=True)
@@ -67,7 +74,8 @@ def parse_dsn(text: str, environ: dict[str, str] | None = None) -> Dsn:
         return _parse_sqlite(rest)
     if scheme in MYSQL_SCHEMES:
         return _parse_mysql(text, env)
-    raise UsageError(f"DSN scheme {scheme!r} is not supported: use sqlite:// or mysql://")
+    shown = f" {scheme!r}" if SCHEME.fullmatch(scheme) else ""
+    raise UsageError(f"DSN scheme{shown} is not supported: use sqlite:// or mysql://")
 
 
 def _parse_sqlite(rest: str) -> SqliteDsn:
@@ -79,9 +87,11 @@ def _parse_sqlite(rest: str) -> SqliteDsn:
 def _parse_mysql(text: str, env: os._Environ[str] | dict[str, str]) -> MysqlDsn:
     try:
         parts = urlsplit(text)
-        port = parts.port or 3306
+        port = 3306 if parts.port is None else parts.port
     except ValueError:
         raise UsageError("MySQL DSN has a malformed host or port") from None
+    if port == 0:  # no server listens there: an explicit ":0" is a typo, not the default port
+        raise UsageError("MySQL DSN port must be between 1 and 65535")
     database = unquote(parts.path.lstrip("/"))
     if not parts.hostname:
         raise UsageError("MySQL DSN needs a host: mysql://user@host:3306/database")
@@ -97,7 +107,9 @@ def _parse_mysql(text: str, env: os._Environ[str] | dict[str, str]) -> MysqlDsn:
     try:
         connect_timeout = float(timeout_text)
     except ValueError:
-        raise UsageError("MySQL DSN connect_timeout must be a number of seconds") from None
+        connect_timeout = math.nan
+    if not 0 < connect_timeout <= MAX_CONNECT_TIMEOUT_S:
+        raise UsageError("MySQL DSN connect_timeout must be seconds above 0, at most a year")
     password = unquote(parts.password) if parts.password is not None else env.get(PASSWORD_ENV, "")
     return MysqlDsn(
         host=parts.hostname,

@@ -7,6 +7,7 @@ directly. The stores carry the decisions out with fenced writes.
 from __future__ import annotations
 
 import enum
+import math
 import re
 
 import attrs
@@ -18,7 +19,9 @@ MAX_OPTIONS_BYTES = 1024 * 1024
 DEFAULT_BUDGET_S = 3600.0
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
-LAST_ERROR_LIMIT = 16 * 1024
+# Characters, not bytes: at up to 4 UTF-8 bytes each, 16,000 still fit MySQL's TEXT column
+# (65,535 bytes), which rejects the whole write of a longer value in strict mode.
+LAST_ERROR_LIMIT = 16_000
 
 
 class Status(enum.StrEnum):
@@ -71,8 +74,10 @@ class Backoff:
     delays: tuple[float, ...] = (0.0, 30.0, 300.0)
 
     def __attrs_post_init__(self) -> None:
-        if not self.delays or any(d < 0 for d in self.delays):
-            raise UsageError("backoff needs at least one delay, none negative")
+        # NaN compares false with everything and infinity overflows the database's
+        # date arithmetic, so "not negative" alone would let both through.
+        if not self.delays or not all(0 <= d < math.inf for d in self.delays):
+            raise UsageError("backoff needs at least one delay, each a finite number >= 0")
 
     @classmethod
     def parse(cls, text: str) -> Backoff:

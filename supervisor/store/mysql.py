@@ -184,15 +184,24 @@ class MysqlStore(SqlStore):
         return [row_to_claim(row, owner) for row in self._transaction(body)]
 
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+        """Lock the rows still held, then complete exactly those, in one transaction.
+
+        Reading the winners back after the UPDATE cannot tell a completion made
+        now from one made earlier (a repeated write), which must not count as won.
+        """
+        lock, update = self._queries["lock_held"], self._queries["complete_many"]
         won: set[int] = set()
         for owner in {c.owner for c in claims}:
-            mine = [c for c in claims if c.owner == owner]
-            params = _fence_params(owner, mine)
-            matched = self._run("complete_many", params)[0]
-            if matched == len(mine):
-                won.update(c.id for c in mine)
-            else:
-                won.update(int(row["id"]) for row in self._rows("completed_by", params))
+            params = _fence_params(owner, [c for c in claims if c.owner == owner])
+
+            def body(cursor: pymysql.cursors.DictCursor, params: Params = params) -> set[int]:
+                cursor.execute(lock, params)
+                held = tuple(int(row["id"]) for row in cursor.fetchall())
+                if held:
+                    cursor.execute(update, {**params, "ids": held})
+                return set(held)
+
+            won |= self._transaction(body)
         return won
 
     def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:

@@ -59,10 +59,12 @@ SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
 WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
   AND (id, attempts) IN %(fences)s
 
--- name: completed_by
+-- name: lock_held
+-- MySQL cannot say which rows an UPDATE matched: lock the ones still held, then update those.
 SELECT id FROM tasks
-WHERE id IN %(ids)s AND status = 'completed' AND claimed_by = %(owner)s
+WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
   AND (id, attempts) IN %(fences)s
+FOR UPDATE
 
 -- name: fail
 UPDATE tasks

@@ -21,17 +21,17 @@ def load_queries(filename: str) -> dict[str, str]:
 
 
 def parse_queries(text: str) -> dict[str, str]:
+    """Split ``text`` at its ``-- name:`` markers; anything before the first one is a header."""
     queries: dict[str, str] = {}
     matches = list(_NAME.finditer(text))
-    for match, following in zip(matches, [*matches[1:], None], strict=True):
-        end = following.start() if following else len(text)
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
         body = text[match.end() : end].strip()
         name = match.group(1)
         if name in queries:
             raise ValueError(f"SQL query {name!r} is defined twice")
         queries[name] = body.rstrip(";").strip()
     return queries
-
 
 
 def parse_statements(script: str) -> list[str]:

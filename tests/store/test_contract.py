@@ -1,0 +1,981 @@
+"""The store contract: every operation, run unchanged on SQLite and on MariaDB/MySQL.
+
+Each test states one rule of the task lifecycle and checks it against a real
+database (the ``store`` fixture gives every test a fresh one per backend).
+Times are compared with the database clock, never with the test's own clock.
+Leases and budgets are made tiny so that expiry is reached by a short sleep.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pymysql
+import pytest
+
+import supervisor
+from supervisor.dsn import MysqlDsn, parse_dsn
+from supervisor.errors import StoreError, UsageError
+from supervisor.lifecycle import LAST_ERROR_LIMIT, Failure, Status, trim_error
+from supervisor.store import Claim, NewTask, Rescued, Store, TaskRow, Transition, open_store
+from supervisor.store.sqlite import SqliteStore
+
+LONG_LEASE_S = 60.0
+SHORT_LEASE_S = 0.05
+LEASE_RUN_OUT_S = 0.2  # comfortably longer than SHORT_LEASE_S, with clock granularity
+TOLERANCE_S = 2.0  # slack for timestamps taken a few statements apart on a busy machine
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def raw(store: Store, statement: str) -> list[dict[str, Any]]:
+    """Run a literal statement on the store's own connection (autocommit on both backends)."""
+    conn: Any = store._connection()  # type: ignore[attr-defined]
+    if isinstance(store, SqliteStore):
+        return [dict(row) for row in conn.execute(statement).fetchall()]
+    with conn.cursor() as cursor:
+        cursor.execute(statement)
+        return list(cursor.fetchall())
+
+
+def db_now(store: Store) -> datetime:
+    """The database clock, in the same time zone and form as the stored timestamps."""
+    if isinstance(store, SqliteStore):
+        text = raw(store, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now")[0]["now"]
+        return datetime.fromisoformat(text)
+    value = raw(store, "SELECT NOW(6) AS now")[0]["now"]
+    assert isinstance(value, datetime)
+    return value
+
+
+def secs(earlier: datetime, later: datetime) -> float:
+    return (later - earlier).total_seconds()
+
+
+def enqueue(store: Store, type: str = "t", **fields: Any) -> int:
+    return store.enqueue(NewTask(type=type, **fields))
+
+
+def claim_one(
+    store: Store, owner: str = "A", types: tuple[str, ...] = ("t",), lease_s: float = LONG_LEASE_S
+) -> Claim:
+    claims = store.claim(owner, types, 1, lease_s)
+    assert len(claims) == 1, f"expected one claim, got {claims}"
+    return claims[0]
+
+
+def row(store: Store, task_id: int) -> TaskRow:
+    found = store.get(task_id)
+    assert found is not None, f"task {task_id} is gone"
+    return found
+
+
+def finished(store: Store, kind: str) -> int:
+    """A task brought to the terminal state ``kind`` (completed, failed or cancelled)."""
+    task_id = enqueue(store)
+    if kind == "cancelled":
+        assert store.cancel(task_id).applied
+        return task_id
+    claim = claim_one(store)
+    if kind == "completed":
+        assert store.complete(claim)
+    else:
+        assert store.fail(claim, Failure.ERROR, "boom")
+    return task_id
+
+
+@attrs.frozen(kw_only=True)
+class Takeover:
+    """A task claimed by ``stale``'s owner, lease run out, rescued, then claimed as ``current``."""
+
+    stale: Claim
+    current: Claim
+
+
+def take_over(store: Store, new_owner: str) -> Takeover:
+    enqueue(store)
+    stale = claim_one(store, "A", lease_s=SHORT_LEASE_S)
+    time.sleep(LEASE_RUN_OUT_S)
+    assert store.rescue_expired(100) == Rescued(requeued=1, lost=0)
+    current = claim_one(store, new_owner)
+    assert current.id == stale.id
+    assert current.attempt == stale.attempt + 1
+    return Takeover(stale=stale, current=current)
+
+
+# Every write a worker makes on behalf of an attempt, reduced to "did it win its fence?".
+FencedWrite = Callable[[Store, Claim], bool]
+FENCED_WRITES: dict[str, FencedWrite] = {
+    "progress": lambda store, claim: store.progress(claim, 50),
+    "complete": lambda store, claim: store.complete(claim),
+    "complete_many": lambda store, claim: claim.id in store.complete_many([claim]),
+    "fail": lambda store, claim: store.fail(claim, Failure.ERROR, "late"),
+    "requeue": lambda store, claim: store.requeue(claim, 0, "late"),
+    "refund": lambda store, claim: store.refund(claim),
+    "renew_leases": lambda store, claim: (
+        claim.id in store.renew_leases(claim.owner, [claim], LONG_LEASE_S)
+    ),
+}
+
+
+# --- enqueue -------------------------------------------------------------------------------
+
+
+def test_enqueue_defaults_to_three_attempts_run_now_and_a_one_hour_deadline(store: Store) -> None:
+    """Nothing but a type given: queued, 3 attempts, runnable now, deadline 1 h after creation."""
+    task_id = enqueue(store, "resize", options='{"path": "a.png"}')
+    now = db_now(store)
+    task = row(store, task_id)
+    assert task.type == "resize"
+    assert task.options == '{"path": "a.png"}'
+    assert task.status is Status.QUEUED
+    assert (task.attempts, task.max_attempts, task.priority, task.progress_pct) == (0, 3, 0, 0)
+    assert task.failure is None and task.last_error is None and task.claimed_by is None
+    assert task.started_at is None and task.completed_at is None and task.lease_expires_at is None
+    assert abs(secs(task.created_at, now)) < TOLERANCE_S
+    assert abs(secs(task.created_at, task.run_at)) < TOLERANCE_S
+    assert secs(task.created_at, task.deadline_at) == pytest.approx(3600, abs=TOLERANCE_S)
+
+
+def test_enqueue_stores_every_field_asked_for(store: Store) -> None:
+    """max_attempts, priority and the options string (any Unicode) are stored as given."""
+    options = '{"name": "Grüße 😀", "n": 1}'
+    task_id = enqueue(store, "mail", options=options, max_attempts=7, priority=-4)
+    task = row(store, task_id)
+    assert (task.options, task.max_attempts, task.priority) == (options, 7, -4)
+
+
+def test_enqueue_without_options_stores_null(store: Store) -> None:
+    """Options are optional; no options is NULL, not an empty string."""
+    assert row(store, enqueue(store)).options is None
+
+
+def test_enqueue_with_delay_is_not_runnable_before_its_time(store: Store) -> None:
+    """A delay moves run_at (database clock); the budget counts from when the task is runnable."""
+    task_id = enqueue(store, delay_s=30, budget_s=100)
+    task = row(store, task_id)
+    assert secs(db_now(store), task.run_at) == pytest.approx(30, abs=TOLERANCE_S)
+    assert secs(task.run_at, task.deadline_at) == pytest.approx(100, abs=0.01)
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_enqueue_with_short_delay_becomes_claimable_once_the_delay_passed(store: Store) -> None:
+    """run_at is "not before": once reached, the task is claimed like any other."""
+    task_id = enqueue(store, delay_s=1.0)
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+    time.sleep(1.2)
+    assert [c.id for c in store.claim("A", ["t"], 10, LONG_LEASE_S)] == [task_id]
+
+
+def test_enqueue_with_budget_sets_the_deadline(store: Store) -> None:
+    """deadline_at = created_at + budget (per task)."""
+    task = row(store, enqueue(store, budget_s=42.5))
+    assert secs(task.created_at, task.deadline_at) == pytest.approx(42.5, abs=0.01)
+
+
+def test_enqueue_many_returns_ids_in_order(store: Store) -> None:
+    """One id per task, in the order given, each row matching its request."""
+    types = ["a", "b", "c", "a"]
+    ids = store.enqueue_many([NewTask(type=t, priority=i) for i, t in enumerate(types)])
+    assert len(ids) == len(set(ids)) == 4
+    assert ids == sorted(ids)
+    assert [(row(store, i).type, row(store, i).priority) for i in ids] == list(
+        zip(types, range(4), strict=True)
+    )
+
+
+def test_enqueue_many_of_nothing_inserts_nothing(store: Store) -> None:
+    assert store.enqueue_many([]) == []
+    assert store.counts() == []
+
+
+def test_enqueue_many_is_all_or_nothing(store: Store) -> None:
+    """One bad task rolls back the whole batch: no half-enqueued batches."""
+    bad = NewTask(type=None)  # type: ignore[arg-type]  # violates NOT NULL on both backends
+    with pytest.raises(StoreError):
+        store.enqueue_many([NewTask(type="t"), bad])
+    assert store.counts() == []
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_plain_sql_insert_is_a_complete_enqueue(store: Store) -> None:
+    """A producer in any language: INSERT INTO tasks (type, task_options) and nothing else."""
+    raw(store, """INSERT INTO tasks (type, task_options) VALUES ('resize', '{"path": "a.png"}')""")
+    (task_id,) = [int(r["id"]) for r in raw(store, "SELECT id FROM tasks")]
+    task = row(store, task_id)
+    assert task.status is Status.QUEUED
+    assert (task.attempts, task.max_attempts, task.priority, task.progress_pct) == (0, 3, 0, 0)
+    assert secs(task.created_at, task.deadline_at) == pytest.approx(3600, abs=TOLERANCE_S)
+    assert abs(secs(task.created_at, task.run_at)) < TOLERANCE_S
+    claim = claim_one(store, types=("resize",))
+    assert claim.id == task_id
+    assert claim.options == '{"path": "a.png"}'
+    assert (claim.attempt, claim.max_attempts) == (1, 3)
+    assert claim.remaining_s == pytest.approx(3600, abs=TOLERANCE_S)
+
+
+# --- claim ---------------------------------------------------------------------------------
+
+
+def test_claim_takes_only_the_given_types(store: Store) -> None:
+    """A supervisor claims only types it has handlers for; the others stay queued."""
+    a, b, c = enqueue(store, "a"), enqueue(store, "b"), enqueue(store, "c")
+    claimed = store.claim("A", ["a", "c"], 10, LONG_LEASE_S)
+    assert sorted(x.id for x in claimed) == [a, c]
+    assert row(store, b).status is Status.QUEUED
+
+
+def test_claim_matches_type_names_exactly(store: Store) -> None:
+    """Type names are case-sensitive on both backends (handler file names are)."""
+    enqueue(store, "Resize")
+    assert store.claim("A", ["resize"], 10, LONG_LEASE_S) == []
+    assert len(store.claim("A", ["Resize"], 10, LONG_LEASE_S)) == 1
+
+
+def test_claim_with_no_types_or_no_room_claims_nothing(store: Store) -> None:
+    task_id = enqueue(store)
+    assert store.claim("A", [], 10, LONG_LEASE_S) == []
+    assert store.claim("A", ["t"], 0, LONG_LEASE_S) == []
+    assert row(store, task_id).status is Status.QUEUED
+
+
+def test_claim_orders_by_priority_smaller_first_then_by_id(store: Store) -> None:
+    """Priority is like nice: smaller runs first; ties go in enqueue order."""
+    ids = {p: enqueue(store, priority=p) for p in (5, 0, -3)}
+    second_zero = enqueue(store, priority=0)
+    claimed = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    assert [c.id for c in claimed] == [ids[-3], ids[0], second_zero, ids[5]]
+
+
+def test_claim_respects_priority_across_batches(store: Store) -> None:
+    """The order holds batch after batch, not only within one claim."""
+    low = [enqueue(store, priority=9) for _ in range(3)]
+    high = [enqueue(store, priority=1) for _ in range(3)]
+    first = [c.id for c in store.claim("A", ["t"], 2, LONG_LEASE_S)]
+    second = [c.id for c in store.claim("A", ["t"], 2, LONG_LEASE_S)]
+    third = [c.id for c in store.claim("A", ["t"], 2, LONG_LEASE_S)]
+    assert first + second + third == high + low
+
+
+def test_claim_respects_the_limit(store: Store) -> None:
+    ids = [enqueue(store) for _ in range(5)]
+    first = store.claim("A", ["t"], 2, LONG_LEASE_S)
+    rest = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    assert [c.id for c in first] == ids[:2]
+    assert [c.id for c in rest] == ids[2:]
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_claim_never_hands_out_a_running_task_again(store: Store) -> None:
+    enqueue(store)
+    claim_one(store, "A")
+    assert store.claim("B", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_claim_skips_tasks_whose_deadline_passed(store: Store) -> None:
+    """A queued task past its deadline is never started (it waits for expire_overdue)."""
+    task_id = enqueue(store, budget_s=0.1)
+    time.sleep(0.3)
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+    assert row(store, task_id).status is Status.QUEUED
+
+
+def test_claim_marks_the_row_running_for_its_owner_with_a_lease(store: Store) -> None:
+    """The claim itself increments attempts and sets claimed_by, started_at and the lease."""
+    task_id = enqueue(store, options="opts", max_attempts=5)
+    claim = claim_one(store, "host-1:42", lease_s=30)
+    now = db_now(store)
+    assert claim == Claim(
+        id=task_id,
+        type="t",
+        options="opts",
+        attempt=1,
+        max_attempts=5,
+        owner="host-1:42",
+        remaining_s=claim.remaining_s,
+    )
+    task = row(store, task_id)
+    assert task.status is Status.RUNNING
+    assert (task.attempts, task.claimed_by, task.progress_pct) == (1, "host-1:42", 0)
+    assert task.started_at is not None and abs(secs(task.started_at, now)) < TOLERANCE_S
+    assert task.lease_expires_at is not None
+    assert secs(now, task.lease_expires_at) == pytest.approx(30, abs=TOLERANCE_S)
+
+
+def test_claim_returns_the_remaining_budget_by_the_database_clock(store: Store) -> None:
+    """remaining_s = deadline_at - database now, at the moment of the claim."""
+    task_id = enqueue(store, budget_s=100)
+    time.sleep(0.3)
+    claim = claim_one(store)
+    now = db_now(store)
+    by_database = secs(now, row(store, task_id).deadline_at)
+    assert claim.remaining_s == pytest.approx(by_database, abs=TOLERANCE_S / 2)
+    assert 99.0 - TOLERANCE_S < claim.remaining_s < 99.8
+
+
+def test_each_claim_of_the_same_task_counts_one_more_attempt(store: Store) -> None:
+    task_id = enqueue(store)
+    first = claim_one(store)
+    assert store.requeue(first, 0, "boom")
+    second = claim_one(store)
+    assert (first.attempt, second.attempt) == (1, 2)
+    assert row(store, task_id).attempts == 2
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def test_progress_is_recorded(store: Store) -> None:
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.progress(claim, 40)
+    assert row(store, task_id).progress_pct == 40
+
+
+@pytest.mark.parametrize(("reported", "stored"), [(-5, 0), (0, 0), (100, 100), (250, 100)])
+def test_progress_is_clamped_to_0_100(store: Store, reported: int, stored: int) -> None:
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.progress(claim, 50)
+    assert store.progress(claim, reported)
+    assert row(store, task_id).progress_pct == stored
+
+
+def test_progress_of_an_unchanged_value_still_wins(store: Store) -> None:
+    """Writing the same value twice changes nothing, yet the claim is still held: report won."""
+    enqueue(store)
+    claim = claim_one(store)
+    assert store.progress(claim, 30)
+    assert store.progress(claim, 30)
+
+
+def test_progress_of_a_finished_task_loses(store: Store) -> None:
+    enqueue(store)
+    claim = claim_one(store)
+    assert store.complete(claim)
+    assert not store.progress(claim, 10)
+
+
+# --- complete ------------------------------------------------------------------------------
+
+
+def test_complete_finishes_the_task_and_clears_any_earlier_error(store: Store) -> None:
+    """completed: progress 100, completed_at set, no failure, no last_error, no lease."""
+    task_id = enqueue(store)
+    assert store.requeue(claim_one(store), 0, "first attempt failed")
+    claim = claim_one(store)
+    assert store.progress(claim, 20)
+    assert store.complete(claim)
+    now = db_now(store)
+    task = row(store, task_id)
+    assert task.status is Status.COMPLETED
+    assert task.progress_pct == 100
+    assert task.failure is None and task.last_error is None
+    assert task.lease_expires_at is None
+    assert task.completed_at is not None and abs(secs(task.completed_at, now)) < TOLERANCE_S
+    assert task.attempts == 2
+
+
+def test_complete_twice_wins_only_once(store: Store) -> None:
+    enqueue(store)
+    claim = claim_one(store)
+    assert store.complete(claim)
+    assert not store.complete(claim)
+
+
+def test_complete_many_completes_every_claim_and_returns_their_ids(store: Store) -> None:
+    for _ in range(4):
+        enqueue(store)
+    claims = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    enqueue(store)
+    claims.append(claim_one(store, "B"))  # several owners in one batch
+    assert store.complete_many(claims) == {c.id for c in claims}
+    for claim in claims:
+        task = row(store, claim.id)
+        assert task.status is Status.COMPLETED
+        assert task.progress_pct == 100
+        assert task.completed_at is not None
+        assert task.failure is None and task.last_error is None
+
+
+def test_complete_many_of_nothing_wins_nothing(store: Store) -> None:
+    assert store.complete_many([]) == set()
+
+
+def test_complete_many_returns_only_the_ids_that_won(store: Store) -> None:
+    """A batch mixing held and lost claims completes the held ones and names exactly them."""
+    takeover = take_over(store, "B")
+    enqueue(store)
+    enqueue(store)
+    held = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    before = row(store, takeover.current.id)
+    assert store.complete_many([*held, takeover.stale]) == {c.id for c in held}
+    assert row(store, takeover.current.id) == before
+    assert all(row(store, c.id).status is Status.COMPLETED for c in held)
+
+
+def test_complete_many_twice_wins_only_once(store: Store) -> None:
+    """Like complete: a second completion of the same attempts changes nothing and wins nothing."""
+    for _ in range(2):
+        enqueue(store)
+    claims = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    assert store.complete_many(claims) == {c.id for c in claims}
+    assert store.complete_many(claims) == set()
+
+
+# --- fail ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", list(Failure))
+def test_fail_records_the_failure_kind_and_error(store: Store, failure: Failure) -> None:
+    """Every terminal failure sets status, failure, last_error and completed_at together."""
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.fail(claim, failure, f"it went wrong: {failure}")
+    now = db_now(store)
+    task = row(store, task_id)
+    assert task.status is Status.FAILED
+    assert task.failure is failure
+    assert task.last_error == f"it went wrong: {failure}"
+    assert task.completed_at is not None and abs(secs(task.completed_at, now)) < TOLERANCE_S
+    assert task.lease_expires_at is None
+    assert task.attempts == 1
+
+
+def test_fail_with_attempts_left_is_still_terminal(store: Store) -> None:
+    """fail is final whatever attempts remain: the task is never claimed again."""
+    enqueue(store, max_attempts=5)
+    assert store.fail(claim_one(store), Failure.PANIC, "child died")
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_fail_trims_a_huge_error(store: Store) -> None:
+    """last_error stays bounded: head and tail of a long traceback are kept."""
+    task_id = enqueue(store)
+    error = "Traceback (most recent call last):\n" + "x" * 200_000 + "\nValueError: the end"
+    assert store.fail(claim_one(store), Failure.ERROR, error)
+    stored = row(store, task_id).last_error
+    assert stored == trim_error(error)
+    assert stored is not None and len(stored) <= LAST_ERROR_LIMIT
+    assert stored.startswith("Traceback") and stored.endswith("ValueError: the end")
+
+
+def test_fail_stores_a_longest_error_of_four_byte_characters(store: Store) -> None:
+    """An error at the length limit made of 4-byte UTF-8 characters still fits the column."""
+    task_id = enqueue(store)
+    error = "😀" * LAST_ERROR_LIMIT
+    assert store.fail(claim_one(store), Failure.ERROR, error)
+    assert row(store, task_id).last_error == trim_error(error)
+
+
+# --- requeue -------------------------------------------------------------------------------
+
+
+def test_requeue_puts_the_task_back_after_the_backoff_by_the_database_clock(store: Store) -> None:
+    """run_at = database now + delay; the attempt stays used; the owner lets go."""
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.requeue(claim, 30, "boom")
+    now = db_now(store)
+    task = row(store, task_id)
+    assert task.status is Status.QUEUED
+    assert secs(now, task.run_at) == pytest.approx(30, abs=TOLERANCE_S)
+    assert task.attempts == 1
+    assert task.last_error == "boom"
+    assert task.failure is None
+    assert task.claimed_by is None and task.lease_expires_at is None
+    assert store.claim("B", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_requeued_task_is_claimable_once_its_backoff_passed(store: Store) -> None:
+    task_id = enqueue(store)
+    assert store.requeue(claim_one(store), 1.0, "boom")
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+    time.sleep(1.2)
+    again = claim_one(store, "B")
+    assert (again.id, again.attempt) == (task_id, 2)
+
+
+def test_requeue_with_no_delay_is_claimable_at_once(store: Store) -> None:
+    enqueue(store)
+    assert store.requeue(claim_one(store), 0, "boom")
+    assert claim_one(store).attempt == 2
+
+
+def test_requeue_keeps_the_deadline(store: Store) -> None:
+    """Retries spend the same budget: requeue never moves deadline_at."""
+    task_id = enqueue(store, budget_s=100)
+    deadline = row(store, task_id).deadline_at
+    assert store.requeue(claim_one(store), 5, "boom")
+    assert row(store, task_id).deadline_at == deadline
+
+
+# --- refund --------------------------------------------------------------------------------
+
+
+def test_refund_puts_the_task_back_as_if_the_attempt_never_started(store: Store) -> None:
+    """Drain deadline: back to queued, attempts decremented, runnable at once."""
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.progress(claim, 60)
+    assert store.refund(claim)
+    task = row(store, task_id)
+    assert task.status is Status.QUEUED
+    assert task.attempts == 0
+    assert task.progress_pct == 0
+    assert task.claimed_by is None and task.started_at is None and task.lease_expires_at is None
+    again = claim_one(store, "B")
+    assert (again.id, again.attempt) == (task_id, 1)
+
+
+# --- leases --------------------------------------------------------------------------------
+
+
+def test_renew_leases_extends_the_leases_still_held(store: Store) -> None:
+    ids = [enqueue(store) for _ in range(3)]
+    claims = store.claim("A", ["t"], 10, 5)
+    assert store.renew_leases("A", claims, 120) == set(ids)
+    now = db_now(store)
+    for task_id in ids:
+        lease = row(store, task_id).lease_expires_at
+        assert lease is not None
+        assert secs(now, lease) == pytest.approx(120, abs=TOLERANCE_S)
+
+
+def test_renew_leases_of_nothing_holds_nothing(store: Store) -> None:
+    assert store.renew_leases("A", [], LONG_LEASE_S) == set()
+
+
+def test_renew_leases_leaves_out_tasks_taken_over_finished_or_cancelled(store: Store) -> None:
+    """Only tasks still running under this owner and attempt count as held."""
+    takeover = take_over(store, "B")
+    for _ in range(3):
+        enqueue(store)
+    held, done, cancelled = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    assert store.complete(done)
+    assert store.cancel(cancelled.id).applied
+    before = row(store, takeover.current.id)
+    renewed = store.renew_leases("A", [takeover.stale, held, done, cancelled], LONG_LEASE_S)
+    assert renewed == {held.id}
+    assert row(store, takeover.current.id) == before
+
+
+def test_renew_leases_keeps_a_task_from_being_rescued(store: Store) -> None:
+    task_id = enqueue(store)
+    claim = claim_one(store, lease_s=SHORT_LEASE_S)
+    assert store.renew_leases("A", [claim], LONG_LEASE_S) == {task_id}
+    time.sleep(LEASE_RUN_OUT_S)
+    assert store.rescue_expired(100) == Rescued(requeued=0, lost=0)
+    assert store.complete(claim)
+
+
+def test_rescue_requeues_a_task_whose_lease_ran_out_with_the_attempt_counted(store: Store) -> None:
+    task_id = enqueue(store)
+    claim_one(store, "host-a", lease_s=SHORT_LEASE_S)
+    time.sleep(LEASE_RUN_OUT_S)
+    assert store.rescue_expired(100) == Rescued(requeued=1, lost=0)
+    task = row(store, task_id)
+    assert task.status is Status.QUEUED
+    assert task.attempts == 1
+    assert task.claimed_by is None and task.lease_expires_at is None
+    assert task.last_error is not None and "host-a" in task.last_error
+    assert claim_one(store, "B").attempt == 2
+
+
+def test_rescue_fails_a_task_lost_on_its_last_attempt(store: Store) -> None:
+    """A poison pill that keeps killing its supervisor stops at max_attempts."""
+    task_id = enqueue(store, max_attempts=1)
+    claim_one(store, "host-a", lease_s=SHORT_LEASE_S)
+    time.sleep(LEASE_RUN_OUT_S)
+    assert store.rescue_expired(100) == Rescued(requeued=0, lost=1)
+    task = row(store, task_id)
+    assert task.status is Status.FAILED
+    assert task.failure is Failure.LOST
+    assert task.last_error is not None and "host-a" in task.last_error
+    assert task.completed_at is not None
+    assert task.lease_expires_at is None
+    assert store.claim("B", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_rescue_leaves_live_leases_and_other_statuses_alone(store: Store) -> None:
+    live = enqueue(store)
+    claim_one(store, lease_s=LONG_LEASE_S)
+    queued = enqueue(store)
+    done = finished(store, "completed")
+    before = [row(store, i) for i in (live, queued, done)]
+    time.sleep(LEASE_RUN_OUT_S)
+    assert store.rescue_expired(100) == Rescued(requeued=0, lost=0)
+    assert [row(store, i) for i in (live, queued, done)] == before
+
+
+def test_rescue_handles_at_most_limit_tasks_per_call(store: Store) -> None:
+    for _ in range(3):
+        enqueue(store)
+    store.claim("A", ["t"], 10, SHORT_LEASE_S)
+    time.sleep(LEASE_RUN_OUT_S)
+    assert store.rescue_expired(2) == Rescued(requeued=2, lost=0)
+    assert store.rescue_expired(2) == Rescued(requeued=1, lost=0)
+
+
+# --- fencing: a supervisor that lost its claim can never overwrite the new owner -----------
+
+
+@pytest.mark.parametrize("write", FENCED_WRITES.values(), ids=FENCED_WRITES.keys())
+def test_writes_of_a_rescued_owner_lose_and_leave_the_new_owner_untouched(
+    store: Store, write: FencedWrite
+) -> None:
+    """A's lease expired, the task was rescued and claimed by B: every write by A loses."""
+    takeover = take_over(store, "B")
+    assert store.progress(takeover.current, 10)
+    before = row(store, takeover.current.id)
+    assert not write(store, takeover.stale)
+    assert row(store, takeover.current.id) == before
+    assert store.complete(takeover.current)
+
+
+@pytest.mark.parametrize("write", FENCED_WRITES.values(), ids=FENCED_WRITES.keys())
+def test_writes_with_a_stale_attempt_number_lose(store: Store, write: FencedWrite) -> None:
+    """Same owner, later attempt: a write for the earlier attempt loses."""
+    takeover = take_over(store, "A")
+    assert takeover.stale.owner == takeover.current.owner
+    before = row(store, takeover.current.id)
+    assert not write(store, takeover.stale)
+    assert row(store, takeover.current.id) == before
+    assert store.complete(takeover.current)
+
+
+@pytest.mark.parametrize("write", FENCED_WRITES.values(), ids=FENCED_WRITES.keys())
+def test_writes_with_an_attempt_number_from_the_future_lose(
+    store: Store, write: FencedWrite
+) -> None:
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    before = row(store, task_id)
+    assert not write(store, attrs.evolve(claim, attempt=claim.attempt + 1))
+    assert row(store, task_id) == before
+
+
+@pytest.mark.parametrize("write", FENCED_WRITES.values(), ids=FENCED_WRITES.keys())
+def test_writes_in_the_name_of_another_owner_lose(store: Store, write: FencedWrite) -> None:
+    task_id = enqueue(store)
+    claim = claim_one(store, "A")
+    before = row(store, task_id)
+    assert not write(store, attrs.evolve(claim, owner="B"))
+    assert row(store, task_id) == before
+
+
+@pytest.mark.parametrize("write", FENCED_WRITES.values(), ids=FENCED_WRITES.keys())
+def test_writes_after_an_operator_cancelled_the_task_lose(store: Store, write: FencedWrite) -> None:
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.cancel(task_id).applied
+    before = row(store, task_id)
+    assert not write(store, claim)
+    assert row(store, task_id) == before
+
+
+# --- expire_overdue ------------------------------------------------------------------------
+
+
+def test_expire_overdue_fails_queued_tasks_past_their_deadline(store: Store) -> None:
+    overdue = enqueue(store, "nobody-handles-this", budget_s=0.1)
+    fresh = enqueue(store, budget_s=3600)
+    time.sleep(0.3)
+    assert store.expire_overdue(100) == 1
+    task = row(store, overdue)
+    assert task.status is Status.FAILED
+    assert task.failure is Failure.EXPIRED
+    assert task.last_error
+    assert task.completed_at is not None
+    assert task.attempts == 0
+    assert row(store, fresh).status is Status.QUEUED
+
+
+def test_expire_overdue_leaves_running_tasks_to_their_supervisor(store: Store) -> None:
+    """A running task past its deadline is the supervisor's to kill (timeout), not expired."""
+    task_id = enqueue(store, budget_s=1.0)
+    claim_one(store)
+    time.sleep(1.2)
+    assert store.expire_overdue(100) == 0
+    assert row(store, task_id).status is Status.RUNNING
+
+
+def test_expire_overdue_handles_at_most_limit_tasks_per_call(store: Store) -> None:
+    for _ in range(3):
+        enqueue(store, budget_s=0.1)
+    time.sleep(0.3)
+    assert store.expire_overdue(2) == 2
+    assert store.expire_overdue(2) == 1
+    assert store.expire_overdue(2) == 0
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_task(store: Store) -> None:
+    task_id = enqueue(store)
+    assert store.cancel(task_id) == Transition(before=Status.QUEUED, applied=True)
+    task = row(store, task_id)
+    assert task.status is Status.CANCELLED
+    assert task.failure is None
+    assert task.completed_at is not None
+    assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+
+
+def test_cancel_a_running_task(store: Store) -> None:
+    """The owner sees it at its next renew: the task is no longer held."""
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.cancel(task_id) == Transition(before=Status.RUNNING, applied=True)
+    task = row(store, task_id)
+    assert task.status is Status.CANCELLED
+    assert task.lease_expires_at is None
+    assert store.renew_leases("A", [claim], LONG_LEASE_S) == set()
+
+
+@pytest.mark.parametrize("kind", ["completed", "failed", "cancelled"])
+def test_cancel_refuses_a_finished_task(store: Store, kind: str) -> None:
+    task_id = finished(store, kind)
+    before = row(store, task_id)
+    assert store.cancel(task_id) == Transition(before=Status(kind), applied=False)
+    assert row(store, task_id) == before
+
+
+def test_cancel_of_an_unknown_task_finds_nothing(store: Store) -> None:
+    assert store.cancel(424242) == Transition(before=None, applied=False)
+
+
+# --- retry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["failed", "cancelled"])
+def test_retry_puts_a_failed_or_cancelled_task_back_with_fresh_attempts(
+    store: Store, kind: str
+) -> None:
+    task_id = finished(store, kind)
+    assert store.retry(task_id) == Transition(before=Status(kind), applied=True)
+    task = row(store, task_id)
+    assert task.status is Status.QUEUED
+    assert task.attempts == 0
+    assert task.failure is None
+    assert task.completed_at is None and task.claimed_by is None
+    again = claim_one(store, "B")
+    assert (again.id, again.attempt) == (task_id, 1)
+
+
+def test_retry_gives_a_fresh_budget(store: Store) -> None:
+    """An expired task can run again: the deadline is now + its original budget."""
+    task_id = enqueue(store, budget_s=1.0)
+    time.sleep(1.2)
+    assert store.expire_overdue(100) == 1
+    assert store.retry(task_id).applied
+    claim = claim_one(store)
+    assert 0 < claim.remaining_s <= 1.0
+    task = row(store, task_id)
+    assert secs(task.run_at, task.deadline_at) == pytest.approx(1.0, abs=0.01)
+    assert abs(secs(task.run_at, db_now(store))) < TOLERANCE_S
+
+
+@pytest.mark.parametrize("kind", ["queued", "running", "completed"])
+def test_retry_refuses_a_live_or_completed_task(store: Store, kind: str) -> None:
+    task_id = enqueue(store)
+    if kind != "queued":
+        claim = claim_one(store)
+        if kind == "completed":
+            assert store.complete(claim)
+    before = row(store, task_id)
+    assert store.retry(task_id) == Transition(before=Status(kind), applied=False)
+    assert row(store, task_id) == before
+
+
+def test_retry_of_an_unknown_task_finds_nothing(store: Store) -> None:
+    assert store.retry(424242) == Transition(before=None, applied=False)
+
+
+# --- prune ---------------------------------------------------------------------------------
+
+
+def test_prune_deletes_only_finished_tasks_older_than_the_cutoff(store: Store) -> None:
+    old = [finished(store, kind) for kind in ("completed", "failed", "cancelled")]
+    time.sleep(1.0)
+    recent = finished(store, "completed")
+    queued = enqueue(store)
+    running = enqueue(store)
+    claim_one(store)
+    assert store.prune(0.6) == 3
+    assert all(store.get(i) is None for i in old)
+    assert all(store.get(i) is not None for i in (recent, queued, running))
+
+
+def test_prune_never_deletes_live_tasks_whatever_the_cutoff(store: Store) -> None:
+    queued = enqueue(store, budget_s=0.1)  # overdue but still queued: not pruned
+    enqueue(store)
+    running = claim_one(store).id
+    time.sleep(0.3)
+    assert store.prune(0) == 0
+    assert store.get(queued) is not None and store.get(running) is not None
+
+
+def test_prune_keeps_finished_tasks_younger_than_the_cutoff(store: Store) -> None:
+    task_id = finished(store, "completed")
+    assert store.prune(3600) == 0
+    assert store.get(task_id) is not None
+
+
+def test_prune_deletes_everything_eligible_in_several_batches(store: Store) -> None:
+    for _ in range(5):
+        finished(store, "cancelled")
+    time.sleep(0.1)
+    assert store.prune(0, batch=2) == 5  # type: ignore[call-arg]
+    assert store.counts() == []
+
+
+# --- counts and get ------------------------------------------------------------------------
+
+
+def test_counts_by_type_and_status(store: Store) -> None:
+    enqueue(store, "a")
+    enqueue(store, "a")
+    enqueue(store, "b")
+    claim_one(store, types=("b",))
+    finished(store, "completed")
+    counts = store.counts()
+    assert [(c.type, c.status, c.count) for c in counts] == [
+        ("a", Status.QUEUED, 2),
+        ("b", Status.RUNNING, 1),
+        ("t", Status.COMPLETED, 1),
+    ]
+
+
+def test_counts_report_the_age_of_the_oldest_task(store: Store) -> None:
+    enqueue(store, "a")
+    time.sleep(0.5)
+    enqueue(store, "a")
+    (count,) = store.counts()
+    assert 0.5 <= count.oldest_age_s < 0.5 + TOLERANCE_S
+
+
+def test_get_of_an_unknown_task_is_none(store: Store) -> None:
+    assert store.get(424242) is None
+
+
+def test_get_returns_the_whole_row(store: Store) -> None:
+    task_id = enqueue(store, "mail", options="x", priority=3, max_attempts=4)
+    claim = claim_one(store, "owner-1", types=("mail",))
+    assert store.progress(claim, 12)
+    task = row(store, task_id)
+    assert (task.id, task.type, task.status, task.options) == (task_id, "mail", Status.RUNNING, "x")
+    assert (task.priority, task.attempts, task.max_attempts, task.progress_pct) == (3, 1, 4, 12)
+    assert task.claimed_by == "owner-1"
+    for stamp in (task.created_at, task.run_at, task.deadline_at, task.updated_at):
+        assert isinstance(stamp, datetime)
+    assert task.created_at <= task.updated_at
+
+
+def test_ping_answers(store: Store) -> None:
+    store.ping()
+
+
+def test_close_then_use_reconnects(store: Store) -> None:
+    task_id = enqueue(store)
+    store.close()
+    assert row(store, task_id).status is Status.QUEUED
+
+
+# --- enqueue_in_transaction: the producer's own connection and transaction -----------------
+
+
+def _pymysql_connection(mysql_dsn: str) -> pymysql.connections.Connection[Any]:
+    dsn = parse_dsn(mysql_dsn)
+    assert isinstance(dsn, MysqlDsn)
+    return pymysql.connect(
+        host=dsn.host,
+        port=dsn.port,
+        user=dsn.user,
+        password=dsn.password,
+        database=dsn.database,
+        autocommit=False,
+    )
+
+
+@pytest.mark.mysql
+def test_enqueue_in_transaction_on_pymysql_exists_only_if_the_caller_commits(
+    mysql_dsn: str,
+) -> None:
+    store = open_store(parse_dsn(mysql_dsn))
+    store.migrate()
+    conn = _pymysql_connection(mysql_dsn)
+    try:
+        rolled_back = supervisor.enqueue_in_transaction(conn, "t", "opts")
+        assert store.get(rolled_back) is None
+        assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
+        conn.rollback()
+        assert store.get(rolled_back) is None
+
+        committed = supervisor.enqueue_in_transaction(conn, "t", "opts", priority=2, budget=60)
+        assert store.get(committed) is None
+        conn.commit()
+        claim = claim_one(store)
+        assert (claim.id, claim.options, claim.attempt, claim.max_attempts) == (
+            committed,
+            "opts",
+            1,
+            3,
+        )
+        assert claim.remaining_s == pytest.approx(60, abs=TOLERANCE_S)
+        assert store.get(rolled_back) is None
+    finally:
+        conn.close()
+        store.close()
+
+
+def test_enqueue_in_transaction_on_sqlite3_exists_only_if_the_caller_commits(
+    sqlite_dsn: str,
+) -> None:
+    store = open_store(parse_dsn(sqlite_dsn))
+    store.migrate()
+    path = sqlite_dsn.removeprefix("sqlite:///")
+    conn = sqlite3.connect(path)
+    try:
+        rolled_back = supervisor.enqueue_in_transaction(conn, "t", "opts")
+        assert conn.in_transaction
+        assert store.get(rolled_back) is None
+        conn.rollback()
+        assert store.get(rolled_back) is None
+
+        committed = supervisor.enqueue_in_transaction(conn, "t", "opts", delay=0, max_attempts=2)
+        assert store.get(committed) is None
+        conn.commit()
+        claim = claim_one(store)
+        assert (claim.id, claim.options, claim.attempt, claim.max_attempts) == (
+            committed,
+            "opts",
+            1,
+            2,
+        )
+    finally:
+        conn.close()
+        store.close()
+
+
+def test_enqueue_in_transaction_validates_before_writing(sqlite_dsn: str) -> None:
+    store = open_store(parse_dsn(sqlite_dsn))
+    store.migrate()
+    conn = sqlite3.connect(Path(sqlite_dsn.removeprefix("sqlite:///")))
+    try:
+        with pytest.raises(UsageError):
+            supervisor.enqueue_in_transaction(conn, "no spaces allowed")
+        with pytest.raises(UsageError):
+            supervisor.enqueue_in_transaction(conn, "t", max_attempts=0)
+        assert not conn.in_transaction
+        assert store.counts() == []
+    finally:
+        conn.close()
+        store.close()
