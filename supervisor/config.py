@@ -115,7 +115,7 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
         Backoff.parse,
         "0,30,300",
         "seconds like 0,30,300",
-        "delay before attempt 2, 3, ... after a handler raised; the last value repeats",
+        "delay before attempt 1, 2, 3, ... (the first is the initial run); the last repeats",
     ),
     (
         "--drain-timeout",

@@ -65,10 +65,11 @@ class Outcome(enum.StrEnum):
 
 @attrs.frozen
 class Backoff:
-    """Delay before attempt n+1 after attempt n failed: ``delays[n-1]``, the last one repeating.
+    """The delay before attempt n is ``delays[n-1]``, the last one repeating.
 
-    The default ``0, 30, 300`` means: retry the first failure at once, the
-    second after 30 s, any later one after 5 min.
+    The default ``0, 30, 300`` reads: the first attempt runs at once, the
+    second 30 s after the first failed, the third (and any later one) 5 min
+    after the previous failure.
     """
 
     delays: tuple[float, ...] = (0.0, 30.0, 300.0)
@@ -90,9 +91,9 @@ class Backoff:
             ) from None
         return cls(delays)
 
-    def delay_after(self, failed_attempt: int) -> float:
-        """Seconds to wait before the next attempt, after ``failed_attempt`` (1-based) failed."""
-        index = min(max(failed_attempt, 1), len(self.delays)) - 1
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (1-based), counted from the previous failure."""
+        index = min(max(attempt, 1), len(self.delays)) - 1
         return self.delays[index]
 
 
@@ -115,7 +116,7 @@ def decide_error(
     return Decision(
         outcome=Outcome.RETRIED,
         status=Status.QUEUED,
-        retry_in_s=backoff.delay_after(attempt),
+        retry_in_s=backoff.delay_before(attempt + 1),
     )
 
 

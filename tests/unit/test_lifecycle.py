@@ -56,24 +56,25 @@ def test_default_backoff_is_0_30_300() -> None:
     assert Backoff().delays == (0.0, 30.0, 300.0)
 
 
-@pytest.mark.parametrize(("failed_attempt", "delay"), [(1, 0.0), (2, 30.0), (3, 300.0)])
-def test_backoff_after_attempt_n_is_the_nth_delay(failed_attempt: int, delay: float) -> None:
-    assert Backoff().delay_after(failed_attempt) == delay
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 0.0), (2, 30.0), (3, 300.0)])
+def test_backoff_before_attempt_n_is_the_nth_delay(attempt: int, delay: float) -> None:
+    """DESIGN: the delay before attempt n is [0s, 30s, 5m][n-1]."""
+    assert Backoff().delay_before(attempt) == delay
 
 
-@pytest.mark.parametrize("failed_attempt", [4, 5, 99])
-def test_backoff_repeats_the_last_delay(failed_attempt: int) -> None:
-    assert Backoff().delay_after(failed_attempt) == 300.0
+@pytest.mark.parametrize("attempt", [4, 5, 99])
+def test_backoff_repeats_the_last_delay(attempt: int) -> None:
+    assert Backoff().delay_before(attempt) == 300.0
 
 
-def test_backoff_with_one_delay_uses_it_for_every_retry() -> None:
+def test_backoff_with_one_delay_uses_it_for_every_attempt() -> None:
     backoff = Backoff((7.0,))
-    assert [backoff.delay_after(n) for n in (1, 2, 10)] == [7.0, 7.0, 7.0]
+    assert [backoff.delay_before(n) for n in (1, 2, 10)] == [7.0, 7.0, 7.0]
 
 
 def test_backoff_before_any_attempt_is_the_first_delay() -> None:
     """An attempt number below 1 (never valid) is treated as the first, not wrapped around."""
-    assert Backoff((1.0, 2.0)).delay_after(0) == 1.0
+    assert Backoff((1.0, 2.0)).delay_before(0) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -110,17 +111,17 @@ def test_backoff_rejects_bad_delays_however_built(delays: tuple[float, ...]) -> 
 # --- what a finished attempt does ----------------------------------------------------------
 
 
-def test_error_with_attempts_left_is_retried_after_the_backoff() -> None:
-    backoff = Backoff((1.0, 20.0))
+def test_error_with_attempts_left_is_retried_after_the_backoff_of_the_next_attempt() -> None:
+    backoff = Backoff((1.0, 20.0, 50.0))
     assert decide_error(attempt=2, max_attempts=3, permanent=False, backoff=backoff) == Decision(
-        outcome=Outcome.RETRIED, status=Status.QUEUED, failure=None, retry_in_s=20.0
+        outcome=Outcome.RETRIED, status=Status.QUEUED, failure=None, retry_in_s=50.0
     )
 
 
-def test_error_on_the_first_of_several_attempts_uses_the_first_delay() -> None:
+def test_error_on_the_first_attempt_waits_30_seconds_by_default() -> None:
     decision = decide_error(attempt=1, max_attempts=3, permanent=False, backoff=Backoff())
     assert decision.status is Status.QUEUED
-    assert decision.retry_in_s == 0.0
+    assert decision.retry_in_s == 30.0
 
 
 @pytest.mark.parametrize(("attempt", "max_attempts"), [(3, 3), (1, 1), (5, 3)])
