@@ -22,7 +22,7 @@ import attrs
 from supervisor.config import add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, parse_dsn
 from supervisor.errors import StoreError, UsageError
-from supervisor.lifecycle import MAX_OPTIONS_BYTES, Status
+from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
 from supervisor.producer import new_task
 from supervisor.status_view import print_status, watch
 from supervisor.store import Store, TaskRow, open_store
@@ -31,8 +31,6 @@ EXIT_RUNTIME, EXIT_USAGE = 1, 2
 # Ids are positive and fit SQLite's INTEGER (signed 64-bit); anything else cannot name a task,
 # and would otherwise reach the driver (sqlite3 raises OverflowError, not a database error).
 MAX_TASK_ID = 2**63 - 1
-# tasks.priority is a MySQL INT: keep both backends to the range the smaller one stores.
-PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 SUBCOMMANDS = ("run", "enqueue", "status", "show", "retry", "cancel", "migrate", "prune")
 
 

@@ -21,6 +21,9 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 100
 # Characters, not bytes: at up to 4 UTF-8 bytes each, 16,000 still fit MySQL's TEXT column
 # (65,535 bytes), which rejects the whole write of a longer value in strict mode.
+# Ten years: far beyond any real delay or budget, far inside what DATETIME arithmetic holds.
+MAX_SECONDS = 10 * 366 * 86400.0
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 LAST_ERROR_LIMIT = 16_000
 
 
@@ -107,9 +110,7 @@ class Decision:
     retry_in_s: float | None = None
 
 
-def decide_error(
-    *, attempt: int, max_attempts: int, permanent: bool, backoff: Backoff
-) -> Decision:
+def decide_error(*, attempt: int, max_attempts: int, permanent: bool, backoff: Backoff) -> Decision:
     """A handler raised: retry with backoff while attempts remain, unless it said not to."""
     if permanent or attempt >= max_attempts:
         return Decision(outcome=Outcome.ERROR, status=Status.FAILED, failure=Failure.ERROR)
@@ -156,12 +157,21 @@ def validate_max_attempts(value: int) -> int:
 
 
 def validate_budget(value: float) -> float:
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"budget must be a positive number of seconds, got {value}")
+    if not 0 < value <= MAX_SECONDS:
+        raise UsageError(
+            f"budget must be a positive number of seconds up to {MAX_SECONDS:.0f}, got {value}"
+        )
     return value
 
 
 def validate_delay(value: float) -> float:
-    if not value >= 0 or value == float("inf"):
-        raise UsageError(f"delay must be zero or a positive number of seconds, got {value}")
+    if not 0 <= value <= MAX_SECONDS:
+        raise UsageError(f"delay must be 0 to {MAX_SECONDS:.0f} seconds, got {value}")
+    return value
+
+
+def validate_priority(value: int) -> int:
+    """``tasks.priority`` is a MySQL INT: both backends keep to the range the smaller one stores."""
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise UsageError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {value}")
     return value

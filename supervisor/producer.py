@@ -19,6 +19,7 @@ from supervisor.lifecycle import (
     validate_delay,
     validate_max_attempts,
     validate_options,
+    validate_priority,
     validate_type,
 )
 from supervisor.store import NewTask, Store, open_store
@@ -35,14 +36,14 @@ def new_task(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
 ) -> NewTask:
-    """Validate a producer's request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
+    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
     return NewTask(
         type=validate_type(type),
         options=validate_options(options),
         delay_s=validate_delay(float(delay)),
         budget_s=validate_budget(float(budget)),
         max_attempts=validate_max_attempts(int(max_attempts)),
-        priority=int(priority),
+        priority=validate_priority(int(priority)),
     )
 
 

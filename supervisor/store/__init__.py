@@ -9,6 +9,7 @@ from supervisor.store.base import (
     Rescued,
     StatusCount,
     Store,
+    SupervisorInfo,
     TaskRow,
     Transition,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Rescued",
     "StatusCount",
     "Store",
+    "SupervisorInfo",
     "TaskRow",
     "Transition",
     "open_store",

@@ -95,10 +95,31 @@ class Transition:
 
 @attrs.frozen(kw_only=True)
 class Rescued:
-    """What a sweep of expired leases did: put back to ``queued``, or failed as ``lost``."""
+    """What a sweep of expired leases did: put back to ``queued``, or failed as ``lost``.
+
+    ``lost`` counts by task type, so the sweeper can label its metrics.
+    """
 
     requeued: int
-    lost: int
+    lost: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost.values())
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorInfo:
+    """A supervisor's entry in the registry, so ``claimed_by`` can be traced to a process."""
+
+    id: str
+    host: str
+    pid: int
+    workers: int
+    version: str
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    alive: bool = True
 
 
 class Store(abc.ABC):
@@ -141,7 +162,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
-        """Put the task back with ``run_at = database now + delay`` (fenced); the attempt stays used."""
+        """Put the task back, ``run_at = database now + delay`` (fenced); the attempt stays used."""
 
     @abc.abstractmethod
     def refund(self, claim: Claim) -> bool:
@@ -153,11 +174,30 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def rescue_expired(self, limit: int) -> Rescued:
-        """Requeue running tasks whose lease ran out, or fail them ``lost`` if no attempt is left."""
+        """Requeue running tasks whose lease ran out; fail them ``lost`` if no attempt is left."""
 
     @abc.abstractmethod
-    def expire_overdue(self, limit: int) -> int:
-        """Fail ``queued`` tasks whose deadline passed before dispatch (``expired``)."""
+    def expire_overdue(self, limit: int) -> dict[str, int]:
+        """Fail ``queued`` tasks whose deadline passed before dispatch (``expired``).
+
+        Returns how many of each type were expired.
+        """
+
+    @abc.abstractmethod
+    def register(self, info: SupervisorInfo, ttl_s: float) -> None:
+        """Record (or refresh) a live supervisor; it counts as alive for ``ttl_s``."""
+
+    @abc.abstractmethod
+    def deregister(self, supervisor_id: str) -> None:
+        """Remove a supervisor that stopped cleanly."""
+
+    @abc.abstractmethod
+    def supervisors(self) -> list[SupervisorInfo]:
+        """The registry: live supervisors, and dead ones not yet forgotten."""
+
+    @abc.abstractmethod
+    def forget_supervisors(self, dead_for_s: float) -> int:
+        """Drop registry entries of supervisors silent for longer than ``dead_for_s``."""
 
     @abc.abstractmethod
     def cancel(self, task_id: int) -> Transition:

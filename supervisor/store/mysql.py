@@ -14,6 +14,7 @@ Session rules that keep many supervisors from hurting each other:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -35,15 +36,23 @@ T = TypeVar("T")
 DEADLOCK, LOCK_WAIT_TIMEOUT, RECORD_CHANGED = 1213, 1205, 1020
 RETRYABLE = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT, RECORD_CHANGED})
 # Errors that mean "the server is not reachable (now)": worth reconnecting later.
-UNREACHABLE = frozenset({
-    1040,  # too many connections
-    1045,  # access denied
-    1049,  # unknown database
-    1053,  # server shutdown in progress
-    1927,  # connection killed (MariaDB)
-    2002, 2003, 2005, 2006, 2013, 2014, 2055,
-    4031,  # disconnected by the server for inactivity (MySQL 8)
-})
+UNREACHABLE = frozenset(
+    {
+        1040,  # too many connections
+        1045,  # access denied
+        1049,  # unknown database
+        1053,  # server shutdown in progress
+        1927,  # connection killed (MariaDB)
+        2002,
+        2003,
+        2005,
+        2006,
+        2013,
+        2014,
+        2055,
+        4031,  # disconnected by the server for inactivity (MySQL 8)
+    }
+)
 TRANSACTION_TRIES = 6
 LOCK_WAIT_S = 5
 READ_TIMEOUT_S = 30
@@ -93,10 +102,8 @@ class MysqlStore(SqlStore):
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # the socket may be gone; nothing to save
                 conn.close()
-            except Exception:  # noqa: BLE001 - the socket may already be gone; nothing to save
-                pass
 
     def _with_retries(self, work: Callable[[pymysql.connections.Connection[Any]], T]) -> T:
         """Run ``work`` retrying deadlocks and lock waits with jittered backoff."""
@@ -211,6 +218,24 @@ class MysqlStore(SqlStore):
         if self._run("renew_leases", params)[0] == len(claims):
             return {c.id for c in claims}
         return {int(row["id"]) for row in self._rows("still_held", params)}
+
+    def _sweep(self, name: str, limit: int) -> list[str]:
+        """Lock up to ``limit`` matching rows (skipping those others hold), then update them.
+
+        MySQL's UPDATE cannot return the rows it changed; selecting them first
+        tells the sweeper which types it expired or lost, for its metrics.
+        """
+        select, update = self._queries[f"{name}_select"], self._queries[name]
+
+        def body(cursor: pymysql.cursors.DictCursor) -> list[str]:
+            cursor.execute(select, {"limit": limit})
+            rows = list(cursor.fetchall())
+            if not rows:
+                return []
+            cursor.execute(update, {"ids": tuple(int(row["id"]) for row in rows)})
+            return [str(row["type"]) for row in rows]
+
+        return self._transaction(body)
 
     def server_version(self) -> str:
         return str(self._rows("server_version")[0]["version"])

@@ -95,14 +95,19 @@ SELECT id FROM tasks
 WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
   AND (id, attempts) IN %(fences)s
 
+-- name: rescue_lost_select
+SELECT id, type FROM tasks
+WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts >= max_attempts
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
 -- name: rescue_lost
 -- MySQL evaluates SET left to right: last_error reads claimed_by before it is changed.
 UPDATE tasks
 SET status = 'failed', failure = 'lost',
     last_error = CONCAT('lease of ', COALESCE(claimed_by, '?'), ' expired on the last attempt'),
     lease_expires_at = NULL, completed_at = NOW(6)
-WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts >= max_attempts
-LIMIT %(limit)s
+WHERE id IN %(ids)s AND status = 'running' AND lease_expires_at < NOW(6)
 
 -- name: rescue_requeue
 UPDATE tasks
@@ -112,13 +117,18 @@ SET status = 'queued',
 WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts < max_attempts
 LIMIT %(limit)s
 
+-- name: expire_overdue_select
+SELECT id, type FROM tasks
+WHERE status = 'queued' AND deadline_at <= NOW(6)
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
 -- name: expire_overdue
 UPDATE tasks
 SET status = 'failed', failure = 'expired',
     last_error = 'deadline passed before the task was dispatched',
     completed_at = NOW(6)
-WHERE status = 'queued' AND deadline_at <= NOW(6)
-LIMIT %(limit)s
+WHERE id IN %(ids)s AND status = 'queued' AND deadline_at <= NOW(6)
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = %(id)s
@@ -160,3 +170,24 @@ SELECT 1
 
 -- name: server_version
 SELECT VERSION() AS version
+
+-- name: register_supervisor
+INSERT INTO supervisors (id, host, pid, workers, version, started_at, heartbeat_at, expires_at)
+VALUES (%(id)s, %(host)s, %(pid)s, %(workers)s, %(version)s,
+        NOW(6), NOW(6), NOW(6) + INTERVAL %(ttl_us)s MICROSECOND)
+ON DUPLICATE KEY UPDATE
+    workers = VALUES(workers),
+    heartbeat_at = VALUES(heartbeat_at),
+    expires_at = VALUES(expires_at)
+
+-- name: deregister_supervisor
+DELETE FROM supervisors WHERE id = %(id)s
+
+-- name: list_supervisors
+SELECT id, host, pid, workers, version, started_at, heartbeat_at,
+       expires_at > NOW(6) AS alive
+FROM supervisors
+ORDER BY host, started_at
+
+-- name: forget_supervisors
+DELETE FROM supervisors WHERE expires_at < NOW(6) - INTERVAL %(dead_us)s MICROSECOND

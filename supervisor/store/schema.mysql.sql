@@ -36,3 +36,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     KEY tasks_finished (status, completed_at),
     KEY tasks_type_status (type, status, created_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- The registry of supervisors: claimed_by is traced to a host and pid here, and
+-- `status` lists the live fleet. A row is alive until expires_at (refreshed by
+-- every heartbeat); dead rows are swept a day later.
+CREATE TABLE IF NOT EXISTS supervisors (
+    id           VARCHAR(255)  NOT NULL,
+    host         VARCHAR(255)  NOT NULL,
+    pid          INT UNSIGNED  NOT NULL,
+    workers      INT UNSIGNED  NOT NULL,
+    version      VARCHAR(32)   NOT NULL,
+    started_at   DATETIME(6)   NOT NULL,
+    heartbeat_at DATETIME(6)   NOT NULL,
+    expires_at   DATETIME(6)   NOT NULL,
+    PRIMARY KEY (id),
+    KEY supervisors_expires (expires_at)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -30,3 +30,18 @@ CREATE INDEX IF NOT EXISTS tasks_deadline ON tasks (status, deadline_at);
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (status, lease_expires_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (status, completed_at);
 CREATE INDEX IF NOT EXISTS tasks_type_status ON tasks (type, status, created_at);
+
+-- The registry of supervisors: claimed_by is traced to a host and pid here, and
+-- `status` lists the live fleet. A row is alive until expires_at (refreshed by
+-- every heartbeat); dead rows are swept a day later.
+CREATE TABLE IF NOT EXISTS supervisors (
+    id           TEXT    PRIMARY KEY,
+    host         TEXT    NOT NULL,
+    pid          INTEGER NOT NULL,
+    workers      INTEGER NOT NULL,
+    version      TEXT    NOT NULL,
+    started_at   TEXT    NOT NULL,
+    heartbeat_at TEXT    NOT NULL,
+    expires_at   TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS supervisors_expires ON supervisors (expires_at);

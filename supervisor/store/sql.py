@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
+
+import attrs
 
 from supervisor.lifecycle import Failure, Status, trim_error
 from supervisor.store.base import (
@@ -22,6 +24,7 @@ from supervisor.store.base import (
     Rescued,
     StatusCount,
     Store,
+    SupervisorInfo,
     TaskRow,
     Transition,
 )
@@ -32,7 +35,7 @@ Params = dict[str, Any]
 
 def seconds(value: float) -> Params:
     """A duration as the two spellings the SQL files use."""
-    return {"s": round(value, 3), "us": int(round(value * 1_000_000))}
+    return {"s": round(value, 3), "us": round(value * 1_000_000)}
 
 
 def fence(claim: Claim) -> Params:
@@ -51,6 +54,13 @@ def to_datetime(value: object) -> datetime:
 
 def to_optional_datetime(value: object) -> datetime | None:
     return None if value is None else to_datetime(value)
+
+
+def count_types(types: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for task_type in types:
+        counts[task_type] = counts.get(task_type, 0) + 1
+    return counts
 
 
 def row_to_task(row: Row) -> TaskRow:
@@ -141,12 +151,43 @@ class SqlStore(Store):
         return self._changed("refund", fence(claim)) == 1
 
     def rescue_expired(self, limit: int) -> Rescued:
-        lost = self._changed("rescue_lost", {"limit": limit})
+        lost = count_types(self._sweep("rescue_lost", limit))
         requeued = self._changed("rescue_requeue", {"limit": limit})
         return Rescued(requeued=requeued, lost=lost)
 
-    def expire_overdue(self, limit: int) -> int:
-        return self._changed("expire_overdue", {"limit": limit})
+    def expire_overdue(self, limit: int) -> dict[str, int]:
+        return count_types(self._sweep("expire_overdue", limit))
+
+    @abc.abstractmethod
+    def _sweep(self, name: str, limit: int) -> list[str]:
+        """Run a housekeeping update of at most ``limit`` rows; the types of the rows it changed."""
+
+    def register(self, info: SupervisorInfo, ttl_s: float) -> None:
+        ttl = seconds(ttl_s)
+        params = {**attrs.asdict(info), "ttl_s": ttl["s"], "ttl_us": ttl["us"]}
+        self._changed("register_supervisor", params)
+
+    def deregister(self, supervisor_id: str) -> None:
+        self._changed("deregister_supervisor", {"id": supervisor_id})
+
+    def supervisors(self) -> list[SupervisorInfo]:
+        return [
+            SupervisorInfo(
+                id=row["id"],
+                host=row["host"],
+                pid=int(row["pid"]),
+                workers=int(row["workers"]),
+                version=row["version"],
+                started_at=to_datetime(row["started_at"]),
+                heartbeat_at=to_datetime(row["heartbeat_at"]),
+                alive=bool(row["alive"]),
+            )
+            for row in self._rows("list_supervisors")
+        ]
+
+    def forget_supervisors(self, dead_for_s: float) -> int:
+        dead = seconds(dead_for_s)
+        return self._changed("forget_supervisors", {"dead_s": dead["s"], "dead_us": dead["us"]})
 
     def cancel(self, task_id: int) -> Transition:
         return self._transition("cancel", task_id)

@@ -46,7 +46,9 @@ class SqliteStore(SqlStore):
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot open SQLite database {self.dsn.path}: {exc}") from None
+                raise StoreUnavailable(
+                    f"cannot open SQLite database {self.dsn.path}: {exc}"
+                ) from None
             self._conn = conn
         return self._conn
 
@@ -122,6 +124,9 @@ class SqliteStore(SqlStore):
             return set()
         params = {"owner": owner, "fences": fences_json(claims), "lease_s": seconds(lease_s)["s"]}
         return {int(row["id"]) for row in self._rows("renew_leases", params)}
+
+    def _sweep(self, name: str, limit: int) -> list[str]:
+        return [row["type"] for row in self._rows(name, {"limit": limit})]
 
     def close(self) -> None:
         if self._conn is not None:

@@ -104,6 +104,7 @@ WHERE id IN (
       AND attempts >= max_attempts
     LIMIT :limit
 )
+RETURNING type
 
 -- name: rescue_requeue
 UPDATE tasks
@@ -130,6 +131,7 @@ WHERE id IN (
     WHERE status = 'queued' AND deadline_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
     LIMIT :limit
 )
+RETURNING type
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = :id
@@ -173,3 +175,29 @@ SELECT * FROM tasks WHERE id = :id
 
 -- name: ping
 SELECT 1
+
+-- name: register_supervisor
+INSERT INTO supervisors (id, host, pid, workers, version, started_at, heartbeat_at, expires_at)
+VALUES (
+    :id, :host, :pid, :workers, :version,
+    strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :ttl_s || ' seconds')
+)
+ON CONFLICT (id) DO UPDATE SET
+    workers = excluded.workers,
+    heartbeat_at = excluded.heartbeat_at,
+    expires_at = excluded.expires_at
+
+-- name: deregister_supervisor
+DELETE FROM supervisors WHERE id = :id
+
+-- name: list_supervisors
+SELECT id, host, pid, workers, version, started_at, heartbeat_at,
+       expires_at > strftime('%Y-%m-%d %H:%M:%f', 'now') AS alive
+FROM supervisors
+ORDER BY host, started_at
+
+-- name: forget_supervisors
+DELETE FROM supervisors
+WHERE expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || :dead_s || ' seconds')

@@ -23,7 +23,16 @@ import supervisor
 from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import LAST_ERROR_LIMIT, Failure, Status, trim_error
-from supervisor.store import Claim, NewTask, Rescued, Store, TaskRow, Transition, open_store
+from supervisor.store import (
+    Claim,
+    NewTask,
+    Rescued,
+    Store,
+    SupervisorInfo,
+    TaskRow,
+    Transition,
+    open_store,
+)
 from supervisor.store.sqlite import SqliteStore
 
 LONG_LEASE_S = 60.0
@@ -103,7 +112,7 @@ def take_over(store: Store, new_owner: str) -> Takeover:
     enqueue(store)
     stale = claim_one(store, "A", lease_s=SHORT_LEASE_S)
     time.sleep(LEASE_RUN_OUT_S)
-    assert store.rescue_expired(100) == Rescued(requeued=1, lost=0)
+    assert store.rescue_expired(100) == Rescued(requeued=1)
     current = claim_one(store, new_owner)
     assert current.id == stale.id
     assert current.attempt == stale.attempt + 1
@@ -572,7 +581,7 @@ def test_renew_leases_keeps_a_task_from_being_rescued(store: Store) -> None:
     claim = claim_one(store, lease_s=SHORT_LEASE_S)
     assert store.renew_leases("A", [claim], LONG_LEASE_S) == {task_id}
     time.sleep(LEASE_RUN_OUT_S)
-    assert store.rescue_expired(100) == Rescued(requeued=0, lost=0)
+    assert store.rescue_expired(100) == Rescued(requeued=0)
     assert store.complete(claim)
 
 
@@ -580,7 +589,7 @@ def test_rescue_requeues_a_task_whose_lease_ran_out_with_the_attempt_counted(sto
     task_id = enqueue(store)
     claim_one(store, "host-a", lease_s=SHORT_LEASE_S)
     time.sleep(LEASE_RUN_OUT_S)
-    assert store.rescue_expired(100) == Rescued(requeued=1, lost=0)
+    assert store.rescue_expired(100) == Rescued(requeued=1)
     task = row(store, task_id)
     assert task.status is Status.QUEUED
     assert task.attempts == 1
@@ -594,7 +603,7 @@ def test_rescue_fails_a_task_lost_on_its_last_attempt(store: Store) -> None:
     task_id = enqueue(store, max_attempts=1)
     claim_one(store, "host-a", lease_s=SHORT_LEASE_S)
     time.sleep(LEASE_RUN_OUT_S)
-    assert store.rescue_expired(100) == Rescued(requeued=0, lost=1)
+    assert store.rescue_expired(100) == Rescued(requeued=0, lost={"t": 1})
     task = row(store, task_id)
     assert task.status is Status.FAILED
     assert task.failure is Failure.LOST
@@ -611,7 +620,7 @@ def test_rescue_leaves_live_leases_and_other_statuses_alone(store: Store) -> Non
     done = finished(store, "completed")
     before = [row(store, i) for i in (live, queued, done)]
     time.sleep(LEASE_RUN_OUT_S)
-    assert store.rescue_expired(100) == Rescued(requeued=0, lost=0)
+    assert store.rescue_expired(100) == Rescued(requeued=0)
     assert [row(store, i) for i in (live, queued, done)] == before
 
 
@@ -620,8 +629,8 @@ def test_rescue_handles_at_most_limit_tasks_per_call(store: Store) -> None:
         enqueue(store)
     store.claim("A", ["t"], 10, SHORT_LEASE_S)
     time.sleep(LEASE_RUN_OUT_S)
-    assert store.rescue_expired(2) == Rescued(requeued=2, lost=0)
-    assert store.rescue_expired(2) == Rescued(requeued=1, lost=0)
+    assert store.rescue_expired(2) == Rescued(requeued=2)
+    assert store.rescue_expired(2) == Rescued(requeued=1)
 
 
 # --- fencing: a supervisor that lost its claim can never overwrite the new owner -----------
@@ -688,7 +697,7 @@ def test_expire_overdue_fails_queued_tasks_past_their_deadline(store: Store) -> 
     overdue = enqueue(store, "nobody-handles-this", budget_s=0.1)
     fresh = enqueue(store, budget_s=3600)
     time.sleep(0.3)
-    assert store.expire_overdue(100) == 1
+    assert store.expire_overdue(100) == {"nobody-handles-this": 1}
     task = row(store, overdue)
     assert task.status is Status.FAILED
     assert task.failure is Failure.EXPIRED
@@ -703,7 +712,7 @@ def test_expire_overdue_leaves_running_tasks_to_their_supervisor(store: Store) -
     task_id = enqueue(store, budget_s=1.0)
     claim_one(store)
     time.sleep(1.2)
-    assert store.expire_overdue(100) == 0
+    assert store.expire_overdue(100) == {}
     assert row(store, task_id).status is Status.RUNNING
 
 
@@ -711,9 +720,9 @@ def test_expire_overdue_handles_at_most_limit_tasks_per_call(store: Store) -> No
     for _ in range(3):
         enqueue(store, budget_s=0.1)
     time.sleep(0.3)
-    assert store.expire_overdue(2) == 2
-    assert store.expire_overdue(2) == 1
-    assert store.expire_overdue(2) == 0
+    assert sum(store.expire_overdue(2).values()) == 2
+    assert sum(store.expire_overdue(2).values()) == 1
+    assert store.expire_overdue(2) == {}
 
 
 # --- cancel --------------------------------------------------------------------------------
@@ -774,7 +783,7 @@ def test_retry_gives_a_fresh_budget(store: Store) -> None:
     """An expired task can run again: the deadline is now + its original budget."""
     task_id = enqueue(store, budget_s=1.0)
     time.sleep(1.2)
-    assert store.expire_overdue(100) == 1
+    assert sum(store.expire_overdue(100).values()) == 1
     assert store.retry(task_id).applied
     claim = claim_one(store)
     assert 0 < claim.remaining_s <= 1.0
@@ -979,3 +988,55 @@ def test_enqueue_in_transaction_validates_before_writing(sqlite_dsn: str) -> Non
     finally:
         conn.close()
         store.close()
+
+
+# --- the supervisor registry ----------------------------------------------------------------
+
+
+def supervisor_info(name: str = "host-a:100:abc", workers: int = 4) -> SupervisorInfo:
+    host, pid, _ = name.split(":")
+    return SupervisorInfo(id=name, host=host, pid=int(pid), workers=workers, version="0.1.0")
+
+
+def test_a_registered_supervisor_is_listed_alive(store: Store) -> None:
+    store.register(supervisor_info(), ttl_s=60)
+    [entry] = store.supervisors()
+    assert (entry.id, entry.host, entry.pid, entry.workers, entry.alive) == (
+        "host-a:100:abc", "host-a", 100, 4, True,
+    )
+    assert entry.started_at is not None and entry.heartbeat_at is not None
+
+
+def test_registering_again_refreshes_the_heartbeat_but_keeps_the_start(store: Store) -> None:
+    store.register(supervisor_info(workers=4), ttl_s=60)
+    [first] = store.supervisors()
+    time.sleep(0.05)
+    store.register(supervisor_info(workers=6), ttl_s=60)
+    [second] = store.supervisors()
+    assert second.started_at == first.started_at
+    assert second.heartbeat_at is not None and first.heartbeat_at is not None
+    assert second.heartbeat_at > first.heartbeat_at
+    assert second.workers == 6
+
+
+def test_a_supervisor_whose_ttl_ran_out_is_listed_dead(store: Store) -> None:
+    store.register(supervisor_info(), ttl_s=0.05)
+    time.sleep(0.2)
+    [entry] = store.supervisors()
+    assert entry.alive is False
+
+
+def test_deregister_removes_a_supervisor_that_stopped_cleanly(store: Store) -> None:
+    store.register(supervisor_info("h:1:a"), ttl_s=60)
+    store.register(supervisor_info("h:2:b"), ttl_s=60)
+    store.deregister("h:1:a")
+    assert [s.id for s in store.supervisors()] == ["h:2:b"]
+
+
+def test_forget_drops_only_supervisors_dead_for_longer_than_asked(store: Store) -> None:
+    store.register(supervisor_info("h:1:a"), ttl_s=0.05)
+    store.register(supervisor_info("h:2:b"), ttl_s=60)
+    time.sleep(0.3)
+    assert store.forget_supervisors(dead_for_s=60) == 0
+    assert store.forget_supervisors(dead_for_s=0.1) == 1
+    assert [s.id for s in store.supervisors()] == ["h:2:b"]
