@@ -181,6 +181,20 @@ class Child:
                 proc.kill()
 
     def reap(self) -> ExitStatus | None:
+        """Collect the exited child, first killing what is left of its process group.
+
+        A child that died (a panic) or simply exited may leave behind processes
+        its handler started; they are still in its process group. Until the
+        child is reaped its pid, the group's id, cannot be reused, so the group
+        kill reaches nothing else.
+        """
+        try:
+            exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            exited = None
+        if exited is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         waited = reap(self.pid)
         if waited is None:
             return None
