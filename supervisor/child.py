@@ -251,6 +251,10 @@ def check_imports(handlers: list[str]) -> int:
     return 0
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: only the parent decides when a child stops (it sends ``stop``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supervisor.child")
     parser.add_argument("--check", nargs="*", metavar="TYPE=PATH")
@@ -263,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         return check_imports(args.check)
     if args.socket is None or args.lifeline is None or args.dump is None:
         parser.error("--socket, --lifeline and --dump are required")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Ignored through a handler that does nothing, not SIG_IGN: an ignored disposition is
+    # inherited across exec, and whatever a handler starts must still stop on TERM and INT.
+    signal.signal(signal.SIGINT, _ignore_signal)
+    signal.signal(signal.SIGTERM, _ignore_signal)
     if args.metrics_id and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from supervisor.metrics import bind_process_files
 
