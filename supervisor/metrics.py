@@ -155,9 +155,11 @@ class Metrics:
         """A producer must not be able to create time series: unknown types share one label."""
         return task_type if task_type in set(self._handled_types()) else UNKNOWN_TYPE
 
-    def observe_outcome(self, task_type: str, outcome: str, duration_s: float | None) -> None:
+    def observe_outcome(
+        self, task_type: str, outcome: str, duration_s: float | None, count: int = 1
+    ) -> None:
         label = self.type_label(task_type)
-        self.processed.labels(type=label, outcome=outcome).inc()
+        self.processed.labels(type=label, outcome=outcome).inc(count)
         if duration_s is not None:
             self.duration.labels(type=label).observe(duration_s)
 

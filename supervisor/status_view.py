@@ -44,16 +44,48 @@ def handled_types(handlers_dir: Path) -> set[str]:
     return set(discover(handlers_dir))
 
 
+def fleet(store: Store) -> list[dict[str, Any]]:
+    """The registry as plain data: which supervisor (``claimed_by``) is which host and pid."""
+    return [
+        {
+            "id": info.id,
+            "host": info.host,
+            "pid": info.pid,
+            "workers": info.workers,
+            "version": info.version,
+            "started_at": info.started_at.isoformat(sep=" ") if info.started_at else None,
+            "heartbeat_at": info.heartbeat_at.isoformat(sep=" ") if info.heartbeat_at else None,
+            "alive": info.alive,
+        }
+        for info in store.supervisors()
+    ]
+
+
+def print_fleet(entries: list[dict[str, Any]], out: TextIO) -> None:
+    live = [e for e in entries if e["alive"]]
+    print(f"\nsupervisors: {len(live)} alive", file=out)
+    for entry in entries:
+        state = "alive" if entry["alive"] else "gone (no heartbeat)"
+        print(
+            f"  {entry['id']}  workers={entry['workers']}  version={entry['version']}  "
+            f"started {entry['started_at']}  last heartbeat {entry['heartbeat_at']}  {state}",
+            file=out,
+        )
+
+
 def print_status(
     store: Store, handlers_dir: Path, *, as_json: bool, out: TextIO = sys.stdout
 ) -> int:
     handled = handled_types(handlers_dir)
     by_type = summarize(store.counts(), handled)
+    supervisors = fleet(store)
     if as_json:
-        print(json.dumps({"types": by_type}, indent=2, sort_keys=True), file=out)
+        document = {"types": by_type, "supervisors": supervisors}
+        print(json.dumps(document, indent=2, sort_keys=True), file=out)
         return 0
     if not by_type:
         print("no tasks", file=out)
+        print_fleet(supervisors, out)
         return 0
     columns = [s.value for s in Status]
     width = max(4, *(len(t) for t in by_type))
@@ -65,6 +97,7 @@ def print_status(
         note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
         cells = "  ".join(f"{entry['counts'][c]:>9}" for c in columns)
         print(f"{name:<{width}}  {cells}  {format_age(age):>13}{note}", file=out)
+    print_fleet(supervisors, out)
     return 0
 
 

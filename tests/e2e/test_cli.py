@@ -270,7 +270,7 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     assert types["resize"]["handler_here"] is True
     assert types["orphan"]["handler_here"] is False
 
-    header, *lines = table.splitlines()
+    header, *lines = table.split("\n\n")[0].splitlines()
     assert header.split()[:6] == ["TYPE", "queued", "running", "completed", "failed", "cancelled"]
     rows = {line.split()[0]: line for line in lines}
     assert set(rows) == {"resize", "orphan", "mail"}
@@ -281,9 +281,10 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
 
 
 def test_status_of_an_empty_queue(dsn: str, tmp_path: Path) -> None:
-    """With no tasks, the table says so and the JSON has no types."""
-    assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n"
-    assert json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok()) == {"types": {}}
+    """With no tasks and no supervisors, the table says so and the JSON lists nothing."""
+    assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n\nsupervisors: 0 alive\n"
+    report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
+    assert report == {"types": {}, "supervisors": []}
 
 
 # --- operator transitions ---------------------------------------------------------------------
