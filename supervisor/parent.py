@@ -22,15 +22,15 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
 from loguru import logger
 
-from supervisor import logs, metrics
+from supervisor import __version__, logs, metrics
 from supervisor.config import Settings
-from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.errors import StoreError
 from supervisor.handlers import discover
 from supervisor.health import Health
 from supervisor.lifecycle import Decision, Failure, Outcome, Status, decide_error
@@ -46,13 +46,14 @@ from supervisor.protocol import (
 )
 from supervisor.reaping import ExitStatus
 from supervisor.results import PendingResult, failure_result, write_results
-from supervisor.store import Claim, Store, open_store
+from supervisor.store import Claim, Store, SupervisorInfo, open_store
 from supervisor.workers import Child, ChildState, ImportCheck, Running, child_environment
 
 STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
 HOUSEKEEPING_INTERVAL_S = 5.0
 HOUSEKEEPING_BATCH = 500
+FORGET_DEAD_SUPERVISORS_S = 86400.0  # registry entries of dead supervisors, kept a day
 SAMPLE_INTERVAL_S = 5.0  # child RSS and queue depth: sampled, not read per scrape
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
 SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
@@ -156,11 +157,23 @@ class Supervisor:
         )
         for slot in range(self.target_workers):
             self.spawn(slot)
+        self.next_heartbeat = time.monotonic()  # register at once
         while not self.finished():
             self.step()
         self.final_flush()
+        with contextlib.suppress(StoreError):
+            self.store.deregister(self.owner)
         self.log.info("supervisor stopped")
         return 0
+
+    def info(self) -> SupervisorInfo:
+        return SupervisorInfo(
+            id=self.owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            workers=self.target_workers,
+            version=__version__,
+        )
 
     def install_signals(self) -> None:
         os.set_blocking(self.wakeup_w, False)
@@ -194,7 +207,10 @@ class Supervisor:
             )
             return
         # Imports may be slow or hang: the check runs beside the loop, which never waits for it.
-        self.import_check = ImportCheck(self.handlers, self.child_env, IMPORT_CHECK_TIMEOUT_S)
+        # Not in multiprocess mode: metrics a handler creates at import would leave value files
+        # named after this throwaway process (more on every reload), live gauges never marked dead.
+        check_env = {k: v for k, v in self.child_env.items() if k != metrics.MULTIPROC_ENV}
+        self.import_check = ImportCheck(self.handlers, check_env, IMPORT_CHECK_TIMEOUT_S)
         self.selector.register(self.import_check.fileno(), selectors.EVENT_READ, ("check", None))
 
     def on_import_check(self, *, timed_out: bool = False) -> None:
@@ -241,7 +257,7 @@ class Supervisor:
             self.on_import_check(timed_out=True)
         self.enforce_deadlines(now)
         self.respawn_due(now)
-        if self.db_ready(now):
+        if self.db_ready(now) and self.schema_ready():
             self.flush_progress(now)
             self.flush_results()
         if self.db_ready(now) and now >= self.next_heartbeat:
@@ -265,7 +281,7 @@ class Supervisor:
             self.next_sample = now + SAMPLE_INTERVAL_S
             self.metrics.set_child_rss(child_rss(self.children.values()))
             if self.db_ready(now):
-                self.guarded("sample_queue_depth")
+                self.guarded(self.sample_queue_depth)
 
     def sample_queue_depth(self) -> None:
         live = (Status.QUEUED, Status.RUNNING)
@@ -602,16 +618,16 @@ class Supervisor:
             self.log.info("database is back", after_failures=self.db_failures)
         self.db_failures = 0
 
-    def guarded(self, work: str) -> bool:
-        """Run ``self.<work>()`` against the database; False (and backoff) if it failed."""
+    def schema_ready(self) -> bool:
+        """Apply the schema once (idempotent) before the first other statement."""
+        if not self.migrated:
+            self.migrated = self.guarded(self.store.migrate)
+        return self.migrated
+
+    def guarded(self, work: Callable[[], object]) -> bool:
+        """Run ``work`` against the database; False (and a backoff) if the database failed."""
         try:
-            if not self.migrated:
-                self.store.migrate()
-                self.migrated = True
-            getattr(self, work)()
-        except StoreUnavailable as exc:
-            self.db_failed(exc)
-            return False
+            work()
         except StoreError as exc:
             self.db_failed(exc)
             return False
@@ -620,7 +636,7 @@ class Supervisor:
 
     def flush_results(self) -> None:
         if self.pending:
-            self.guarded("write_pending")
+            self.guarded(self.write_pending)
 
     def write_pending(self) -> None:
         write_results(self.store, self.pending, self.recorded)
@@ -681,13 +697,12 @@ class Supervisor:
             self.db_failed(exc)
 
     def heartbeat(self, now: float) -> None:
-        """Renew our leases; a task we no longer hold is someone else's now: kill its child."""
+        """Renew our leases and registry entry; a task no longer ours is someone else's: kill it."""
         self.next_heartbeat = now + self.settings.heartbeat_s
         busy = self.busy_children()
-        if not busy:
-            return
         claims = [c.running.claim for c in busy if c.running is not None]
         try:
+            self.store.register(self.info(), ttl_s=self.settings.lease_s)
             held = self.store.renew_leases(self.owner, claims, self.settings.lease_s)
         except StoreError as exc:
             self.db_failed(exc)
@@ -712,21 +727,26 @@ class Supervisor:
     def housekeeping(self, now: float) -> None:
         """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
         self.next_housekeeping = now + min(HOUSEKEEPING_INTERVAL_S, self.settings.heartbeat_s)
-        if not self.guarded("sweep"):
+        if not self.guarded(self.sweep):
             return
 
     def sweep(self) -> None:
         expired = self.store.expire_overdue(HOUSEKEEPING_BATCH)
         rescued = self.store.rescue_expired(HOUSEKEEPING_BATCH)
-        if expired:
-            self.log.warning(
-                "expired queued tasks whose deadline passed",
-                count=expired,
-                outcome=Outcome.EXPIRED.value,
+        self.store.forget_supervisors(FORGET_DEAD_SUPERVISORS_S)
+        for task_type, count in expired.items():
+            self.log.bind(type=task_type, outcome=Outcome.EXPIRED.value).warning(
+                "expired queued tasks whose deadline passed before dispatch", count=count
             )
-        if rescued.requeued or rescued.lost:
+            self.metrics.observe_outcome(task_type, Outcome.EXPIRED.value, None, count)
+        for task_type, count in rescued.lost.items():
+            self.log.bind(type=task_type, outcome=Outcome.LOST.value).warning(
+                "failed tasks whose lease ran out on their last attempt", count=count
+            )
+            self.metrics.observe_outcome(task_type, Outcome.LOST.value, None, count)
+        if rescued.requeued:
             self.log.warning(
-                "rescued tasks whose lease ran out", requeued=rescued.requeued, lost=rescued.lost
+                "rescued tasks whose lease ran out; back to queued", count=rescued.requeued
             )
 
     def can_claim(self, now: float) -> bool:
@@ -810,7 +830,7 @@ class Supervisor:
         for _ in range(3):
             if not self.pending:
                 return
-            if self.guarded("write_pending"):
+            if self.guarded(self.write_pending):
                 return
             time.sleep(0.2)
         for result in self.pending:
