@@ -7,7 +7,10 @@ never touches the loop's state or the database.
 
 from __future__ import annotations
 
+import glob
+import os
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,9 +34,42 @@ class ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+COLLECT_ATTEMPTS = 5
+
+
+class ChurnTolerantCollector(MultiProcessCollector):
+    """Reads the directory while children come and go without failing the scrape.
+
+    A child that starts creates its value files empty and sizes them a moment
+    later, and ``mark_process_dead`` removes a dead child's live-gauge files:
+    prometheus_client's collector then fails the whole scrape (``struct.error``
+    on an empty file, ``FileNotFoundError`` on a removed one). An empty file
+    holds no values yet, so it is skipped; a file removed under the reader
+    makes it list the directory again.
+    """
+
+    def collect(self) -> Any:
+        for attempt in range(COLLECT_ATTEMPTS):
+            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _non_empty(f)]
+            try:
+                return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+            except (FileNotFoundError, struct.error):
+                if attempt == COLLECT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.005)
+        return []
+
+
+def _non_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
+
+
 def make_app(directory: str, health: Health) -> Callable[..., Iterable[bytes]]:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    ChurnTolerantCollector(registry, path=directory)  # type: ignore[no-untyped-call]
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
