@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import faulthandler
 import importlib.util
 import json
@@ -47,10 +46,10 @@ from supervisor.protocol import (
     decode,
     encode,
 )
+from supervisor.reaping import become_subreaper
 from supervisor.task import Task
 
 STACK_SIGNAL = signal.SIGUSR1
-PR_SET_CHILD_SUBREAPER = 36
 PROGRESS_MIN_INTERVAL_S = 0.1
 TRACEBACK_LIMIT = 8000
 
@@ -203,13 +202,6 @@ def watch_lifeline(fd: int) -> None:
         except OSError:
             break
     kill_own_tree()
-
-
-def become_subreaper() -> None:
-    """Orphans of a handler re-parent to this child instead of init, so they die with its tree."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def open_dump(path: str) -> BinaryIO:

@@ -44,7 +44,7 @@ from supervisor.protocol import (
     StopMessage,
     TaskMessage,
 )
-from supervisor.reaping import ExitStatus
+from supervisor.reaping import ExitStatus, become_subreaper, kill_orphans
 from supervisor.results import PendingResult, failure_result, write_results
 from supervisor.store import Claim, Store, SupervisorInfo, open_store
 from supervisor.workers import Child, ChildState, ImportCheck, Running, child_environment
@@ -147,6 +147,7 @@ class Supervisor:
     # ---------------------------------------------------------------- set-up and tear-down
 
     def run(self) -> int:
+        become_subreaper()
         self.install_signals()
         self.load_handlers()
         self.log.info(
@@ -492,10 +493,13 @@ class Supervisor:
             backoff=self.settings.backoff,
         )
         error = message.message + ("\n\n" + message.traceback if message.traceback else "")
+        import_failed = message.permanent and not message.traceback
+        summary = "handler could not be imported" if import_failed else exception_type(message)
         return PendingResult(
             claim=claim,
             decision=decision,
             error=error,
+            summary=summary,
             duration_s=time.monotonic() - running.started,
             progress_pct=running.pct if running.pct_dirty else None,
         )
@@ -530,6 +534,7 @@ class Supervisor:
         elif child.state is not ChildState.STOPPING:
             self.log.warning("idle child died; replacing it", pid=child.pid, exit=status.describe())
         self.forget(child)
+        self.kill_orphans()
         if self.metrics_dir is not None:
             metrics.mark_slot_dead(self.metrics_dir, child.slot)
         failed_start = not child.saw_ready and not child.killed_by_parent
@@ -537,6 +542,14 @@ class Supervisor:
             reason = "startup_failed" if failed_start else child.exit_reason
             self.metrics.restarts.labels(reason=reason).inc()
             self.schedule_respawn(child.slot, failed=failed_start)
+
+    def kill_orphans(self) -> None:
+        """Kill what a dead child left behind (re-parented to us, the subreaper)."""
+        known = {c.pid for c in self.children.values()}
+        if self.import_check is not None:
+            known.add(self.import_check.process.pid)
+        if killed := kill_orphans(known):
+            self.log.warning("killed processes left behind by a dead child", count=killed)
 
     def record_panic(self, child: Child, status: ExitStatus) -> None:
         running = child.running
@@ -587,11 +600,9 @@ class Supervisor:
                     " the child and its process tree were killed"
                     + (f"\n\nStack at the deadline:\n{stack}" if stack else "")
                 )
-                self.log.warning(
-                    "deadline reached; killing the child's tree",
-                    task_id=running.claim.id,
-                    pid=child.pid,
-                )
+                self.log.bind(
+                    task_id=running.claim.id, type=running.claim.type, attempt=running.claim.attempt
+                ).warning("deadline reached; killing the child's tree", pid=child.pid)
                 self.kill_running(child, Failure.TIMEOUT, error)
 
     # ---------------------------------------------------------------- database
@@ -672,10 +683,10 @@ class Supervisor:
             line.warning(
                 "task failed; retrying",
                 retry_in_s=result.decision.retry_in_s,
-                error=first_line(result.error),
+                error=result.summary,
             )
         else:
-            line.error("task failed", failure=outcome.value, error=first_line(result.error))
+            line.error("task failed", failure=outcome.value, error=result.summary)
 
     def flush_progress(self, now: float) -> None:
         due = [
@@ -727,6 +738,7 @@ class Supervisor:
     def housekeeping(self, now: float) -> None:
         """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
         self.next_housekeeping = now + min(HOUSEKEEPING_INTERVAL_S, self.settings.heartbeat_s)
+        self.kill_orphans()
         if not self.guarded(self.sweep):
             return
 
@@ -853,8 +865,9 @@ def child_rss(children: Iterable[Child]) -> dict[int, int]:
     return rss
 
 
-def first_line(text: str) -> str:
-    return text.splitlines()[0] if text else ""
+def exception_type(message: ErrorMessage) -> str:
+    """``"ValueError"`` from ``"ValueError: <text>"``: the text may quote the task's options."""
+    return message.message.split(":", 1)[0].strip() or "exception"
 
 
 def _record_only(signum: int, frame: object) -> None:

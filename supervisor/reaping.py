@@ -6,10 +6,14 @@ how much memory the child had reached when it died.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 
 import attrs
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @attrs.frozen(kw_only=True)
@@ -71,3 +75,40 @@ def reap(pid: int) -> tuple[int, int] | None:
     if waited == 0:
         return None
     return status, usage.ru_maxrss
+
+
+def become_subreaper() -> None:
+    """Orphans of this process's descendants re-parent to it instead of init (Linux).
+
+    A child does this so that whatever a handler starts stays in its tree and
+    dies with it; the parent does it so that what survives a dead child (a
+    process in a session of its own) is re-parented to the parent, which then
+    kills it (:func:`kill_orphans`).
+    """
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def kill_orphans(known: set[int]) -> int:
+    """SIGKILL and reap this process's children that are not ``known``: leftovers of dead children.
+
+    Only pids we do not otherwise wait for are reaped here, so exit statuses of
+    real children are never stolen.
+    """
+    import psutil
+
+    killed = 0
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return 0
+    for proc in children:
+        if proc.pid in known:
+            continue
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(proc.pid, os.WNOHANG)  # not yet dead: reaped on a later call
+        killed += 1
+    return killed

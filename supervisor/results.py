@@ -18,9 +18,17 @@ from supervisor.store import Claim, Store
 
 @attrs.frozen(kw_only=True)
 class PendingResult:
+    """An outcome to write. ``error`` goes to ``last_error``; ``summary`` is all a log may show.
+
+    A handler's exception message can quote its task's options, so for a
+    handler's error the summary is only the exception's type; the supervisor's
+    own texts (panic, timeout) are safe to log whole.
+    """
+
     claim: Claim = attrs.field(repr=False)
     decision: Decision
-    error: str = ""
+    error: str = attrs.field(default="", repr=False)
+    summary: str = ""
     duration_s: float = 0.0
     progress_pct: int | None = None
     refund: bool = False
@@ -70,6 +78,7 @@ def failure_result(
         claim=claim,
         decision=decision_for_failure(failure),
         error=error,
+        summary=error.splitlines()[0] if error else "",
         duration_s=duration_s,
         progress_pct=progress_pct,
     )
