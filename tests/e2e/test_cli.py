@@ -604,3 +604,30 @@ def test_a_bad_run_setting_is_one_line_exit_2_naming_the_flag_or_variable(
 
     assert named in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
+    sqlite_dsn: str, tmp_path: Path
+) -> None:
+    """--watch redraws (clearing the screen) each refresh; --count bounds it for scripts."""
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "resize.py").write_text("def handle(task, progress):\n    pass\n")
+    run_cli(tmp_path, "enqueue", "resize", dsn=sqlite_dsn).assert_ok()
+    run_cli(tmp_path, "enqueue", "orphan", dsn=sqlite_dsn).assert_ok()
+
+    out = run_cli(tmp_path, "status", "--watch", "--count", "2", dsn=sqlite_dsn).assert_ok()
+
+    frames = [frame for frame in out.split("\x1b[H\x1b[2J") if frame]
+    assert len(frames) == 2
+    header, *rows = frames[-1].strip().splitlines()[2:]
+    assert header.split() == [
+        "TYPE", "queued", "running", "oldest", "+done", "+failed", "+cancel", "done/s",
+    ]
+    by_type = {row.split()[0]: row for row in rows}
+    assert by_type["resize"].split()[1:3] == ["1", "0"]
+    assert "no handler here" in by_type["orphan"]
+
+
+def test_status_watch_of_an_empty_queue_says_so(sqlite_dsn: str, tmp_path: Path) -> None:
+    out = run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=sqlite_dsn).assert_ok()
+    assert "no tasks" in out

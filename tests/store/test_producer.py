@@ -1,0 +1,49 @@
+"""The producer API: Queue validates before it writes, and enqueues on either backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor import Queue
+from supervisor.errors import UsageError
+from supervisor.lifecycle import Status
+from supervisor.producer import new_task
+
+
+def test_queue_enqueues_with_the_given_options_and_settings(dsn: str) -> None:
+    with Queue(dsn) as queue:
+        task_id = queue.enqueue("resize", '{"path": "a.png"}', max_attempts=5, priority=-2)
+        row = queue.store.get(task_id)
+    assert row is not None
+    assert (row.type, row.options, row.max_attempts, row.priority, row.status) == (
+        "resize", '{"path": "a.png"}', 5, -2, Status.QUEUED,
+    )
+
+
+def test_queue_enqueue_many_is_one_transaction_returning_ids_in_order(dsn: str) -> None:
+    with Queue(dsn) as queue:
+        ids = queue.enqueue_many([new_task("a"), new_task("b", "x"), new_task("c")])
+        types = [row.type for row in map(queue.store.get, ids) if row is not None]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert types == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "complaint"),
+    [
+        ({"type": "bad type"}, "task type"),
+        ({"type": "t", "options": "x" * (1024 * 1024 + 1)}, "1 MiB"),
+        ({"type": "t", "max_attempts": 0}, "max attempts"),
+        ({"type": "t", "budget": 0}, "budget"),
+        ({"type": "t", "delay": -1}, "delay"),
+        ({"type": "t", "priority": 2**40}, "priority"),
+    ],
+)
+def test_queue_refuses_bad_input_before_writing_anything(
+    sqlite_dsn: str, kwargs: dict[str, object], complaint: str
+) -> None:
+    with Queue(sqlite_dsn) as queue:
+        task_type = str(kwargs.pop("type"))
+        with pytest.raises(UsageError, match=complaint):
+            queue.enqueue(task_type, **kwargs)  # type: ignore[arg-type]
+        assert queue.store.counts() == []
