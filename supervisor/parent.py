@@ -45,7 +45,13 @@ from supervisor.protocol import (
     TaskMessage,
 )
 from supervisor.reaping import ExitStatus, become_subreaper, kill_orphans
-from supervisor.results import PendingResult, failure_result, write_results
+from supervisor.results import (
+    PendingResult,
+    failure_result,
+    is_completion,
+    settle_completions,
+    write_results,
+)
 from supervisor.store import Claim, Store, SupervisorInfo, open_store
 from supervisor.workers import Child, ChildState, ImportCheck, Running, child_environment
 
@@ -143,6 +149,7 @@ class Supervisor:
         self.spawn_failures: dict[int, int] = {}
         self.previous_handlers: dict[int, signal.Handlers | object] = {}
         self.import_check: ImportCheck | None = None
+        self.queue_ran_dry = False  # the last claim came back short: probe before claiming
 
     # ---------------------------------------------------------------- set-up and tear-down
 
@@ -260,7 +267,10 @@ class Supervisor:
         self.respawn_due(now)
         if self.db_ready(now) and self.schema_ready():
             self.flush_progress(now)
-            self.flush_results()
+        # Each step re-checks readiness: one failure must not be followed by another attempt
+        # (and a second, doubled backoff) before the retry time it set.
+        if self.db_ready(now) and self.schema_ready():
+            self.flush_results(now)
         if self.db_ready(now) and now >= self.next_heartbeat:
             self.heartbeat(now)
         if self.db_ready(now) and now >= self.next_housekeeping:
@@ -291,20 +301,28 @@ class Supervisor:
         )
 
     def next_wakeup(self) -> float:
-        due = [self.next_heartbeat, self.next_housekeeping]
+        """When the loop must next run: the earliest thing due (signals wake it regardless).
+
+        Work that needs the database (heartbeat, housekeeping, progress, claims,
+        held results) is never due before ``db_retry_at``: during an outage the
+        loop would otherwise wake at once, find the database not ready, and spin.
+        """
+        db_due = [self.next_heartbeat, self.next_housekeeping]
         if not self.draining and self.handlers and self.idle_children():
-            due.append(max(self.next_poll, self.db_retry_at))
+            db_due.append(self.next_poll)
+        if self.pending:
+            db_due.append(self.db_retry_at)
+        due = []
         for child in self.children.values():
             if child.running is not None:
                 running = child.running
                 due.append(running.deadline if running.stack_requested else running.stack_at)
                 if running.pct_dirty:
-                    due.append(running.pct_written_at + PROGRESS_INTERVAL_S)
+                    db_due.append(running.pct_written_at + PROGRESS_INTERVAL_S)
+        due.extend(max(when, self.db_retry_at) for when in db_due)
         due.extend(self.spawn_at.values())
         if self.drain_deadline is not None:
             due.append(self.drain_deadline)
-        if self.pending:
-            due.append(self.db_retry_at)
         if self.import_check is not None:
             due.append(self.import_check.deadline)
         return min(due)
@@ -645,12 +663,21 @@ class Supervisor:
         self.db_ok()
         return True
 
-    def flush_results(self) -> None:
-        if self.pending:
+    def flush_results(self, now: float) -> None:
+        """Write held outcomes. Completions wait for the claim this turn makes, if it makes one,
+        so that both share one transaction."""
+        if not self.pending:
+            return
+        if self.can_claim(now):
+            self.guarded(self.write_failures)
+        else:
             self.guarded(self.write_pending)
 
     def write_pending(self) -> None:
         write_results(self.store, self.pending, self.recorded)
+
+    def write_failures(self) -> None:
+        write_results(self.store, self.pending, self.recorded, completions=False)
 
     def recorded(self, result: PendingResult, won: bool) -> None:
         claim = result.claim
@@ -771,21 +798,42 @@ class Supervisor:
         )
 
     def claim_and_dispatch(self, now: float) -> None:
+        """Claim work for the idle children, carrying the held completions in the same transaction.
+
+        After a claim came back short (the queue ran dry), polls first take one
+        cheap non-locking look, and open a claim transaction only on a hit.
+        """
         idle = self.idle_children()
+        done = [p for p in self.pending if is_completion(p)]
+        claimed_at = time.monotonic()  # before the claim: its round trip eats into the budget
         started = time.perf_counter()
         try:
-            claims = self.store.claim(self.owner, self.handlers, len(idle), self.settings.lease_s)
+            if self.queue_ran_dry and not self.store.has_claimable(self.handlers):
+                self.next_poll = now + self.settings.poll_interval_s
+                if done:
+                    self.write_pending()
+                self.db_ok()
+                return
+            won, claims = self.store.complete_and_claim(
+                [p.claim for p in done],
+                self.owner,
+                self.handlers,
+                len(idle),
+                self.settings.lease_s,
+            )
         except StoreError as exc:
             self.db_failed(exc)
             return
         self.db_ok()
+        settle_completions(done, won, self.pending, self.recorded)
         self.metrics.observe_claims((c.type for c in claims), time.perf_counter() - started)
         full = len(claims) == len(idle)
+        self.queue_ran_dry = not full
         self.next_poll = now if full else now + self.settings.poll_interval_s
         for child, claim in zip(idle, claims, strict=False):
-            self.dispatch(child, claim)
+            self.dispatch(child, claim, claimed_at)
 
-    def dispatch(self, child: Child, claim: Claim) -> None:
+    def dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
         now = time.monotonic()
         if claim.remaining_s <= 0:
             self.pending.append(
@@ -794,7 +842,7 @@ class Supervisor:
                 )
             )
             return
-        deadline = now + claim.remaining_s
+        deadline = claimed_at + claim.remaining_s
         child.running = Running(
             claim=claim,
             started=now,

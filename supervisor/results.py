@@ -37,22 +37,37 @@ class PendingResult:
 Recorder = Callable[[PendingResult, bool], None]
 
 
-def write_results(store: Store, pending: list[PendingResult], recorded: Recorder) -> None:
+def is_completion(result: PendingResult) -> bool:
+    return result.decision.outcome is Outcome.COMPLETED and not result.refund
+
+
+def settle_completions(
+    completions: list[PendingResult],
+    won: set[int],
+    pending: list[PendingResult],
+    recorded: Recorder,
+) -> None:
+    """The completions were written (``won``: ids that kept their fence): off ``pending``."""
+    for result in completions:
+        pending.remove(result)
+        recorded(result, result.claim.id in won)
+
+
+def write_results(
+    store: Store, pending: list[PendingResult], recorded: Recorder, *, completions: bool = True
+) -> None:
     """Write ``pending`` (removing each as it is written); ``recorded(result, won)`` after each.
 
-    Completions go in one statement; the rest one fenced statement each. A
-    store exception propagates with the unwritten results still in ``pending``.
+    Completions go in one statement (or are left for the next claim to carry,
+    with ``completions=False``); the rest one fenced statement each. A store
+    exception propagates with the unwritten results still in ``pending``.
     """
-    completions = [p for p in pending if p.decision.outcome is Outcome.COMPLETED and not p.refund]
-    if completions:
-        won = store.complete_many([p.claim for p in completions])
-        for result in completions:
-            pending.remove(result)
-            recorded(result, result.claim.id in won)
-    while pending:
-        result = pending[0]
+    done = [p for p in pending if is_completion(p)]
+    if done and completions:
+        settle_completions(done, store.complete_many([p.claim for p in done]), pending, recorded)
+    for result in [p for p in pending if not is_completion(p)]:
         recorded_won = write_one(store, result)
-        pending.pop(0)
+        pending.remove(result)
         recorded(result, recorded_won)
 
 

@@ -145,6 +145,26 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def has_claimable(self, types: Iterable[str]) -> bool:
+        """Whether a claim would find anything now: one cheap, non-locking read for idle polls."""
+
+    def complete_and_claim(
+        self,
+        completions: Sequence[Claim],
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+    ) -> tuple[set[int], list[Claim]]:
+        """Complete ``owner``'s ``completions`` and claim up to ``limit`` more.
+
+        Returns (ids that won their fence, new claims). A backend may do both in
+        one transaction; this default does them one after the other.
+        """
+        won = self.complete_many(completions) if completions else set()
+        return won, self.claim(owner, types, limit, lease_s)
+
+    @abc.abstractmethod
     def progress(self, claim: Claim, pct: int) -> bool:
         """Record progress 0..100 (fenced)."""
 

@@ -174,42 +174,61 @@ class MysqlStore(SqlStore):
         return self._transaction(body)
 
     def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
-        type_list = tuple(self._types_list(types))
-        if not type_list or limit <= 0:
-            return []
-        select, update = self._queries["claim_select"], self._queries["claim_update"]
-
-        def body(cursor: pymysql.cursors.DictCursor) -> list[Row]:
-            cursor.execute(select, {"types": type_list, "limit": limit})
-            rows = list(cursor.fetchall())
-            if rows:
-                ids = tuple(int(row["id"]) for row in rows)
-                params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
-                cursor.execute(update, params)
-            return rows
-
-        return [row_to_claim(row, owner) for row in self._transaction(body)]
+        return self.complete_and_claim((), owner, types, limit, lease_s)[1]
 
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
-        """Lock the rows still held, then complete exactly those, in one transaction.
-
-        Reading the winners back after the UPDATE cannot tell a completion made
-        now from one made earlier (a repeated write), which must not count as won.
-        """
-        lock, update = self._queries["lock_held"], self._queries["complete_many"]
         won: set[int] = set()
         for owner in {c.owner for c in claims}:
-            params = _fence_params(owner, [c for c in claims if c.owner == owner])
+            mine = [c for c in claims if c.owner == owner]
+            won |= self.complete_and_claim(mine, owner, (), 0, 0.0)[0]
+        return won
 
-            def body(cursor: pymysql.cursors.DictCursor, params: Params = params) -> set[int]:
-                cursor.execute(lock, params)
+    def complete_and_claim(
+        self,
+        completions: Sequence[Claim],
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+    ) -> tuple[set[int], list[Claim]]:
+        """Complete ``completions`` (all ``owner``'s) and claim the next batch in ONE transaction.
+
+        One commit (one log flush) instead of two per turn of the parent's loop.
+        Completions lock the rows still held first, then complete exactly those:
+        reading winners back after the UPDATE could not tell a completion made
+        now from one made earlier (a repeated write), which must not count as won.
+        """
+        type_list = tuple(self._types_list(types))
+        claiming = bool(type_list) and limit > 0
+        if not completions and not claiming:
+            return set(), []
+        assert all(c.owner == owner for c in completions)
+        queries = self._queries
+        fences = _fence_params(owner, completions) if completions else {}
+
+        def body(cursor: pymysql.cursors.DictCursor) -> tuple[set[int], list[Row]]:
+            held: tuple[int, ...] = ()
+            if completions:
+                cursor.execute(queries["lock_held"], fences)
                 held = tuple(int(row["id"]) for row in cursor.fetchall())
                 if held:
-                    cursor.execute(update, {**params, "ids": held})
-                return set(held)
+                    cursor.execute(queries["complete_many"], {**fences, "ids": held})
+            rows: list[Row] = []
+            if claiming:
+                cursor.execute(queries["claim_select"], {"types": type_list, "limit": limit})
+                rows = list(cursor.fetchall())
+                if rows:
+                    ids = tuple(int(row["id"]) for row in rows)
+                    params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
+                    cursor.execute(queries["claim_update"], params)
+            return set(held), rows
 
-            won |= self._transaction(body)
-        return won
+        won, rows = self._transaction(body)
+        return won, [row_to_claim(row, owner) for row in rows]
+
+    def has_claimable(self, types: Iterable[str]) -> bool:
+        type_list = tuple(self._types_list(types))
+        return bool(type_list) and bool(self._rows("probe", {"types": type_list}))
 
     def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:
         if not claims:

@@ -31,6 +31,17 @@ ORDER BY priority, id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
+-- name: probe
+-- A non-locking look, in autocommit: an idle supervisor polls with this one statement and
+-- opens a claim transaction (BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT) only on a hit.
+SELECT 1 AS found
+FROM tasks FORCE INDEX (tasks_claim)
+WHERE status = 'queued'
+  AND type IN %(types)s
+  AND run_at <= NOW(6)
+  AND deadline_at > NOW(6)
+LIMIT 1
+
 -- name: claim_update
 UPDATE tasks
 SET status = 'running',

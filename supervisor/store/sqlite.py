@@ -109,6 +109,10 @@ class SqliteStore(SqlStore):
         rows.sort(key=lambda row: (row["priority"], row["id"]))
         return [row_to_claim(row, owner) for row in rows]
 
+    def has_claimable(self, types: Iterable[str]) -> bool:
+        type_list = self._types_list(types)
+        return bool(type_list) and bool(self._rows("probe", {"types": json.dumps(type_list)}))
+
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
         if not claims:
             return set()

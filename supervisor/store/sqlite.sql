@@ -33,6 +33,15 @@ WHERE id IN (
 RETURNING id, type, task_options, attempts, max_attempts, priority,
           (julianday(deadline_at) - julianday('now')) * 86400.0 AS remaining_s
 
+-- name: probe
+SELECT 1 AS found
+FROM tasks INDEXED BY tasks_claim
+WHERE status = 'queued'
+  AND type IN (SELECT value FROM json_each(:types))
+  AND run_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+  AND deadline_at > strftime('%Y-%m-%d %H:%M:%f', 'now')
+LIMIT 1
+
 -- name: progress
 UPDATE tasks
 SET progress_pct = :pct, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')

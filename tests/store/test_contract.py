@@ -1040,3 +1040,52 @@ def test_forget_drops_only_supervisors_dead_for_longer_than_asked(store: Store) 
     assert store.forget_supervisors(dead_for_s=60) == 0
     assert store.forget_supervisors(dead_for_s=0.1) == 1
     assert [s.id for s in store.supervisors()] == ["h:2:b"]
+
+
+# --- one transaction per turn of the loop ---------------------------------------------------
+
+
+def test_complete_and_claim_completes_held_tasks_and_claims_the_next_batch(store: Store) -> None:
+    first = [enqueue(store) for _ in range(2)]
+    following = [enqueue(store) for _ in range(3)]
+    claims = store.claim("A", ["t"], 2, LONG_LEASE_S)
+    assert [c.id for c in claims] == first
+
+    won, more = store.complete_and_claim(claims, "A", ["t"], 2, LONG_LEASE_S)
+
+    assert won == set(first)
+    assert [c.id for c in more] == following[:2]
+    assert all(row(store, i).status is Status.COMPLETED for i in first)
+    assert all(row(store, c.id).status is Status.RUNNING for c in more)
+
+
+def test_complete_and_claim_reports_a_lost_completion_and_still_claims(store: Store) -> None:
+    task_id = enqueue(store)
+    [stale] = store.claim("A", ["t"], 1, LONG_LEASE_S)
+    store.cancel(task_id)
+    fresh = enqueue(store)
+
+    won, more = store.complete_and_claim([stale], "A", ["t"], 1, LONG_LEASE_S)
+
+    assert won == set()
+    assert [c.id for c in more] == [fresh]
+    assert row(store, task_id).status is Status.CANCELLED
+
+
+def test_complete_and_claim_with_nothing_to_do_touches_nothing(store: Store) -> None:
+    enqueue(store)
+    assert store.complete_and_claim([], "A", ["t"], 0, LONG_LEASE_S) == (set(), [])
+    assert store.complete_and_claim([], "A", [], 5, LONG_LEASE_S) == (set(), [])
+    assert row(store, 1).status is Status.QUEUED
+
+
+def test_has_claimable_sees_only_what_a_claim_would_take(store: Store) -> None:
+    assert store.has_claimable(["t"]) is False
+    enqueue(store, "other")
+    enqueue(store, delay_s=60)
+    assert store.has_claimable(["t"]) is False
+    assert store.has_claimable([]) is False
+    enqueue(store)
+    assert store.has_claimable(["t"]) is True
+    store.claim("A", ["t"], 5, LONG_LEASE_S)
+    assert store.has_claimable(["t"]) is False
