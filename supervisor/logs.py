@@ -38,8 +38,7 @@ def json_sink(stream: TextIO) -> Any:
             document["exception"] = (
                 f"{record['exception'].type.__name__}: {record['exception'].value}"
             )
-        stream.write(json.dumps(document, default=str) + "\n")
-        stream.flush()
+        stream.write(json.dumps(document, default=str) + "\n")  # stderr is line-buffered
 
     return write
 

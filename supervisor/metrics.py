@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def mark_slot_dead(directory: Path, slot: int) -> None:
 class Metrics:
     """The supervisor's own metrics. Labels for ``type`` are limited to handled types."""
 
-    def __init__(self, handled_types: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, handled_types: Callable[[], Container[str]]) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
         self._handled_types = handled_types
@@ -149,24 +149,33 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._depth_labels: set[tuple[str, str]] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._rss_slots: set[str] = set()
 
     def type_label(self, task_type: str) -> str:
         """A producer must not be able to create time series: unknown types share one label."""
-        return task_type if task_type in set(self._handled_types()) else UNKNOWN_TYPE
+        return task_type if task_type in self._handled_types() else UNKNOWN_TYPE
 
     def observe_outcome(
         self, task_type: str, outcome: str, duration_s: float | None, count: int = 1
     ) -> None:
         label = self.type_label(task_type)
-        self.processed.labels(type=label, outcome=outcome).inc(count)
+        self._child(self.processed, label, outcome).inc(count)
         if duration_s is not None:
-            self.duration.labels(type=label).observe(duration_s)
+            self._child(self.duration, label).observe(duration_s)
 
     def observe_claims(self, types: Iterable[str], seconds: float) -> None:
         self.claim_seconds.observe(seconds)
         for task_type in types:
-            self.claimed.labels(type=self.type_label(task_type)).inc()
+            self._child(self.claimed, self.type_label(task_type)).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: it sits on the per-task path."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def set_queue_depth(self, counts: Iterable[tuple[str, str, int]]) -> None:
         totals: dict[tuple[str, str], int] = {}

@@ -703,17 +703,25 @@ class Supervisor:
                 would_have_been=outcome.value,
             )
             return
-        line = self.log.bind(**fields, outcome=outcome.value)
+        # Keyword arguments become fields without a bind() per task (the hot path).
         if outcome is Outcome.COMPLETED:
-            line.info("task completed")
+            self.log.info("task completed", **fields, outcome=outcome.value)
         elif outcome is Outcome.RETRIED:
-            line.warning(
+            self.log.warning(
                 "task failed; retrying",
+                **fields,
+                outcome=outcome.value,
                 retry_in_s=result.decision.retry_in_s,
                 error=result.summary,
             )
         else:
-            line.error("task failed", failure=outcome.value, error=result.summary)
+            self.log.error(
+                "task failed",
+                **fields,
+                outcome=outcome.value,
+                failure=outcome.value,
+                error=result.summary,
+            )
 
     def flush_progress(self, now: float) -> None:
         due = [
@@ -850,8 +858,12 @@ class Supervisor:
             stack_at=max(now, deadline - STACK_LEAD_S),
         )
         child.state = ChildState.BUSY
-        self.log.bind(task_id=claim.id, type=claim.type, attempt=claim.attempt).debug(
-            "task dispatched", pid=child.pid
+        self.log.debug(
+            "task dispatched",
+            task_id=claim.id,
+            type=claim.type,
+            attempt=claim.attempt,
+            pid=child.pid,
         )
         message = TaskMessage(
             id=claim.id,

@@ -104,7 +104,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def encode(message: Message) -> bytes:
-    return json.dumps(attrs.asdict(message), separators=(",", ":")).encode("utf-8") + b"\n"
+    # asdict without recursion: every field is a plain JSON value, and this runs per message.
+    data = attrs.asdict(message, recurse=False)
+    return json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
 def decode(line: bytes) -> Message:
