@@ -1,6 +1,7 @@
 """Example handler: fail the first attempts, then succeed, to show retries with backoff.
 
-Try it:  python -m supervisor --backoff 0,2 &  python -m supervisor enqueue flaky '{"succeed_on": 2}'
+Try it:  python -m supervisor --backoff 0,2 &
+         python -m supervisor enqueue flaky '{"succeed_on": 2}'
 A handler signals "do not retry" by raising supervisor.PermanentError.
 """
 
