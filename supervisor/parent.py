@@ -669,7 +669,10 @@ class Supervisor:
         if not self.pending:
             return
         if self.can_claim(now):
-            self.guarded(self.write_failures)
+            # Only if a statement will run: guarded() counts an empty write as the database
+            # answering, which would reset the backoff and report it healthy during an outage.
+            if not all(is_completion(p) for p in self.pending):
+                self.guarded(self.write_failures)
         else:
             self.guarded(self.write_pending)
 

@@ -32,6 +32,7 @@ import pytest
 
 from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.lifecycle import Failure, Status
+from supervisor.parent import DB_RETRY_MAX_S, DB_RETRY_MIN_S
 from supervisor.store import TaskRow
 from tests.e2e.harness import Launcher, SupervisorProcess, clean_env, gone, wait_until
 from tests.e2e.tcp_proxy import TcpProxy
@@ -386,15 +387,17 @@ def test_term_during_an_outage_exits_0_and_the_unwritten_tasks_are_rescued_later
     assert counts == {(Status.COMPLETED, 2)}
 
 
-def test_while_the_database_is_away_the_parent_sleeps_until_its_announced_retry_time(
+def test_while_the_database_is_away_the_parent_backs_off_and_sleeps_until_each_retry(
     fleet: Fleet,
 ) -> None:
     """During an outage the parent neither spins (heartbeats, sweeps and progress writes that
     come due wait for the retry time too) nor touches the database before the retry time it
-    logged, so the backoff doubles once per failed attempt."""
+    logged; the backoff doubles once per failed attempt, and nothing but a statement that
+    succeeded counts as the database being back (a held completion included)."""
     fleet.launcher.handler("progressing", PROGRESSES)
     a = fleet.start(workers=2, lease=30)
-    tasks = [fleet.launcher.enqueue("progressing", json.dumps({"seconds": s})) for s in (3, 20)]
+    # One reports progress and finishes during the outage; one sleeps through it silently.
+    tasks = [fleet.launcher.enqueue("progressing", json.dumps({"seconds": 3})), fleet.enqueue(20)]
     for task_id in tasks:
         fleet.wait_row(task_id, Status.RUNNING)
     parent = psutil.Process(a.process.pid)
@@ -403,17 +406,22 @@ def test_while_the_database_is_away_the_parent_sleeps_until_its_announced_retry_
     fleet.proxy.cut()
     time.sleep(8)
     after = parent.cpu_times()
+    restored_at = time.time()
     fleet.proxy.restore()
 
     cpu = (after.user + after.system) - (before.user + before.system)
     assert cpu < 0.5, f"the parent used {cpu:.2f} s of CPU in an 8 s outage"
     fleet.wait_row(tasks[0], Status.COMPLETED, timeout=30)  # its held result is written
     failures = events(a, message="database error; holding results and retrying")
-    assert len(failures) >= 3
+    assert 3 <= len(failures) <= 8  # 0.25-0.5 s, then doubling: a handful in 8 s
+    for number, failure in enumerate(failures):
+        assert failure["retry_in_s"] >= min(DB_RETRY_MIN_S * 2**number, DB_RETRY_MAX_S) / 2
     for earlier, later in itertools.pairwise(failures):
         gap = log_time(later) - log_time(earlier)
         assert gap >= earlier["retry_in_s"] - 0.01, (earlier, later)
     assert max(f["held"] for f in failures) == 1
+    [back] = events(a, message="database is back")
+    assert log_time(back) >= restored_at
     assert a.process.running
 
 
