@@ -320,7 +320,8 @@ class Chaos:
 
     def make_task(self) -> NewTask:
         rng = self.feed_rng
-        kind = rng.choices([k for k, _ in WORKLOAD], weights=[w for _, w in WORKLOAD])[0]
+        mix = self.args.mix
+        kind = rng.choices([k for k, _ in mix], weights=[w for _, w in mix])[0]
         options: dict[str, Any] = {"executions": str(self.executions_dir)}
         budget = 3600.0
         if kind == "slow":
@@ -347,7 +348,7 @@ class Chaos:
                     for task_id in ids:
                         acked.write(json.dumps({"task_id": task_id}) + "\n")
                     acked.flush()
-                self.stop_feeding.wait(rng.uniform(0.1, 0.6))
+                self.stop_feeding.wait(len(batch) / self.args.rate * rng.uniform(0.5, 1.5))
 
     # ------------------------------------------------------------ faults
 
@@ -715,6 +716,17 @@ def format_counter(counter: Counter[Any], order: tuple[str, ...] | None = None) 
     return ",".join(f"{key}:{counter[key]}" for key in keys) or "-"
 
 
+def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """``fast=90,crash=10`` -> ((fast, 90), (crash, 10)); only the handlers this run writes."""
+    mix = []
+    for item in text.split(","):
+        name, _, weight = item.partition("=")
+        if name not in HANDLERS or not weight:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected one of {sorted(HANDLERS)}=N")
+        mix.append((name, float(weight)))
+    return tuple(mix)
+
+
 def admin_connection(dsn: MysqlDsn) -> pymysql.connections.Connection[Any]:
     return pymysql.connect(
         host=dsn.host,
@@ -737,6 +749,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--lease", type=float, default=3.0)
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="MySQL/MariaDB server (any database)")
+    parser.add_argument("--rate", type=float, default=7.0, help="tasks enqueued per second")
+    parser.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=WORKLOAD,
+        help="workload weights, e.g. fast=90,crash=10 (default: "
+        + ",".join(f"{k}={w}" for k, w in WORKLOAD)
+        + ")",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args(argv)
     admin = parse_dsn(args.dsn, dict(os.environ))
