@@ -22,7 +22,6 @@ import signal
 import socket
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -56,8 +55,6 @@ from supervisor.results import (
 from supervisor.store import Claim, Store, SupervisorInfo, open_store
 from supervisor.workers import Child, ChildState, ImportCheck, Running, child_environment
 
-SHORT_TASK_S = 0.05  # tasks this short on average are claimed ahead of free children
-PREFETCH_MAX_WAIT_S = 0.5  # a task claimed ahead waits no longer: it goes back to the queue
 STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
 HOUSEKEEPING_INTERVAL_S = 5.0
@@ -153,9 +150,6 @@ class Supervisor:
         self.previous_handlers: dict[int, signal.Handlers | object] = {}
         self.import_check: ImportCheck | None = None
         self.queue_ran_dry = False  # the last claim came back short: probe before claiming
-        self.typical_task_s = 1.0  # moving average of attempt durations
-        # Claimed ahead of a free child (short tasks only): (claim, monotonic time of the claim).
-        self.prefetched: deque[tuple[Claim, float]] = deque()
 
     # ---------------------------------------------------------------- set-up and tear-down
 
@@ -270,7 +264,6 @@ class Supervisor:
         if self.import_check is not None and now >= self.import_check.deadline:
             self.on_import_check(timed_out=True)
         self.enforce_deadlines(now)
-        self.return_stale_prefetched(now)
         self.respawn_due(now)
         if self.db_ready(now) and self.schema_ready():
             self.flush_progress(now)
@@ -315,7 +308,7 @@ class Supervisor:
         loop would otherwise wake at once, find the database not ready, and spin.
         """
         db_due = [self.next_heartbeat, self.next_housekeeping]
-        if not self.draining and self.handlers and self.claims_wanted():
+        if not self.draining and self.handlers and self.idle_children():
             db_due.append(self.next_poll)
         if self.pending:
             db_due.append(self.db_retry_at)
@@ -330,8 +323,6 @@ class Supervisor:
         due.extend(self.spawn_at.values())
         if self.drain_deadline is not None:
             due.append(self.drain_deadline)
-        if self.prefetched:
-            due.append(self.prefetched[0][1] + PREFETCH_MAX_WAIT_S)
         if self.import_check is not None:
             due.append(self.import_check.deadline)
         return min(due)
@@ -363,7 +354,6 @@ class Supervisor:
             if child.state in (ChildState.IDLE, ChildState.STARTING):
                 self.stop_child(child)
         self.spawn_at.clear()
-        self.return_prefetched()
 
     handle_sigint = handle_sigterm
 
@@ -492,8 +482,6 @@ class Supervisor:
                 child.state = ChildState.IDLE
                 if self.draining or child.slot >= self.target_workers:
                     self.stop_child(child)
-                else:
-                    self.dispatch_prefetched()
             return
         running = child.running
         if running is None or getattr(message, "id", None) != running.claim.id:
@@ -545,11 +533,8 @@ class Supervisor:
         )
         if recycle:
             child.exit_reason = "recycled"
-        self.typical_task_s += 0.2 * (result.duration_s - self.typical_task_s)
         if self.draining or child.retire_when_idle or recycle or child.slot >= self.target_workers:
             self.stop_child(child)
-        else:
-            self.dispatch_prefetched()
 
     def on_exit(self, child: Child) -> None:
         if child.sock.fileno() >= 0:
@@ -765,7 +750,6 @@ class Supervisor:
         self.next_heartbeat = now + self.settings.heartbeat_s
         busy = self.busy_children()
         claims = [c.running.claim for c in busy if c.running is not None]
-        claims += [claim for claim, _ in self.prefetched]
         try:
             self.store.register(self.info(), ttl_s=self.settings.lease_s)
             held = self.store.renew_leases(self.owner, claims, self.settings.lease_s)
@@ -773,7 +757,6 @@ class Supervisor:
             self.db_failed(exc)
             return
         self.db_ok()
-        self.prefetched = deque((c, t) for c, t in self.prefetched if c.id in held)
         for child in busy:
             running = child.running
             if running is not None and running.claim.id not in held:
@@ -816,32 +799,13 @@ class Supervisor:
                 "rescued tasks whose lease ran out; back to queued", count=rescued.requeued
             )
 
-    def prefetch_capacity(self) -> int:
-        """How many tasks to claim ahead of free children: one per worker, for short tasks only.
-
-        With tasks of a millisecond the parent's database round trips, not the
-        children, set the pace; claiming ahead lets one transaction feed up to
-        twice the workers, and a child that finishes gets its next task without
-        waiting for the database. Longer tasks are never claimed ahead, so a
-        task never waits here while another supervisor could run it.
-        """
-        return self.target_workers if self.typical_task_s < SHORT_TASK_S else 0
-
-    def claims_wanted(self) -> int:
-        idle = len(self.idle_children())
-        buffered = len(self.prefetched)
-        capacity = self.prefetch_capacity()
-        if idle <= buffered and buffered >= capacity // 2:
-            return 0
-        return max(0, idle - buffered) + max(0, capacity - buffered)
-
     def can_claim(self, now: float) -> bool:
         return (
             not self.draining
             and bool(self.handlers)
             and now >= self.next_poll
             and now >= self.db_retry_at
-            and self.claims_wanted() > 0
+            and bool(self.idle_children())
         )
 
     def claim_and_dispatch(self, now: float) -> None:
@@ -850,7 +814,7 @@ class Supervisor:
         After a claim came back short (the queue ran dry), polls first take one
         cheap non-locking look, and open a claim transaction only on a hit.
         """
-        wanted = self.claims_wanted()
+        idle = self.idle_children()
         done = [p for p in self.pending if is_completion(p)]
         claimed_at = time.monotonic()  # before the claim: its round trip eats into the budget
         started = time.perf_counter()
@@ -865,7 +829,7 @@ class Supervisor:
                 [p.claim for p in done],
                 self.owner,
                 self.handlers,
-                wanted,
+                len(idle),
                 self.settings.lease_s,
             )
         except StoreError as exc:
@@ -874,45 +838,22 @@ class Supervisor:
         self.db_ok()
         settle_completions(done, won, self.pending, self.recorded)
         self.metrics.observe_claims((c.type for c in claims), time.perf_counter() - started)
-        full = len(claims) == wanted
+        full = len(claims) == len(idle)
         self.queue_ran_dry = not full
         self.next_poll = now if full else now + self.settings.poll_interval_s
-        self.prefetched.extend((claim, claimed_at) for claim in claims)
-        self.dispatch_prefetched()
-
-    def dispatch_prefetched(self) -> None:
-        """Hand claimed tasks to idle children, oldest claim first."""
-        for child in self.idle_children():
-            if not self.prefetched:
-                return
-            self.dispatch(child, *self.prefetched.popleft())
-
-    def return_prefetched(self, why: str = "draining") -> None:
-        """Tasks claimed ahead go back to the queue as if never claimed (attempt refunded)."""
-        while self.prefetched:
-            claim, _ = self.prefetched.popleft()
-            self.pending.append(PendingResult(claim=claim, decision=BACK_TO_QUEUE, refund=True))
-            self.log.debug("claimed-ahead task returned to the queue", task_id=claim.id, why=why)
-
-    def return_stale_prefetched(self, now: float) -> None:
-        """A claimed-ahead task that found no free child soon goes back for others to take."""
-        if self.prefetched and now - self.prefetched[0][1] > PREFETCH_MAX_WAIT_S:
-            self.typical_task_s = max(self.typical_task_s, SHORT_TASK_S)  # stop claiming ahead
-            self.return_prefetched("no free child")
+        for child, claim in zip(idle, claims, strict=False):
+            self.dispatch(child, claim, claimed_at)
 
     def dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
         now = time.monotonic()
-        if claim.type not in self.handlers:  # removed by a reload while claimed ahead
-            self.pending.append(PendingResult(claim=claim, decision=BACK_TO_QUEUE, refund=True))
-            return
-        deadline = claimed_at + claim.remaining_s
-        if deadline <= now:
+        if claim.remaining_s <= 0:
             self.pending.append(
                 failure_result(
                     claim, Failure.EXPIRED, "deadline passed before the task was dispatched", 0.0
                 )
             )
             return
+        deadline = claimed_at + claim.remaining_s
         child.running = Running(
             claim=claim,
             started=now,
@@ -934,13 +875,11 @@ class Supervisor:
             options=claim.options,
             attempt=claim.attempt,
             max_attempts=claim.max_attempts,
-            remaining_s=deadline - now,
+            remaining_s=claim.remaining_s,
         )
         if not child.send(message):
-            # The child died between ready and now: the task never started, so it goes back.
+            # The child died between ready and now: its exit is handled as a panic.
             self.log.warning("child vanished at dispatch", pid=child.pid)
-            child.running = None
-            self.pending.append(PendingResult(claim=claim, decision=BACK_TO_QUEUE, refund=True))
 
     # ---------------------------------------------------------------- drain
 
