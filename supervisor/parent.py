@@ -846,14 +846,14 @@ class Supervisor:
 
     def dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
         now = time.monotonic()
-        if claim.remaining_s <= 0:
+        deadline = claimed_at + claim.remaining_s
+        if deadline <= now:
             self.pending.append(
                 failure_result(
                     claim, Failure.EXPIRED, "deadline passed before the task was dispatched", 0.0
                 )
             )
             return
-        deadline = claimed_at + claim.remaining_s
         child.running = Running(
             claim=claim,
             started=now,
@@ -875,11 +875,13 @@ class Supervisor:
             options=claim.options,
             attempt=claim.attempt,
             max_attempts=claim.max_attempts,
-            remaining_s=claim.remaining_s,
+            remaining_s=deadline - now,
         )
         if not child.send(message):
-            # The child died between ready and now: its exit is handled as a panic.
+            # The child died between ready and now: the task never started, so it goes back.
             self.log.warning("child vanished at dispatch", pid=child.pid)
+            child.running = None
+            self.pending.append(PendingResult(claim=claim, decision=BACK_TO_QUEUE, refund=True))
 
     # ---------------------------------------------------------------- drain
 

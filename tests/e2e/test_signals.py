@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from supervisor.lifecycle import Failure, Status
+from supervisor.producer import new_task
 from tests.e2e.harness import Launcher, gone, wait_until
 
 SLEEPS = """
@@ -334,3 +335,28 @@ def test_children_ignore_term_and_int_only_the_parent_stops_them(launch: Launche
     assert row.status is Status.COMPLETED
     assert row.attempts == 1
     assert supervisor.child_pids() == {child}
+
+
+def test_a_drain_in_the_middle_of_a_stream_of_short_tasks_leaves_nothing_claimed(
+    launch_any: Launcher,
+) -> None:
+    """Whatever the timing of TERM, every task ends completed once or queued as never started.
+
+    None stays running, none is queued with an attempt used up.
+    """
+    launch = launch_any
+    launch.handler("noop", "def handle(task, progress):\n    pass\n")
+    supervisor = launch.start_ready(workers=2)
+    ids = launch.store.enqueue_many([new_task("noop") for _ in range(3000)])
+    launch.wait_status(ids[100], Status.COMPLETED, timeout=30)
+
+    supervisor.send(signal.SIGTERM)
+
+    assert supervisor.wait_exit(30) == 0
+    rows = [launch.get(task_id) for task_id in ids]
+    completed = [r for r in rows if r.status is Status.COMPLETED]
+    queued = [r for r in rows if r.status is Status.QUEUED]
+    assert len(completed) + len(queued) == len(ids)
+    assert all(r.attempts == 1 for r in completed)
+    assert all(r.attempts == 0 and r.claimed_by is None for r in queued)
+    assert queued, "the stream was meant to be cut short by the drain"
