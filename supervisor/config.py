@@ -40,7 +40,11 @@ class Settings:
 
     @property
     def heartbeat_s(self) -> float:
-        """Leases are renewed three times per lease, so two missed beats are survivable."""
+        """Leases are renewed three times per lease, so two missed beats are survivable.
+
+        After a database error the parent retries within half a heartbeat and
+        renews at the first answer, which keeps that margin during outages.
+        """
         return self.lease_s / 3
 
 

@@ -168,9 +168,9 @@ class Supervisor:
         self.next_heartbeat = time.monotonic()  # register at once
         while not self.finished():
             self.step()
-        self.final_flush()
-        with contextlib.suppress(StoreError):
-            self.store.deregister(self.owner)
+        if self.final_flush():
+            with contextlib.suppress(StoreError):
+                self.store.deregister(self.owner)
         self.log.info("supervisor stopped")
         return 0
 
@@ -484,6 +484,8 @@ class Supervisor:
                     self.stop_child(child)
             return
         running = child.running
+        if child.killed_by_parent:
+            return  # its task was settled when it was killed; what it still says is moot
         if running is None or getattr(message, "id", None) != running.claim.id:
             self.log.warning("child reported on a task it does not hold; ignored", pid=child.pid)
             return
@@ -629,9 +631,12 @@ class Supervisor:
         return now >= self.db_retry_at
 
     def db_failed(self, exc: StoreError) -> None:
+        """Back off (capped at half a heartbeat, so leases survive), and renew at first contact."""
         self.metrics.db_errors.inc()
         self.db_failures += 1
-        delay = min(DB_RETRY_MAX_S, DB_RETRY_MIN_S * 2 ** (self.db_failures - 1))
+        cap = min(DB_RETRY_MAX_S, self.settings.heartbeat_s / 2)
+        delay = min(cap, DB_RETRY_MIN_S * 2 ** (self.db_failures - 1))
+        self.next_heartbeat = min(self.next_heartbeat, time.monotonic())
         delay *= random.uniform(0.5, 1.0)
         self.db_retry_at = time.monotonic() + delay
         self.log.error(
@@ -902,14 +907,14 @@ class Supervisor:
                 )
                 child.running = None
 
-    def final_flush(self) -> None:
-        """Write what is held; what cannot be written is logged, and rescued later by lease."""
-        for _ in range(3):
-            if not self.pending:
-                return
-            if self.guarded(self.write_pending):
-                return
-            time.sleep(0.2)
+    def final_flush(self) -> bool:
+        """Write what is held, in one try: a drain must end even when the database hangs.
+
+        What cannot be written is logged, and its tasks are rescued later by
+        lease. True if the database is answering.
+        """
+        if self.pending and self.guarded(self.write_pending):
+            return True
         for result in self.pending:
             self.log.bind(
                 task_id=result.claim.id, type=result.claim.type, attempt=result.claim.attempt
@@ -918,6 +923,7 @@ class Supervisor:
                 "its lease expires",
                 would_have_been=result.decision.outcome.value,
             )
+        return self.db_failures == 0
 
 
 def child_rss(children: Iterable[Child]) -> dict[int, int]:

@@ -55,7 +55,10 @@ UNREACHABLE = frozenset(
 )
 TRANSACTION_TRIES = 6
 LOCK_WAIT_S = 5
-READ_TIMEOUT_S = 30
+# A statement that has not answered in this long is treated as a lost connection: the parent's
+# loop is single-threaded, so this bounds how long a database that hangs (rather than refuses)
+# can delay deadline kills. Twice the lock wait leaves room for a lock wait that then succeeds.
+READ_TIMEOUT_S = 2 * LOCK_WAIT_S
 
 
 class MysqlStore(SqlStore):
