@@ -786,7 +786,7 @@ def test_retry_gives_a_fresh_budget(store: Store) -> None:
     assert sum(store.expire_overdue(100).values()) == 1
     assert store.retry(task_id).applied
     claim = claim_one(store)
-    assert 0 < claim.remaining_s <= 1.0
+    assert 0 < claim.remaining_s <= 1.0 + 0.005  # SQLite's clock has millisecond steps
     task = row(store, task_id)
     assert secs(task.run_at, task.deadline_at) == pytest.approx(1.0, abs=0.01)
     assert abs(secs(task.run_at, db_now(store))) < TOLERANCE_S
