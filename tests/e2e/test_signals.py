@@ -360,3 +360,34 @@ def test_a_drain_in_the_middle_of_a_stream_of_short_tasks_leaves_nothing_claimed
     assert all(r.attempts == 1 for r in completed)
     assert all(r.attempts == 0 and r.claimed_by is None for r in queued)
     assert queued, "the stream was meant to be cut short by the drain"
+
+
+RETRY_LATER = "child failed at start-up; retrying later"
+
+# Makes every worker die before it says it is ready (the parent and the import check live).
+DIES_AT_START = """
+import os
+import sys
+
+if "--lifeline" in sys.argv:
+    os._exit(7)
+"""
+
+
+def test_children_that_die_at_start_up_are_replaced_with_backoff_not_in_a_tight_loop(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    """A worker that cannot start is retried after 0.5 s, 1 s, 2 s ...; TERM still exits 0."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(DIES_AT_START)
+    supervisor = launch.start(workers=1, env={"PYTHONPATH": str(site)})
+    supervisor.wait_log(message="supervisor starting")
+
+    wait_until(lambda: len(supervisor.events(message=RETRY_LATER)) >= 3, 10, "three retries")
+
+    delays = [event["delay_s"] for event in supervisor.events(message=RETRY_LATER)]
+    assert delays[:3] == [0.5, 1.0, 2.0]
+    supervisor.send(signal.SIGTERM)
+    assert supervisor.wait_exit(15) == 0
+
