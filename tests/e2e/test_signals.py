@@ -390,4 +390,3 @@ def test_children_that_die_at_start_up_are_replaced_with_backoff_not_in_a_tight_
     assert delays[:3] == [0.5, 1.0, 2.0]
     supervisor.send(signal.SIGTERM)
     assert supervisor.wait_exit(15) == 0
-
