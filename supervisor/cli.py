@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import attrs
 
 from supervisor.config import add_run_flags, env_name, settings_from
-from supervisor.dsn import DEFAULT_DSN, parse_dsn
+from supervisor.dsn import DEFAULT_DSN, Dsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
 from supervisor.producer import new_task
@@ -138,9 +138,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
         )
-        store = open_store(dsn)
-        store.migrate()
-        print(store.enqueue(task))
+        print(ready_store(dsn).enqueue(task))
         return 0
     if args.command == "prune":
         older_than = number(args.older_than, "--older-than")
@@ -149,12 +147,10 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         store = ready_store(dsn)
         print(f"pruned {store.prune(older_than)} finished tasks")
         return 0
-    store = open_store(dsn)
+    store = ready_store(dsn)
     if args.command == "migrate":
-        store.migrate()
         print(f"schema ready at {dsn.redacted()}")
         return 0
-    store.migrate()
     if args.command == "status":
         if args.watch:
             return watch(store, Path(args.handlers), count=args.count)
@@ -164,7 +160,8 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
     return operator_transition(store, args.command, args.id)
 
 
-def ready_store(dsn: Any) -> Store:
+def ready_store(dsn: Dsn) -> Store:
+    """Every subcommand works on a migrated schema (migrating is idempotent)."""
     store = open_store(dsn)
     store.migrate()
     return store

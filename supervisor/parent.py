@@ -147,7 +147,6 @@ class Supervisor:
         self.migrated = False
         self.spawn_at: dict[int, float] = {}
         self.spawn_failures: dict[int, int] = {}
-        self.previous_handlers: dict[int, signal.Handlers | object] = {}
         self.import_check: ImportCheck | None = None
         self.queue_ran_dry = False  # the last claim came back short: probe before claiming
 
@@ -189,7 +188,7 @@ class Supervisor:
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
         for signum in HANDLED_SIGNALS:
             # The handler records nothing itself: the wakeup fd carries the signal number.
-            self.previous_handlers[signum] = signal.signal(signum, _record_only)
+            signal.signal(signum, _record_only)
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, ("signal", None))
 
     def cleanup(self) -> None:
@@ -295,9 +294,8 @@ class Supervisor:
                 self.guarded(self.sample_queue_depth)
 
     def sample_queue_depth(self) -> None:
-        live = (Status.QUEUED, Status.RUNNING)
         self.metrics.set_queue_depth(
-            (c.type, c.status.value, c.count) for c in self.store.counts() if c.status in live
+            (c.type, c.status.value, c.count) for c in self.store.counts(live_only=True)
         )
 
     def next_wakeup(self) -> float:
@@ -575,34 +573,25 @@ class Supervisor:
         running = child.running
         assert running is not None
         dump = child.read_dump()
-        error = f"panic: {status.describe()}" + (f"\n\n{dump}" if dump else "")
-        self.pending.append(
-            failure_result(
-                running.claim,
-                Failure.PANIC,
-                error,
-                time.monotonic() - running.started,
-                running.pct if running.pct_dirty else None,
-            )
+        self.settle_running(
+            child, Failure.PANIC, f"panic: {status.describe()}" + (f"\n\n{dump}" if dump else "")
         )
-        child.running = None
 
     def kill_running(self, child: Child, failure: Failure, error: str) -> None:
         """Kill a child's whole tree and, if it held a task, record ``failure`` for it."""
         child.exit_reason = failure.value
         child.kill_tree()
+        self.settle_running(child, failure, error)
+
+    def settle_running(self, child: Child, failure: Failure, error: str) -> None:
+        """Record ``failure`` for the task ``child`` held (with its last progress) and free it."""
         running = child.running
-        if running is not None:
-            self.pending.append(
-                failure_result(
-                    running.claim,
-                    failure,
-                    error,
-                    time.monotonic() - running.started,
-                    running.pct if running.pct_dirty else None,
-                )
-            )
-            child.running = None
+        if running is None:
+            return
+        pct = running.pct if running.pct_dirty else None
+        duration = time.monotonic() - running.started
+        self.pending.append(failure_result(running.claim, failure, error, duration, pct))
+        child.running = None
 
     def enforce_deadlines(self, now: float) -> None:
         for child in list(self.children.values()):
@@ -696,15 +685,14 @@ class Supervisor:
             "attempt": claim.attempt,
             "duration_s": round(result.duration_s, 4),
         }
-        if not result.refund:
-            self.metrics.observe_outcome(
-                claim.type, outcome.value if won else Outcome.LOST.value, result.duration_s
-            )
         if result.refund:
             self.log.bind(**fields, outcome="refunded", won=won).info(
                 "task put back to queued (attempt refunded)" if won else "refund lost its claim"
             )
             return
+        self.metrics.observe_outcome(
+            claim.type, outcome.value if won else Outcome.LOST.value, result.duration_s
+        )
         if not won:
             self.log.bind(**fields, outcome=Outcome.LOST.value).warning(
                 "result discarded: the claim was lost (rescued or cancelled elsewhere)",

@@ -236,8 +236,8 @@ class Store(abc.ABC):
         """Delete terminal tasks that finished more than ``older_than_s`` ago."""
 
     @abc.abstractmethod
-    def counts(self) -> list[StatusCount]:
-        """Counts by type and status."""
+    def counts(self, *, live_only: bool = False) -> list[StatusCount]:
+        """Counts by type and status; ``live_only``: queued and running only (a cheap read)."""
 
     @abc.abstractmethod
     def get(self, task_id: int) -> TaskRow | None:

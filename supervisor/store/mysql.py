@@ -259,9 +259,6 @@ class MysqlStore(SqlStore):
 
         return self._transaction(body)
 
-    def server_version(self) -> str:
-        return str(self._rows("server_version")[0]["version"])
-
     def close(self) -> None:
         self._drop()
 

@@ -173,14 +173,21 @@ FROM tasks
 GROUP BY type, status
 ORDER BY type, status
 
+-- name: live_counts
+-- The queue-depth gauge: only queued and running rows (a range of every status-led index),
+-- so its cost follows the live queue, not the history the table keeps until pruned.
+SELECT type, status, COUNT(*) AS count,
+       TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) / 1000000.0 AS oldest_age_s
+FROM tasks
+WHERE status IN ('queued', 'running')
+GROUP BY type, status
+ORDER BY type, status
+
 -- name: get
 SELECT * FROM tasks WHERE id = %(id)s
 
 -- name: ping
 SELECT 1
-
--- name: server_version
-SELECT VERSION() AS version
 
 -- name: register_supervisor
 INSERT INTO supervisors (id, host, pid, workers, version, started_at, heartbeat_at, expires_at)

@@ -214,7 +214,7 @@ class SqlStore(Store):
             if deleted < batch:
                 return total
 
-    def counts(self) -> list[StatusCount]:
+    def counts(self, *, live_only: bool = False) -> list[StatusCount]:
         return [
             StatusCount(
                 type=row["type"],
@@ -222,7 +222,7 @@ class SqlStore(Store):
                 count=int(row["count"]),
                 oldest_age_s=max(0.0, float(row["oldest_age_s"])),
             )
-            for row in self._rows("counts")
+            for row in self._rows("live_counts" if live_only else "counts")
         ]
 
     def get(self, task_id: int) -> TaskRow | None:

@@ -179,6 +179,15 @@ FROM tasks
 GROUP BY type, status
 ORDER BY type, status
 
+-- name: live_counts
+-- The queue-depth gauge: only queued and running rows, so its cost follows the live queue.
+SELECT type, status, count(*) AS count,
+       (julianday('now') - julianday(min(created_at))) * 86400.0 AS oldest_age_s
+FROM tasks
+WHERE status IN ('queued', 'running')
+GROUP BY type, status
+ORDER BY type, status
+
 -- name: get
 SELECT * FROM tasks WHERE id = :id
 

@@ -1002,7 +1002,11 @@ def test_a_registered_supervisor_is_listed_alive(store: Store) -> None:
     store.register(supervisor_info(), ttl_s=60)
     [entry] = store.supervisors()
     assert (entry.id, entry.host, entry.pid, entry.workers, entry.alive) == (
-        "host-a:100:abc", "host-a", 100, 4, True,
+        "host-a:100:abc",
+        "host-a",
+        100,
+        4,
+        True,
     )
     assert entry.started_at is not None and entry.heartbeat_at is not None
 
@@ -1089,3 +1093,14 @@ def test_has_claimable_sees_only_what_a_claim_would_take(store: Store) -> None:
     assert store.has_claimable(["t"]) is True
     store.claim("A", ["t"], 5, LONG_LEASE_S)
     assert store.has_claimable(["t"]) is False
+
+
+def test_live_counts_leave_out_finished_tasks(store: Store) -> None:
+    """The queue-depth gauge reads only the live queue, whatever history the table keeps."""
+    done = enqueue(store)
+    store.complete(claim_one(store))
+    enqueue(store)
+    live = store.counts(live_only=True)
+    assert [(c.type, c.status, c.count) for c in live] == [("t", Status.QUEUED, 1)]
+    assert row(store, done).status is Status.COMPLETED
+    assert {c.status for c in store.counts()} == {Status.QUEUED, Status.COMPLETED}
