@@ -175,3 +175,53 @@ def validate_priority(value: int) -> int:
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise UsageError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {value}")
     return value
+
+
+# ---------------------------------------------------------------- rules of the parent's rooms
+
+# A drained or undeliverable attempt goes back to the queue as if it never ran.
+REFUND = Decision(outcome=Outcome.RETRIED, status=Status.QUEUED, retry_in_s=0.0)
+COMPLETED = Decision(outcome=Outcome.COMPLETED, status=Status.COMPLETED)
+
+
+def doubling_delay(failures: int, *, minimum: float, maximum: float) -> float:
+    """``minimum`` after the first failure, doubling with each one after it, capped at ``maximum``.
+
+    The parent backs off this way from a database that does not answer and
+    from a child that keeps dying at start-up, so neither becomes a tight loop.
+    """
+    if failures < 1:
+        return 0.0
+    return float(min(maximum, minimum * 2 ** min(failures - 1, 62)))
+
+
+def should_recycle(tasks_done: int, max_tasks_per_child: int) -> bool:
+    """``--max-tasks-per-child N``: a child that has run N tasks is replaced (0 = never)."""
+    return max_tasks_per_child > 0 and tasks_done >= max_tasks_per_child
+
+
+def exception_type(message: str) -> str:
+    """``"ValueError"`` from ``"ValueError: <text>"``: only the type is safe to log.
+
+    A handler's exception text may quote its task's options, which never reach a log.
+    """
+    return message.split(":", 1)[0].strip() or "exception"
+
+
+def timeout_error(budget_s: float, stack: str) -> str:
+    """``last_error`` of a deadline kill: what happened, then where the handler was."""
+    text = (
+        f"timeout: the wall-clock budget ran out after {budget_s:.3f} s of this attempt;"
+        " the child and its process tree were killed"
+    )
+    return text + (f"\n\nStack at the deadline:\n{stack}" if stack else "")
+
+
+def panic_error(exit_description: str, crash_dump: str) -> str:
+    """``last_error`` of a child that died: how it ended, then faulthandler's crash stack."""
+    return f"panic: {exit_description}" + (f"\n\n{crash_dump}" if crash_dump else "")
+
+
+def handler_error(message: str, traceback: str) -> str:
+    """``last_error`` of a handler's exception: its message, then its traceback."""
+    return message + ("\n\n" + traceback if traceback else "")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
 import signal
 import socket
@@ -22,9 +21,9 @@ from pathlib import Path
 import attrs
 import psutil
 
-from supervisor.protocol import LineBuffer, Message, decode, encode
+from supervisor.protocol import LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
-from supervisor.store import Claim
+from supervisor.records import Claim
 
 STACK_SIGNAL = signal.SIGUSR1
 SEND_TIMEOUT_S = 5.0
@@ -48,9 +47,7 @@ class Running:
     deadline: float
     stack_at: float
     stack_requested: bool = False
-    pct: int | None = None
-    pct_dirty: bool = False
-    pct_written_at: float = 0.0
+    pct: int | None = None  # the last progress the child reported
 
 
 def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -86,6 +83,58 @@ class Child:
         self.exit_reason = "died_idle"
         self.saw_ready = False
         self._buffer = LineBuffer()
+
+    # ------------------------------------------------------------ transitions
+
+    def ready(self) -> bool:
+        """The child said ``ready``; True if it was starting and is now idle."""
+        self.saw_ready = True
+        if self.state is not ChildState.STARTING:
+            return False
+        self.state = ChildState.IDLE
+        return True
+
+    def start(self, running: Running) -> None:
+        """Hand the child an attempt (the task message is sent separately)."""
+        assert self.state is ChildState.IDLE, self.state
+        self.state = ChildState.BUSY
+        self.running = running
+
+    def release(self) -> Running | None:
+        """The child reported its attempt's outcome: it is idle again, one task older."""
+        running, self.running = self.running, None
+        if self.state is ChildState.BUSY:
+            self.state = ChildState.IDLE
+            self.tasks_done += 1
+        return running
+
+    def retire(self, reason: str) -> None:
+        """Stop once idle: at once if idle or starting, after its attempt if busy."""
+        self.exit_reason = reason
+        if self.state is ChildState.BUSY:
+            self.retire_when_idle = True
+        elif self.state is not ChildState.STOPPING:
+            self.state = ChildState.STOPPING
+            if not self.send(StopMessage()):
+                self.kill_tree()
+
+    def kill(self, reason: str) -> Running | None:
+        """Kill the child's whole tree; the attempt it held, if any, is the caller's to settle."""
+        self.exit_reason = reason
+        self.kill_tree()
+        running, self.running = self.running, None
+        return running
+
+    def died(self) -> Running | None:
+        """The child exited on its own (already reaped): take the attempt it held, if any."""
+        running, self.running = self.running, None
+        return running
+
+    @property
+    def wants_retirement(self) -> bool:
+        return self.retire_when_idle and self.state is ChildState.IDLE
+
+    # ------------------------------------------------------------ the process
 
     @classmethod
     def spawn(
@@ -207,62 +256,3 @@ class Child:
         os.close(self.pidfd)
         with contextlib.suppress(OSError):
             self.dump_path.unlink()
-
-
-class ImportCheck:
-    """A ``supervisor.child --check`` run in the background: which handler files fail to import.
-
-    Importing handlers can take seconds (or hang), so the parent never waits
-    for it: it watches :meth:`fileno` in its one ``wait()``, calls :meth:`read`
-    when it is readable, and takes the :meth:`report` once the output ends or
-    the check's deadline passes. The check runs in its own process group so that
-    whatever a handler starts at import time goes down with it.
-    """
-
-    def __init__(
-        self, handlers: Mapping[str, Path], env: Mapping[str, str], timeout_s: float
-    ) -> None:
-        args = [f"{task_type}={path}" for task_type, path in sorted(handlers.items())]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.child", "--check", *args],
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            process_group=0,
-        )
-        assert self.process.stdout is not None
-        self._stdout = self.process.stdout
-        os.set_blocking(self._stdout.fileno(), False)
-        self.deadline = time.monotonic() + timeout_s
-        self._output = bytearray()
-
-    def fileno(self) -> int:
-        return self._stdout.fileno()
-
-    def read(self) -> bool:
-        """Take what the check has written so far; True once its output has ended."""
-        try:
-            data = os.read(self.fileno(), 1 << 16)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        self._output += data
-        return not data
-
-    def report(self, *, timed_out: bool = False) -> dict[str, str | None]:
-        """``{type: import error or None}``; ends the check (and whatever it started) first."""
-        self.close()
-        try:
-            report: dict[str, str | None] = json.loads(self._output.splitlines()[-1])
-        except (IndexError, ValueError):
-            why = "it ran out of time" if timed_out else f"exit status {self.process.returncode}"
-            return {"*": f"the handler import check did not finish cleanly ({why})"}
-        return report
-
-    def close(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self._stdout.close()

@@ -16,6 +16,18 @@ from datetime import datetime
 import attrs
 
 from supervisor.lifecycle import Failure, Status
+from supervisor.records import Claim, SupervisorInfo
+
+__all__ = [
+    "Claim",
+    "NewTask",
+    "Rescued",
+    "StatusCount",
+    "Store",
+    "SupervisorInfo",
+    "TaskRow",
+    "Transition",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -28,23 +40,6 @@ class NewTask:
     budget_s: float = 3600.0
     max_attempts: int = 3
     priority: int = 0
-
-
-@attrs.frozen(kw_only=True)
-class Claim:
-    """One attempt this supervisor owns: the fence (id, owner, attempt) plus what the child needs.
-
-    ``remaining_s`` is the budget left as measured by the database clock when
-    the claim was made, so hosts with skewed clocks agree on deadlines.
-    """
-
-    id: int
-    type: str
-    options: str | None = attrs.field(repr=False)
-    attempt: int
-    max_attempts: int
-    owner: str
-    remaining_s: float
 
 
 @attrs.frozen(kw_only=True)
@@ -106,20 +101,6 @@ class Rescued:
     @property
     def lost_total(self) -> int:
         return sum(self.lost.values())
-
-
-@attrs.frozen(kw_only=True)
-class SupervisorInfo:
-    """A supervisor's entry in the registry, so ``claimed_by`` can be traced to a process."""
-
-    id: str
-    host: str
-    pid: int
-    workers: int
-    version: str
-    started_at: datetime | None = None
-    heartbeat_at: datetime | None = None
-    alive: bool = True
 
 
 class Store(abc.ABC):

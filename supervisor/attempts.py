@@ -1,0 +1,288 @@
+"""Attempts: a claimed task's life in the parent, from dispatch to the one place it is settled.
+
+An attempt starts when a claim is handed to an idle child and ends in
+exactly one of these ways, each decided here and nowhere else:
+
+* the child reports ``done`` or ``error`` (completed, retried, failed);
+* its deadline passes: the child's tree is killed (``timeout``), with the
+  stack faulthandler dumped just before;
+* the child dies (``panic``), or breaks the protocol (treated the same);
+* the heartbeat finds the claim lost: the child is killed, nothing is written;
+* the drain deadline passes: the child is killed and the attempt refunded.
+
+Every ending goes through :meth:`Attempts.settle`, which takes the attempt
+from the child and hands its result to the database link. Claims that arrive
+when no child is idle wait in a short backlog (they are leased, so they are
+renewed) and go to the next child that frees up.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from loguru import logger
+
+from supervisor.dblink import DatabaseLink
+from supervisor.lifecycle import (
+    Backoff,
+    Failure,
+    decide_error,
+    exception_type,
+    handler_error,
+    panic_error,
+    timeout_error,
+)
+from supervisor.pool import Pool
+from supervisor.protocol import (
+    DoneMessage,
+    ErrorMessage,
+    Message,
+    ProgressMessage,
+    ProtocolError,
+    ReadyMessage,
+    TaskMessage,
+)
+from supervisor.records import Claim
+from supervisor.results import PendingResult, completion, failure_result, refund
+from supervisor.telemetry import Telemetry
+from supervisor.workers import Child, Running
+
+STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
+
+ResultFor = Callable[[Running, float], PendingResult | None]
+
+
+class Attempts:
+    def __init__(
+        self,
+        *,
+        pool: Pool,
+        link: DatabaseLink,
+        telemetry: Telemetry,
+        backoff: Backoff,
+        handlers: Callable[[], Mapping[str, Path]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._link = link
+        self._telemetry = telemetry
+        self._backoff = backoff
+        self._handlers = handlers
+        self._clock = clock
+        self.backlog: collections.deque[tuple[Claim, float]] = collections.deque()
+
+    # ------------------------------------------------------------ dispatch
+
+    def claimed(self, claims: tuple[Claim, ...], claimed_at: float) -> None:
+        self.backlog.extend((claim, claimed_at) for claim in claims)
+        self.dispatch_backlog()
+
+    def dispatch_backlog(self) -> None:
+        if not self.backlog:
+            return
+        for child in self._pool.idle():
+            if not self.backlog:
+                return
+            claim, claimed_at = self.backlog.popleft()
+            self._dispatch(child, claim, claimed_at)
+
+    def _dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
+        now = self._clock()
+        deadline = claimed_at + claim.remaining_s
+        if deadline <= now:
+            self._link.submit(
+                failure_result(
+                    claim, Failure.EXPIRED, "deadline passed before the task was dispatched", 0.0
+                )
+            )
+            return
+        path = self._handlers().get(claim.type)
+        if path is None:
+            # Claimed before a reload removed its handler file: not ours to run any more.
+            self._link.submit(refund(claim))
+            return
+        child.start(
+            Running(
+                claim=claim,
+                started=now,
+                deadline=deadline,
+                stack_at=max(now, deadline - STACK_LEAD_S),
+            )
+        )
+        self._telemetry.dispatched(claim, child.pid)
+        message = TaskMessage(
+            id=claim.id,
+            type=claim.type,
+            path=str(path),
+            options=claim.options,
+            attempt=claim.attempt,
+            max_attempts=claim.max_attempts,
+            remaining_s=deadline - now,
+        )
+        if not child.send(message):
+            # The child died between ready and now: the task never started, so it goes back.
+            logger.warning("child vanished at dispatch", pid=child.pid)
+            self.settle(child, lambda running, _s: refund(running.claim), kill="died_idle")
+
+    def refund_backlog(self) -> None:
+        while self.backlog:
+            claim, _ = self.backlog.popleft()
+            self._link.submit(refund(claim))
+
+    # ------------------------------------------------------------ the one way an attempt ends
+
+    def settle(
+        self, child: Child, result_for: ResultFor, *, kill: str | None = None, died: bool = False
+    ) -> None:
+        """End the child's attempt and hand its result over.
+
+        The attempt is taken from the child, which is then free again (it
+        reported), killed with its whole tree (``kill`` names the reason), or
+        already gone (``died``). ``result_for(running, duration_s)`` builds the
+        result; None writes nothing (a lost claim is not ours to write).
+        """
+        if died:
+            running = child.died()
+        elif kill is not None:
+            running = child.kill(kill)
+        else:
+            running = child.release()
+        if running is None:
+            return
+        result = result_for(running, self._clock() - running.started)
+        if result is not None:
+            self._link.submit(result)
+        if kill is None and not died:
+            self._pool.after_task(child)
+
+    # ------------------------------------------------------------ what children say
+
+    def on_readable(self, child: Child) -> None:
+        try:
+            messages, closed = child.receive()
+        except ProtocolError as exc:
+            logger.error(
+                "child sent a malformed message; killing it", pid=child.pid, error=str(exc)
+            )
+            error = f"child sent a malformed message: {exc}"
+            self.settle(child, self._failed(Failure.PANIC, error), kill=Failure.PANIC.value)
+            return
+        for message in messages:
+            self.on_message(child, message)
+        if closed:
+            self._pool.close_socket(child)
+
+    def on_message(self, child: Child, message: Message) -> None:
+        if isinstance(message, ReadyMessage):
+            self._pool.on_ready(child)
+            self.dispatch_backlog()
+            return
+        if child.killed_by_parent:
+            return  # its attempt was settled when it was killed; what it still says is moot
+        running = child.running
+        if running is None or getattr(message, "id", None) != running.claim.id:
+            logger.warning("child reported on a task it does not hold; ignored", pid=child.pid)
+            return
+        if isinstance(message, ProgressMessage):
+            running.pct = message.pct
+            self._link.progress(running.claim, message.pct)
+        elif isinstance(message, DoneMessage):
+            self.settle(child, lambda r, seconds: completion(r.claim, seconds))
+            self.dispatch_backlog()
+        elif isinstance(message, ErrorMessage):
+            self.settle(child, self._errored(message))
+            self.dispatch_backlog()
+
+    def _errored(self, message: ErrorMessage) -> ResultFor:
+        def result_for(running: Running, duration_s: float) -> PendingResult:
+            claim = running.claim
+            import_failed = message.permanent and not message.traceback
+            return PendingResult(
+                claim=claim,
+                decision=decide_error(
+                    attempt=claim.attempt,
+                    max_attempts=claim.max_attempts,
+                    permanent=message.permanent,
+                    backoff=self._backoff,
+                ),
+                error=handler_error(message.message, message.traceback),
+                summary="handler could not be imported"
+                if import_failed
+                else exception_type(message.message),
+                duration_s=duration_s,
+                progress_pct=running.pct,
+            )
+
+        return result_for
+
+    @staticmethod
+    def _failed(failure: Failure, error: str) -> ResultFor:
+        def result_for(running: Running, duration_s: float) -> PendingResult:
+            return failure_result(running.claim, failure, error, duration_s, running.pct)
+
+        return result_for
+
+    def on_exit(self, child: Child) -> None:
+        """The child's pidfd fired: read its last words, reap it, settle a panic, refill."""
+        if child.sock.fileno() >= 0:
+            # Messages written just before the exit are still in the socket: read them first.
+            with contextlib.suppress(ProtocolError):
+                messages, _ = child.receive()
+                for message in messages:
+                    self.on_message(child, message)
+        status = child.reap()
+        if status is None:
+            return
+        if child.running is not None and not child.killed_by_parent:
+            error = panic_error(status.describe(), child.read_dump())
+            child.exit_reason = Failure.PANIC.value
+            self.settle(child, self._failed(Failure.PANIC, error), died=True)
+        self._pool.on_exit(child, status)
+
+    # ------------------------------------------------------------ time
+
+    def next_due(self) -> float | None:
+        due = [
+            r.deadline if r.stack_requested else r.stack_at
+            for r in (c.running for c in self._pool.busy())
+            if r is not None
+        ]
+        return min(due, default=None)
+
+    def enforce_deadlines(self, now: float) -> None:
+        for child in self._pool.busy():
+            running = child.running
+            if running is None:
+                continue
+            if not running.stack_requested and now >= running.stack_at:
+                running.stack_requested = True
+                child.request_stack()
+            if now >= running.deadline:
+                error = timeout_error(running.deadline - running.started, child.read_dump())
+                self._telemetry.deadline_kill(running.claim, child.pid)
+                self.settle(child, self._failed(Failure.TIMEOUT, error), kill=Failure.TIMEOUT.value)
+
+    # ------------------------------------------------------------ claims lost, drain
+
+    def leases_lost(self, ids: frozenset[int]) -> None:
+        """A claim no longer ours is someone else's now: kill its child, write nothing."""
+        for child in self._pool.busy():
+            running = child.running
+            if running is not None and running.claim.id in ids:
+
+                def lost(r: Running, seconds: float) -> None:
+                    self._telemetry.claim_lost(r.claim, seconds)
+
+                self.settle(child, lost, kill="lost")
+        kept = [(c, at) for c, at in self.backlog if c.id not in ids]
+        self.backlog = collections.deque(kept)
+
+    def abandon_all(self) -> None:
+        """Drain time is up: kill what still runs and put those tasks back, attempt refunded."""
+        self.refund_backlog()
+        for child in list(self._pool.children.values()):
+            self.settle(child, lambda r, seconds: refund(r.claim, seconds), kill=child.exit_reason)

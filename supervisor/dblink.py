@@ -1,0 +1,521 @@
+"""The database link: the one part of the parent that talks to the database, on its own thread.
+
+The loop must never wait on the database: a statement can hang for the
+driver's read timeout, and the loop is what kills children at their
+deadlines. So the loop only *hands* the link what it wants done and *learns*
+what happened through events, announced by a byte on :meth:`DatabaseLink.fileno`,
+which sits in the loop's selector beside the children's sockets.
+
+The loop hands over
+
+* results (:meth:`submit`): outcomes to write, fenced by owner and attempt;
+* progress (:meth:`progress`): the latest value per task, written at most
+  once a second per task;
+* a claim need (:meth:`want`): how many tasks the idle children could take.
+
+The link's thread turns (:meth:`turn`) whenever something is due. Whatever
+arrived while one round trip was in flight goes together in the next one
+(group commit): held completions ride with the next claim in one
+transaction. Lease renewal comes first in every turn, so a stream of full
+claims never starves it. When the database fails, the link keeps what it
+holds, backs off (doubling, jittered, capped at half a heartbeat so leases
+outlive short outages) and renews the leases at first contact.
+
+Claims and the loop: a claim answers a need the loop stated after it had
+seen every earlier claim (``seen``), so the link never claims twice for the
+same idle child.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+
+from supervisor.dsn import Dsn
+from supervisor.errors import StoreError
+from supervisor.health import Health
+from supervisor.lifecycle import Status, doubling_delay
+from supervisor.records import Claim, SupervisorInfo
+from supervisor.results import PendingResult
+from supervisor.store import Store, open_store
+
+PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
+HOUSEKEEPING_INTERVAL_S = 5.0
+HOUSEKEEPING_BATCH = 500
+SAMPLE_INTERVAL_S = 5.0  # queue depth: sampled, not read per scrape
+FORGET_DEAD_SUPERVISORS_S = 86400.0  # registry entries of dead supervisors, kept a day
+DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
+
+
+# ---------------------------------------------------------------- events, link -> loop
+
+
+@attrs.frozen(kw_only=True)
+class Claimed:
+    """New claims. ``claimed_at`` (loop clock) was read before the round trip, which eats budget."""
+
+    claims: tuple[Claim, ...]
+    claimed_at: float
+    seconds: float
+    generation: int
+
+
+@attrs.frozen(kw_only=True)
+class Recorded:
+    """A result was written; ``won`` is False when its fence lost (the claim was not ours)."""
+
+    result: PendingResult
+    won: bool
+
+
+@attrs.frozen(kw_only=True)
+class LeasesLost:
+    """Claims the heartbeat could not renew: rescued elsewhere or cancelled."""
+
+    ids: frozenset[int]
+
+
+@attrs.frozen(kw_only=True)
+class Swept:
+    """What housekeeping did: expired queued tasks and lost leases by type, requeued rescues."""
+
+    expired: dict[str, int]
+    lost: dict[str, int]
+    requeued: int
+
+
+@attrs.frozen(kw_only=True)
+class DepthSampled:
+    """Live tasks by ``(type, status, count)``."""
+
+    counts: tuple[tuple[str, str, int], ...]
+
+
+@attrs.frozen(kw_only=True)
+class DbFailed:
+    error: str
+    retry_in_s: float
+    held: int
+
+
+@attrs.frozen(kw_only=True)
+class DbBack:
+    after_failures: int
+
+
+@attrs.frozen(kw_only=True)
+class NotRecorded:
+    """At exit, a result the database did not take; its task will be rescued by lease."""
+
+    result: PendingResult
+
+
+LinkEvent = Claimed | Recorded | LeasesLost | Swept | DepthSampled | DbFailed | DbBack | NotRecorded
+
+
+# ---------------------------------------------------------------- the link
+
+
+class DatabaseLink:
+    """Owns the store; lives on its own thread (or is turned by hand in unit tests)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owner: str,
+        info: Callable[[], SupervisorInfo],
+        lease_s: float,
+        poll_interval_s: float,
+        health: Health | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.owner = owner
+        self._store = store
+        self._info = info
+        self._lease_s = lease_s
+        self._heartbeat_s = lease_s / 3
+        self._poll_interval_s = poll_interval_s
+        self._health = health
+        self._clock = clock
+        # Shared with the loop, under the lock.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._inbox: list[PendingResult] = []
+        self._progress: dict[int, tuple[Claim, int]] = {}
+        self._need = 0
+        self._seen = 0
+        self._types: tuple[str, ...] = ()
+        self._stopping = False
+        self._events: collections.deque[LinkEvent] = collections.deque()
+        self._notify_r, self._notify_w = os.pipe()
+        os.set_blocking(self._notify_r, False)
+        os.set_blocking(self._notify_w, False)
+        # The link's own state: touched only by whoever turns it.
+        self._held: list[PendingResult] = []
+        self._leased: dict[int, Claim] = {}
+        self._progress_written: dict[int, float] = {}
+        self._generation = 0
+        now = clock()
+        self._next_heartbeat = now
+        self._next_housekeeping = now
+        self._next_sample = now
+        self._next_poll = now
+        self._retry_at = now
+        self._failures = 0
+        self._migrated = False
+        self._ran_dry = False
+        self._thread: threading.Thread | None = None
+        self._posted = False
+
+    # ------------------------------------------------------------ the loop's side
+
+    def fileno(self) -> int:
+        """Readable when events wait in :meth:`take_events`."""
+        return self._notify_r
+
+    def submit(self, result: PendingResult) -> None:
+        with self._lock:
+            self._inbox.append(result)
+            self._progress.pop(result.claim.id, None)  # the result carries its own last progress
+            self._wake.notify()
+
+    def progress(self, claim: Claim, pct: int) -> None:
+        with self._lock:
+            self._progress[claim.id] = (claim, pct)
+            self._wake.notify()
+
+    def want(self, need: int, *, seen: int) -> None:
+        """The idle children could take ``need`` tasks, counting every claim up to ``seen``."""
+        with self._lock:
+            if (need, seen) != (self._need, self._seen):
+                self._need, self._seen = need, seen
+                self._wake.notify()
+
+    def set_types(self, types: Iterable[str]) -> None:
+        with self._lock:
+            self._types = tuple(sorted(types))
+            self._wake.notify()
+
+    def take_events(self) -> list[LinkEvent]:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._notify_r, 4096):
+                pass
+        events = []
+        while self._events:
+            events.append(self._events.popleft())
+        return events
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="database-link", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float) -> bool:
+        """Write what is held in one last try, deregister, and stop; True if all was written.
+
+        A drain must end even when the database hangs: after ``timeout_s`` the
+        loop stops waiting, and whatever is still held is reported as not
+        recorded (its tasks are rescued by lease elsewhere).
+        """
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is None:
+            self.final_flush()
+        else:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                for result in [*self._held, *self._inbox]:
+                    self._post(NotRecorded(result=result))
+                self._announce()
+                return False
+        with contextlib.suppress(OSError):
+            os.close(self._notify_w)
+        return not self._held
+
+    def release_fd(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._notify_r)
+
+    @property
+    def held(self) -> int:
+        """Results waiting to be written (for logs and tests)."""
+        with self._lock:
+            return len(self._held) + len(self._inbox)
+
+    # ------------------------------------------------------------ the link's side
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping:
+                    now = self._clock()
+                    due = self._next_due_locked(now)
+                    if due <= now:
+                        break
+                    self._wake.wait(due - now)
+                stopping = self._stopping
+            if stopping:
+                self.final_flush()
+                return
+            self.turn()
+
+    def next_due(self) -> float:
+        """When the link next has something to do (for tests that turn it by hand)."""
+        with self._lock:
+            return self._next_due_locked(self._clock())
+
+    def _next_due_locked(self, now: float) -> float:
+        if now < self._retry_at:
+            return self._retry_at
+        due = [self._next_heartbeat, self._next_housekeeping, self._next_sample]
+        if self._inbox or self._held:
+            due.append(now)
+        if self._claim_wanted_locked():
+            due.append(self._next_poll)
+        for claim_id in self._progress:
+            due.append(
+                self._progress_written.get(claim_id, -PROGRESS_INTERVAL_S) + PROGRESS_INTERVAL_S
+            )
+        return min(due)
+
+    def _claim_wanted_locked(self) -> bool:
+        return (
+            self._need > 0
+            and self._seen == self._generation
+            and bool(self._types)
+            and not self._stopping
+        )
+
+    def turn(self) -> None:
+        """One round: renew, write what is held, claim what is wanted, keep house."""
+        now = self._clock()
+        if now < self._retry_at:
+            return
+        with self._lock:
+            self._held.extend(self._inbox)
+            self._inbox.clear()
+            progress = self._due_progress_locked(now)
+            need = self._need if self._claim_wanted_locked() else 0
+            types = self._types
+        try:
+            if not self._migrated:
+                self._store.migrate()
+                self._migrated = True
+            if now >= self._next_heartbeat:
+                self._heartbeat(now)
+            self._write_progress(progress, now)
+            self._write_others()
+            if need and now >= self._next_poll:
+                self._complete_and_claim(now, need, types)
+            elif any(r.is_completion for r in self._held):
+                self._complete()
+            if now >= self._next_housekeeping:
+                self._sweep(now)
+            if now >= self._next_sample:
+                self._sample(now)
+        except StoreError as exc:
+            self._failed(exc, progress)
+        else:
+            self._answered()
+        self._announce()
+
+    def _due_progress_locked(self, now: float) -> list[tuple[Claim, int]]:
+        due = []
+        for claim_id, (claim, pct) in list(self._progress.items()):
+            last = self._progress_written.get(claim_id, -PROGRESS_INTERVAL_S)
+            if now >= last + PROGRESS_INTERVAL_S:
+                due.append((claim, pct))
+                del self._progress[claim_id]
+        return due
+
+    def _heartbeat(self, now: float) -> None:
+        """Renew our leases and registry entry; claims not renewed are someone else's now."""
+        self._next_heartbeat = now + self._heartbeat_s
+        self._store.register(self._info(), ttl_s=self._lease_s)
+        claims = list(self._leased.values())
+        if not claims:
+            return
+        held = self._store.renew_leases(self.owner, claims, self._lease_s)
+        lost = frozenset(c.id for c in claims if c.id not in held)
+        for claim_id in lost:
+            self._leased.pop(claim_id, None)
+        if lost:
+            self._post(LeasesLost(ids=lost))
+
+    def _write_progress(self, progress: list[tuple[Claim, int]], now: float) -> None:
+        for index, (claim, pct) in enumerate(progress):
+            try:
+                self._store.progress(claim, pct)
+            except StoreError:
+                with self._lock:  # keep what was not written, unless a newer value came
+                    for later_claim, later_pct in progress[index:]:
+                        self._progress.setdefault(later_claim.id, (later_claim, later_pct))
+                raise
+            self._progress_written[claim.id] = now
+
+    def _write_others(self) -> None:
+        """Failures, retries and refunds: one fenced statement each."""
+        for result in [r for r in self._held if not r.is_completion]:
+            won = write_one(self._store, result)
+            self._recorded(result, won)
+
+    def _complete(self) -> None:
+        done = [r for r in self._held if r.is_completion]
+        won = self._store.complete_many([r.claim for r in done])
+        for result in done:
+            self._recorded(result, result.claim.id in won)
+
+    def _complete_and_claim(self, now: float, need: int, types: Sequence[str]) -> None:
+        """Held completions and the next claim in one transaction (one commit for both).
+
+        After a claim came back short (the queue ran dry), polls first take one
+        cheap non-locking look, and open a claim transaction only on a hit.
+        """
+        done = [r for r in self._held if r.is_completion]
+        if self._ran_dry and not self._store.has_claimable(types):
+            self._next_poll = now + self._poll_interval_s
+            if done:
+                self._complete()
+            return
+        claimed_at = self._clock()
+        started = time.perf_counter()
+        won, claims = self._store.complete_and_claim(
+            [r.claim for r in done], self.owner, types, need, self._lease_s
+        )
+        seconds = time.perf_counter() - started
+        for result in done:
+            self._recorded(result, result.claim.id in won)
+        full = len(claims) >= need
+        self._ran_dry = not full
+        self._next_poll = now if full else now + self._poll_interval_s
+        if claims:
+            for claim in claims:
+                self._leased[claim.id] = claim
+            with self._lock:
+                self._generation += 1
+                generation = self._generation
+            self._post(
+                Claimed(
+                    claims=tuple(claims),
+                    claimed_at=claimed_at,
+                    seconds=seconds,
+                    generation=generation,
+                )
+            )
+
+    def _sweep(self, now: float) -> None:
+        """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
+        self._next_housekeeping = now + min(HOUSEKEEPING_INTERVAL_S, self._heartbeat_s)
+        expired = self._store.expire_overdue(HOUSEKEEPING_BATCH)
+        rescued = self._store.rescue_expired(HOUSEKEEPING_BATCH)
+        self._store.forget_supervisors(FORGET_DEAD_SUPERVISORS_S)
+        if expired or rescued.lost or rescued.requeued:
+            self._post(Swept(expired=expired, lost=rescued.lost, requeued=rescued.requeued))
+
+    def _sample(self, now: float) -> None:
+        self._next_sample = now + SAMPLE_INTERVAL_S
+        counts = self._store.counts(live_only=True)
+        self._post(DepthSampled(counts=tuple((c.type, c.status.value, c.count) for c in counts)))
+
+    def _recorded(self, result: PendingResult, won: bool) -> None:
+        self._held.remove(result)
+        self._leased.pop(result.claim.id, None)
+        self._progress_written.pop(result.claim.id, None)
+        self._post(Recorded(result=result, won=won))
+
+    def _failed(self, exc: StoreError, progress: list[tuple[Claim, int]]) -> None:
+        """Back off (capped at half a heartbeat, so leases survive), and renew at first contact."""
+        self._failures += 1
+        cap = min(DB_RETRY_MAX_S, self._heartbeat_s / 2)
+        delay = doubling_delay(self._failures, minimum=DB_RETRY_MIN_S, maximum=cap)
+        delay *= random.uniform(0.5, 1.0)
+        now = self._clock()
+        self._retry_at = now + delay
+        self._next_heartbeat = min(self._next_heartbeat, now)
+        self._post(DbFailed(error=str(exc), retry_in_s=delay, held=len(self._held)))
+
+    def _answered(self) -> None:
+        if self._health is not None:
+            self._health.db_ok_at = time.monotonic()
+        if self._failures:
+            self._post(DbBack(after_failures=self._failures))
+        self._failures = 0
+
+    def final_flush(self) -> None:
+        """One try at writing everything held, then deregister; the rest is not recorded."""
+        with self._lock:
+            self._held.extend(self._inbox)
+            self._inbox.clear()
+        try:
+            answered = False
+            if self._held:
+                self._write_others()
+                if self._held:
+                    self._complete()
+                answered = True
+            if answered or self._failures == 0:
+                self._store.deregister(self.owner)
+        except StoreError:
+            pass
+        for result in list(self._held):
+            self._post(NotRecorded(result=result))
+        with contextlib.suppress(StoreError):
+            self._store.close()
+        self._announce()
+
+    def _post(self, event: LinkEvent) -> None:
+        self._events.append(event)
+        self._posted = True
+
+    def _announce(self) -> None:
+        """One byte on the notify pipe wakes the loop for everything posted this turn."""
+        if self._posted:
+            self._posted = False
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._notify_w, b"!")
+
+
+def open_link(
+    dsn: Dsn,
+    *,
+    owner: str,
+    info: Callable[[], SupervisorInfo],
+    lease_s: float,
+    poll_interval_s: float,
+    health: Health | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> DatabaseLink:
+    """A link to the database ``dsn`` names; it connects on its own thread, on first use."""
+    return DatabaseLink(
+        open_store(dsn),
+        owner=owner,
+        info=info,
+        lease_s=lease_s,
+        poll_interval_s=poll_interval_s,
+        health=health,
+        clock=clock,
+    )
+
+
+def write_one(store: Store, result: PendingResult) -> bool:
+    """One fenced write for an outcome that is not a plain completion."""
+    claim, decision = result.claim, result.decision
+    if result.refund:
+        return store.refund(claim)
+    if result.progress_pct is not None and decision.status is not Status.COMPLETED:
+        store.progress(claim, result.progress_pct)
+    if decision.status is Status.QUEUED:
+        assert decision.retry_in_s is not None
+        return store.requeue(claim, decision.retry_in_s, result.error)
+    if decision.status is Status.COMPLETED:
+        return store.complete(claim)
+    assert decision.failure is not None
+    return store.fail(claim, decision.failure, result.error)

@@ -1,0 +1,142 @@
+"""The handler import check: which handler files fail to import, learned without importing them.
+
+The parent never imports handler code. A throwaway ``supervisor.child --check``
+process imports each file and prints a JSON report; the loop watches its
+output in the selector and reports broken handlers loudly (their tasks fail
+with the import error when they run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+
+class ImportCheck:
+    """A ``supervisor.child --check`` run in the background: which handler files fail to import.
+
+    Importing handlers can take seconds (or hang), so the parent never waits
+    for it: it watches :meth:`fileno` in its one ``wait()``, calls :meth:`read`
+    when it is readable, and takes the :meth:`report` once the output ends or
+    the check's deadline passes. The check runs in its own process group so that
+    whatever a handler starts at import time goes down with it.
+    """
+
+    def __init__(
+        self, handlers: Mapping[str, Path], env: Mapping[str, str], timeout_s: float
+    ) -> None:
+        args = [f"{task_type}={path}" for task_type, path in sorted(handlers.items())]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.child", "--check", *args],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
+        )
+        assert self.process.stdout is not None
+        self._stdout = self.process.stdout
+        os.set_blocking(self._stdout.fileno(), False)
+        self.deadline = time.monotonic() + timeout_s
+        self._output = bytearray()
+
+    def fileno(self) -> int:
+        return self._stdout.fileno()
+
+    def read(self) -> bool:
+        """Take what the check has written so far; True once its output has ended."""
+        try:
+            data = os.read(self.fileno(), 1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        self._output += data
+        return not data
+
+    def report(self, *, timed_out: bool = False) -> dict[str, str | None]:
+        """``{type: import error or None}``; ends the check (and whatever it started) first."""
+        self.close()
+        try:
+            report: dict[str, str | None] = json.loads(self._output.splitlines()[-1])
+        except (IndexError, ValueError):
+            why = "it ran out of time" if timed_out else f"exit status {self.process.returncode}"
+            return {"*": f"the handler import check did not finish cleanly ({why})"}
+        return report
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._stdout.close()
+
+
+IMPORT_CHECK_TIMEOUT_S = 60.0
+
+
+class ImportWatch:
+    """The loop's side of the check: start it, read it from the selector, report, loudly.
+
+    Imports may be slow or hang: the check runs beside the loop, which never
+    waits for it. It runs without multiprocess metrics: a handler that creates
+    metrics at import would leave value files named after this throwaway
+    process (more on every reload), live gauges never marked dead.
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        env: Mapping[str, str],
+        report: Callable[[str, str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._selector = selector
+        self._env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        self._report = report
+        self._clock = clock
+        self._check: ImportCheck | None = None
+
+    def start(self, handlers: Mapping[str, Path]) -> None:
+        self.close()
+        if handlers:
+            self._check = ImportCheck(handlers, self._env, IMPORT_CHECK_TIMEOUT_S)
+            self._selector.register(self._check.fileno(), selectors.EVENT_READ, ("check", None))
+
+    @property
+    def pid(self) -> int | None:
+        return self._check.process.pid if self._check is not None else None
+
+    def next_due(self) -> float | None:
+        return self._check.deadline if self._check is not None else None
+
+    def on_readable(self) -> None:
+        if self._check is not None and self._check.read():
+            self._finish(timed_out=False)
+
+    def check_deadline(self, now: float) -> None:
+        if self._check is not None and now >= self._check.deadline:
+            self._finish(timed_out=True)
+
+    def _finish(self, *, timed_out: bool) -> None:
+        assert self._check is not None
+        self._selector.unregister(self._check.fileno())
+        found = self._check.report(timed_out=timed_out)
+        self._check = None
+        for task_type, problem in found.items():
+            if problem:
+                self._report(task_type, problem)
+
+    def close(self) -> None:
+        if self._check is not None:
+            self._selector.unregister(self._check.fileno())
+            self._check.close()
+            self._check = None

@@ -1,0 +1,179 @@
+"""The pool of children: how many there are, which slot each fills, when one is started or retired.
+
+Policy only; the process work is :class:`~supervisor.workers.Child`'s. Each
+child fills a numbered *slot* (its metrics files are named after it, which
+keeps their number bounded). A slot whose child exited is refilled at once,
+unless the child died before it was ever ready: then the slot waits a
+doubling delay, so a child that cannot start is not restarted in a tight
+loop. Scaling (TTIN/TTOU), reload (HUP) and drain retire children gently: a
+busy child finishes its attempt first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import time
+from collections.abc import Callable
+
+from loguru import logger
+
+from supervisor.lifecycle import doubling_delay, should_recycle
+from supervisor.reaping import ExitStatus
+from supervisor.workers import Child, ChildState
+
+SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
+
+Spawner = Callable[[int], Child]
+
+
+class Pool:
+    def __init__(
+        self,
+        *,
+        spawner: Spawner,
+        selector: selectors.BaseSelector,
+        workers: int,
+        max_tasks_per_child: int,
+        on_restart: Callable[[str], None],
+        on_slot_dead: Callable[[int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._spawner = spawner
+        self._selector = selector
+        self._max_tasks_per_child = max_tasks_per_child
+        self._on_restart = on_restart
+        self._on_slot_dead = on_slot_dead
+        self._clock = clock
+        self.target = workers
+        self.children: dict[int, Child] = {}
+        self.draining = False
+        self._spawn_at: dict[int, float] = {}
+        self._spawn_failures: dict[int, int] = {}
+
+    # ------------------------------------------------------------ views
+
+    def idle(self) -> list[Child]:
+        return [c for c in self.children.values() if c.state is ChildState.IDLE]
+
+    def busy(self) -> list[Child]:
+        return [c for c in self.children.values() if c.state is ChildState.BUSY]
+
+    def pids(self) -> set[int]:
+        return {c.pid for c in self.children.values()}
+
+    def next_due(self) -> float | None:
+        return min(self._spawn_at.values(), default=None)
+
+    # ------------------------------------------------------------ starting
+
+    def start(self) -> None:
+        for slot in range(self.target):
+            self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        self._spawn_at.pop(slot, None)
+        try:
+            child = self._spawner(slot)
+        except OSError as exc:
+            logger.error("cannot start a child", slot=slot, error=str(exc))
+            self._retry_later(slot)
+            return
+        self.children[slot] = child
+        self._selector.register(child.sock, selectors.EVENT_READ, ("socket", child))
+        self._selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+
+    def _retry_later(self, slot: int) -> None:
+        failures = self._spawn_failures.get(slot, 0) + 1
+        self._spawn_failures[slot] = failures
+        delay = doubling_delay(failures, minimum=SPAWN_RETRY_MIN_S, maximum=SPAWN_RETRY_MAX_S)
+        logger.warning("child failed at start-up; retrying later", slot=slot, delay_s=delay)
+        self._spawn_at[slot] = self._clock() + delay
+
+    def respawn_due(self, now: float) -> None:
+        for slot, when in list(self._spawn_at.items()):
+            if when <= now and slot not in self.children:
+                self._spawn(slot)
+
+    def on_ready(self, child: Child) -> None:
+        self._spawn_failures.pop(child.slot, None)
+        if child.ready() and (self.draining or child.slot >= self.target):
+            child.retire(child.exit_reason)
+
+    # ------------------------------------------------------------ after a task, after an exit
+
+    def after_task(self, child: Child) -> None:
+        """The child is idle again: keep it, or let it go (recycling, reload, scaling, drain)."""
+        if should_recycle(child.tasks_done, self._max_tasks_per_child):
+            child.retire("recycled")
+        elif self.draining or child.retire_when_idle or child.slot >= self.target:
+            child.retire(child.exit_reason)
+
+    def on_exit(self, child: Child, status: ExitStatus) -> None:
+        """The child is reaped: forget it and refill its slot if the slot is still wanted."""
+        if child.state in (ChildState.IDLE, ChildState.STARTING):
+            logger.warning("idle child died; replacing it", pid=child.pid, exit=status.describe())
+        self.forget(child)
+        self._on_slot_dead(child.slot)
+        if child.slot >= self.target or self.draining:
+            return
+        failed_start = not child.saw_ready and not child.killed_by_parent
+        self._on_restart("startup_failed" if failed_start else child.exit_reason)
+        if failed_start:
+            self._retry_later(child.slot)
+        else:
+            self._spawn_failures.pop(child.slot, None)
+            self._spawn(child.slot)
+
+    def forget(self, child: Child) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(child.sock)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(child.pidfd)
+        if self.children.get(child.slot) is child:
+            del self.children[child.slot]
+        child.close()
+
+    def close_socket(self, child: Child) -> None:
+        """The child closed its end: stop watching it (its exit comes through the pidfd)."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(child.sock)
+
+    # ------------------------------------------------------------ operator actions
+
+    def drain(self) -> None:
+        """No new work: idle and starting children stop now, busy ones after their attempt."""
+        self.draining = True
+        self._spawn_at.clear()
+        for child in list(self.children.values()):
+            if child.state in (ChildState.IDLE, ChildState.STARTING):
+                child.retire(child.exit_reason)
+
+    def reload(self) -> None:
+        """Replace every child, each as soon as it is idle (running tasks finish first)."""
+        for child in list(self.children.values()):
+            child.retire("reload")
+
+    def grow(self) -> None:
+        self.target += 1
+        slot = self.target - 1
+        current = self.children.get(slot)
+        if current is None:
+            self._spawn(slot)
+        else:
+            current.retire_when_idle = False
+
+    def shrink(self) -> bool:
+        if self.target <= 1:
+            return False
+        self.target -= 1
+        self._spawn_at.pop(self.target, None)
+        child = self.children.get(self.target)
+        if child is not None:
+            child.retire(child.exit_reason)
+        return True
+
+    def kill_all(self) -> None:
+        for child in list(self.children.values()):
+            child.kill_tree()
+            self.forget(child)

@@ -1,0 +1,42 @@
+"""Records that cross the line between the database link and the rest of the parent.
+
+They live apart from :mod:`supervisor.store` so that the parent's rooms can
+hold a claim without importing the store: only the database link does.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """One attempt this supervisor owns: the fence (id, owner, attempt) plus what the child needs.
+
+    ``remaining_s`` is the budget left as measured by the database clock when
+    the claim was made, so hosts with skewed clocks agree on deadlines.
+    """
+
+    id: int
+    type: str
+    options: str | None = attrs.field(repr=False)
+    attempt: int
+    max_attempts: int
+    owner: str
+    remaining_s: float
+
+
+@attrs.frozen(kw_only=True)
+class SupervisorInfo:
+    """A supervisor's entry in the registry, so ``claimed_by`` can be traced to a process."""
+
+    id: str
+    host: str
+    pid: int
+    workers: int
+    version: str
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    alive: bool = True

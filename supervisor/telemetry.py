@@ -1,0 +1,163 @@
+"""Telemetry: what the parent tells operators, as metrics and log lines, in one place.
+
+The rooms say what happened (a result was recorded, a claim was lost, the
+database failed); this module decides which counters move and which fields a
+log line carries. Log lines use keyword fields rather than ``bind()`` on the
+per-task path. Task options never appear: a handler's error is logged by
+exception type only (its message may quote the options; the whole text is in
+the row's ``last_error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable
+from typing import Any
+
+import psutil
+from loguru import logger
+
+from supervisor import metrics
+from supervisor.dblink import Claimed, DbBack, DbFailed, DepthSampled, Swept
+from supervisor.lifecycle import Outcome
+from supervisor.records import Claim
+from supervisor.results import PendingResult
+
+# The parent logs this when it kills a child at its deadline; the benchmark times kills by it.
+DEADLINE_KILL_MESSAGE = "deadline reached; killing the child's tree"
+
+
+def task_fields(claim: Claim) -> dict[str, Any]:
+    return {"task_id": claim.id, "type": claim.type, "attempt": claim.attempt}
+
+
+class Telemetry:
+    def __init__(self, handled_types: Callable[[], Container[str]], owner: str) -> None:
+        self.metrics = metrics.Metrics(handled_types)
+        self.log = logger.bind(owner=owner)
+
+    # ------------------------------------------------------------ attempts
+
+    def recorded(self, result: PendingResult, won: bool) -> None:
+        claim = result.claim
+        outcome = result.decision.outcome
+        fields = {**task_fields(claim), "duration_s": round(result.duration_s, 4)}
+        if result.refund:
+            self.log.info(
+                "task put back to queued (attempt refunded)" if won else "refund lost its claim",
+                **fields,
+                outcome="refunded",
+                won=won,
+            )
+            return
+        self.metrics.observe_outcome(
+            claim.type, outcome.value if won else Outcome.LOST.value, result.duration_s
+        )
+        if not won:
+            self.log.warning(
+                "result discarded: the claim was lost (rescued or cancelled elsewhere)",
+                **fields,
+                outcome=Outcome.LOST.value,
+                would_have_been=outcome.value,
+            )
+        elif outcome is Outcome.COMPLETED:
+            self.log.info("task completed", **fields, outcome=outcome.value)
+        elif outcome is Outcome.RETRIED:
+            self.log.warning(
+                "task failed; retrying",
+                **fields,
+                outcome=outcome.value,
+                retry_in_s=result.decision.retry_in_s,
+                error=result.summary,
+            )
+        else:
+            self.log.error(
+                "task failed",
+                **fields,
+                outcome=outcome.value,
+                failure=outcome.value,
+                error=result.summary,
+            )
+
+    def not_recorded(self, result: PendingResult) -> None:
+        self.log.error(
+            "result not recorded (database unavailable); the task will be rescued when "
+            "its lease expires",
+            **task_fields(result.claim),
+            would_have_been=result.decision.outcome.value,
+        )
+
+    def claim_lost(self, claim: Claim, duration_s: float) -> None:
+        self.log.warning(
+            "claim lost (lease expired and rescued, or cancelled); killing the child",
+            **task_fields(claim),
+            outcome=Outcome.LOST.value,
+        )
+        self.metrics.observe_outcome(claim.type, Outcome.LOST.value, duration_s)
+
+    def deadline_kill(self, claim: Claim, pid: int) -> None:
+        self.log.warning(DEADLINE_KILL_MESSAGE, **task_fields(claim), pid=pid)
+
+    def dispatched(self, claim: Claim, pid: int) -> None:
+        self.log.debug("task dispatched", **task_fields(claim), pid=pid)
+
+    # ------------------------------------------------------------ the database link
+
+    def claimed(self, event: Claimed) -> None:
+        self.metrics.observe_claims((c.type for c in event.claims), event.seconds)
+
+    def swept(self, event: Swept) -> None:
+        for task_type, count in event.expired.items():
+            self.log.warning(
+                "expired queued tasks whose deadline passed before dispatch",
+                type=task_type,
+                outcome=Outcome.EXPIRED.value,
+                count=count,
+            )
+            self.metrics.observe_outcome(task_type, Outcome.EXPIRED.value, None, count)
+        for task_type, count in event.lost.items():
+            self.log.warning(
+                "failed tasks whose lease ran out on their last attempt",
+                type=task_type,
+                outcome=Outcome.LOST.value,
+                count=count,
+            )
+            self.metrics.observe_outcome(task_type, Outcome.LOST.value, None, count)
+        if event.requeued:
+            self.log.warning(
+                "rescued tasks whose lease ran out; back to queued", count=event.requeued
+            )
+
+    def depth(self, event: DepthSampled) -> None:
+        self.metrics.set_queue_depth(event.counts)
+
+    def db_failed(self, event: DbFailed) -> None:
+        self.metrics.db_errors.inc()
+        self.log.error(
+            "database error; holding results and retrying",
+            error=event.error,
+            retry_in_s=round(event.retry_in_s, 2),
+            held=event.held,
+        )
+
+    def db_back(self, event: DbBack) -> None:
+        self.log.info("database is back", after_failures=event.after_failures)
+
+    # ------------------------------------------------------------ the pool
+
+    def restart(self, reason: str) -> None:
+        self.metrics.restarts.labels(reason=reason).inc()
+
+    def publish(self, *, workers: int, busy: int) -> None:
+        """Gauges after every turn of the loop (each is a store into a mmap)."""
+        self.metrics.in_flight.set(busy)
+        self.metrics.busy.set(busy)
+        self.metrics.workers.set(workers)
+
+    def sample_rss(self, pids_by_slot: Iterable[tuple[int, int]]) -> None:
+        rss = {}
+        for slot, pid in pids_by_slot:
+            try:
+                rss[slot] = psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        self.metrics.set_child_rss(rss)
