@@ -1,5 +1,10 @@
 """Shared fixtures: a fresh database per test, on SQLite and on MariaDB/MySQL.
 
+``dsn`` (and ``sql_store``, a migrated store on it) runs a test once per SQL
+backend; the end-to-end tests hand the same ``dsn`` to the real CLI in
+subprocesses, so only databases belong here. The store contract suite adds
+the in-memory backend in its own ``store`` fixture (tests/store/test_contract.py).
+
 MySQL tests use the server named by ``SUPERVISOR_TEST_MYSQL_DSN`` (default
 ``mysql://root@127.0.0.1:3306/test``); each test gets its own throwaway
 database, dropped afterwards. When the server cannot be reached they are
@@ -9,6 +14,7 @@ they fail, so CI can never pass by silently skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -80,9 +86,25 @@ def dsn(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(name))
 
 
-@pytest.fixture
-def store(dsn: str) -> Iterator[Store]:
+@contextlib.contextmanager
+def migrated_store(dsn: str) -> Iterator[Store]:
+    """A store on ``dsn`` with its tables created, closed afterwards."""
     store = open_store(parse_dsn(dsn))
     store.migrate()
-    yield store
-    store.close()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def sql_store(dsn: str) -> Iterator[Store]:
+    """A fresh store on each SQL backend: for tests that also reach the database with SQL."""
+    with migrated_store(dsn) as store:
+        yield store
+
+
+@pytest.fixture
+def store(sql_store: Store) -> Store:
+    """The store on the same database as ``dsn`` (what the end-to-end tests' CLI runs on)."""
+    return sql_store

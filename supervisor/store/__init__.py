@@ -1,4 +1,8 @@
-"""Task storage: one interface (:class:`Store`), an SQLite and a MySQL/MariaDB backend."""
+"""Task storage: one interface (:class:`Store`), an SQLite and a MySQL/MariaDB backend.
+
+:class:`MemoryStore` keeps the same contract in plain Python objects, for unit
+tests of the supervisor's loop; it imports no database driver.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from supervisor.store.base import (
     TaskRow,
     Transition,
 )
+from supervisor.store.memory import ManualClock, MemoryStore
 
 
 def open_store(dsn: Dsn) -> Store:
@@ -29,6 +34,8 @@ def open_store(dsn: Dsn) -> Store:
 
 __all__ = [
     "Claim",
+    "ManualClock",
+    "MemoryStore",
     "NewTask",
     "Rescued",
     "StatusCount",

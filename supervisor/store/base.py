@@ -104,7 +104,11 @@ class Rescued:
 
 
 class Store(abc.ABC):
-    """One interface, two backends (SQLite embedded, MySQL/MariaDB for fleets)."""
+    """One interface, two backends (SQLite embedded, MySQL/MariaDB for fleets), and MemoryStore.
+
+    :class:`~supervisor.store.memory.MemoryStore` keeps the same contract in one
+    process, for unit tests of the loop.
+    """
 
     @abc.abstractmethod
     def migrate(self) -> None:

@@ -1,16 +1,20 @@
-"""The store contract: every operation, run unchanged on SQLite and on MariaDB/MySQL.
+"""The store contract: every operation, run unchanged on SQLite, MariaDB/MySQL and in memory.
 
-Each test states one rule of the task lifecycle and checks it against a real
-database (the ``store`` fixture gives every test a fresh one per backend).
+Each test states one rule of the task lifecycle and checks it against every
+backend (the ``store`` fixture gives every test a fresh one per backend).
 Times are compared with the database clock, never with the test's own clock.
-Leases and budgets are made tiny so that expiry is reached by a short sleep.
+Leases and budgets are made tiny so that expiry is reached by a short wait:
+:func:`elapse` sleeps on a real database and advances the in-memory store's
+injected clock. The few rules that need SQL itself (a plain ``INSERT`` from a
+producer in another language) take ``sql_store``, which covers the SQL
+backends only.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,9 @@ from supervisor.store import (
     Transition,
     open_store,
 )
+from supervisor.store.memory import ManualClock, MemoryStore
 from supervisor.store.sqlite import SqliteStore
+from tests.conftest import migrated_store
 
 LONG_LEASE_S = 60.0
 SHORT_LEASE_S = 0.05
@@ -41,11 +47,38 @@ LEASE_RUN_OUT_S = 0.2  # comfortably longer than SHORT_LEASE_S, with clock granu
 TOLERANCE_S = 2.0  # slack for timestamps taken a few statements apart on a busy machine
 
 
+# --- backends ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql), "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A fresh store per backend: the two SQL databases, and MemoryStore on a manual clock.
+
+    This overrides the shared ``store`` (SQL only, paired with ``dsn`` for the
+    end-to-end tests) for this module: the in-memory backend cannot serve
+    a CLI in another process, but it must keep this contract.
+    """
+    if request.param == "memory":
+        yield MemoryStore(clock=ManualClock())
+        return
+    name = "sqlite_dsn" if request.param == "sqlite" else "mysql_dsn"
+    with migrated_store(str(request.getfixturevalue(name))) as sql:
+        yield sql
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 
+def elapse(store: Store, seconds: float) -> None:
+    """Let ``seconds`` pass on the store's clock: a real wait, or a step of a manual clock."""
+    if isinstance(store, MemoryStore) and isinstance(store.clock, ManualClock):
+        store.clock.advance(seconds)
+    else:
+        time.sleep(seconds)
+
+
 def raw(store: Store, statement: str) -> list[dict[str, Any]]:
-    """Run a literal statement on the store's own connection (autocommit on both backends)."""
+    """Run a literal statement on an SQL store's own connection (autocommit on both backends)."""
     conn: Any = store._connection()  # type: ignore[attr-defined]
     if isinstance(store, SqliteStore):
         return [dict(row) for row in conn.execute(statement).fetchall()]
@@ -56,6 +89,8 @@ def raw(store: Store, statement: str) -> list[dict[str, Any]]:
 
 def db_now(store: Store) -> datetime:
     """The database clock, in the same time zone and form as the stored timestamps."""
+    if isinstance(store, MemoryStore):
+        return store.clock()
     if isinstance(store, SqliteStore):
         text = raw(store, "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now")[0]["now"]
         return datetime.fromisoformat(text)
@@ -111,7 +146,7 @@ class Takeover:
 def take_over(store: Store, new_owner: str) -> Takeover:
     enqueue(store)
     stale = claim_one(store, "A", lease_s=SHORT_LEASE_S)
-    time.sleep(LEASE_RUN_OUT_S)
+    elapse(store, LEASE_RUN_OUT_S)
     assert store.rescue_expired(100) == Rescued(requeued=1)
     current = claim_one(store, new_owner)
     assert current.id == stale.id
@@ -179,7 +214,7 @@ def test_enqueue_with_short_delay_becomes_claimable_once_the_delay_passed(store:
     """run_at is "not before": once reached, the task is claimed like any other."""
     task_id = enqueue(store, delay_s=1.0)
     assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
-    time.sleep(1.2)
+    elapse(store, 1.2)
     assert [c.id for c in store.claim("A", ["t"], 10, LONG_LEASE_S)] == [task_id]
 
 
@@ -214,8 +249,9 @@ def test_enqueue_many_is_all_or_nothing(store: Store) -> None:
     assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
 
 
-def test_plain_sql_insert_is_a_complete_enqueue(store: Store) -> None:
+def test_plain_sql_insert_is_a_complete_enqueue(sql_store: Store) -> None:
     """A producer in any language: INSERT INTO tasks (type, task_options) and nothing else."""
+    store = sql_store
     raw(store, """INSERT INTO tasks (type, task_options) VALUES ('resize', '{"path": "a.png"}')""")
     (task_id,) = [int(r["id"]) for r in raw(store, "SELECT id FROM tasks")]
     task = row(store, task_id)
@@ -291,7 +327,7 @@ def test_claim_never_hands_out_a_running_task_again(store: Store) -> None:
 def test_claim_skips_tasks_whose_deadline_passed(store: Store) -> None:
     """A queued task past its deadline is never started (it waits for expire_overdue)."""
     task_id = enqueue(store, budget_s=0.1)
-    time.sleep(0.3)
+    elapse(store, 0.3)
     assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
     assert row(store, task_id).status is Status.QUEUED
 
@@ -321,7 +357,7 @@ def test_claim_marks_the_row_running_for_its_owner_with_a_lease(store: Store) ->
 def test_claim_returns_the_remaining_budget_by_the_database_clock(store: Store) -> None:
     """remaining_s = deadline_at - database now, at the moment of the claim."""
     task_id = enqueue(store, budget_s=100)
-    time.sleep(0.3)
+    elapse(store, 0.3)
     claim = claim_one(store)
     now = db_now(store)
     by_database = secs(now, row(store, task_id).deadline_at)
@@ -507,7 +543,7 @@ def test_requeued_task_is_claimable_once_its_backoff_passed(store: Store) -> Non
     task_id = enqueue(store)
     assert store.requeue(claim_one(store), 1.0, "boom")
     assert store.claim("A", ["t"], 10, LONG_LEASE_S) == []
-    time.sleep(1.2)
+    elapse(store, 1.2)
     again = claim_one(store, "B")
     assert (again.id, again.attempt) == (task_id, 2)
 
@@ -580,7 +616,7 @@ def test_renew_leases_keeps_a_task_from_being_rescued(store: Store) -> None:
     task_id = enqueue(store)
     claim = claim_one(store, lease_s=SHORT_LEASE_S)
     assert store.renew_leases("A", [claim], LONG_LEASE_S) == {task_id}
-    time.sleep(LEASE_RUN_OUT_S)
+    elapse(store, LEASE_RUN_OUT_S)
     assert store.rescue_expired(100) == Rescued(requeued=0)
     assert store.complete(claim)
 
@@ -588,7 +624,7 @@ def test_renew_leases_keeps_a_task_from_being_rescued(store: Store) -> None:
 def test_rescue_requeues_a_task_whose_lease_ran_out_with_the_attempt_counted(store: Store) -> None:
     task_id = enqueue(store)
     claim_one(store, "host-a", lease_s=SHORT_LEASE_S)
-    time.sleep(LEASE_RUN_OUT_S)
+    elapse(store, LEASE_RUN_OUT_S)
     assert store.rescue_expired(100) == Rescued(requeued=1)
     task = row(store, task_id)
     assert task.status is Status.QUEUED
@@ -602,7 +638,7 @@ def test_rescue_fails_a_task_lost_on_its_last_attempt(store: Store) -> None:
     """A poison pill that keeps killing its supervisor stops at max_attempts."""
     task_id = enqueue(store, max_attempts=1)
     claim_one(store, "host-a", lease_s=SHORT_LEASE_S)
-    time.sleep(LEASE_RUN_OUT_S)
+    elapse(store, LEASE_RUN_OUT_S)
     assert store.rescue_expired(100) == Rescued(requeued=0, lost={"t": 1})
     task = row(store, task_id)
     assert task.status is Status.FAILED
@@ -619,7 +655,7 @@ def test_rescue_leaves_live_leases_and_other_statuses_alone(store: Store) -> Non
     queued = enqueue(store)
     done = finished(store, "completed")
     before = [row(store, i) for i in (live, queued, done)]
-    time.sleep(LEASE_RUN_OUT_S)
+    elapse(store, LEASE_RUN_OUT_S)
     assert store.rescue_expired(100) == Rescued(requeued=0)
     assert [row(store, i) for i in (live, queued, done)] == before
 
@@ -628,7 +664,7 @@ def test_rescue_handles_at_most_limit_tasks_per_call(store: Store) -> None:
     for _ in range(3):
         enqueue(store)
     store.claim("A", ["t"], 10, SHORT_LEASE_S)
-    time.sleep(LEASE_RUN_OUT_S)
+    elapse(store, LEASE_RUN_OUT_S)
     assert store.rescue_expired(2) == Rescued(requeued=2)
     assert store.rescue_expired(2) == Rescued(requeued=1)
 
@@ -696,7 +732,7 @@ def test_writes_after_an_operator_cancelled_the_task_lose(store: Store, write: F
 def test_expire_overdue_fails_queued_tasks_past_their_deadline(store: Store) -> None:
     overdue = enqueue(store, "nobody-handles-this", budget_s=0.1)
     fresh = enqueue(store, budget_s=3600)
-    time.sleep(0.3)
+    elapse(store, 0.3)
     assert store.expire_overdue(100) == {"nobody-handles-this": 1}
     task = row(store, overdue)
     assert task.status is Status.FAILED
@@ -711,7 +747,7 @@ def test_expire_overdue_leaves_running_tasks_to_their_supervisor(store: Store) -
     """A running task past its deadline is the supervisor's to kill (timeout), not expired."""
     task_id = enqueue(store, budget_s=1.0)
     claim_one(store)
-    time.sleep(1.2)
+    elapse(store, 1.2)
     assert store.expire_overdue(100) == {}
     assert row(store, task_id).status is Status.RUNNING
 
@@ -719,7 +755,7 @@ def test_expire_overdue_leaves_running_tasks_to_their_supervisor(store: Store) -
 def test_expire_overdue_handles_at_most_limit_tasks_per_call(store: Store) -> None:
     for _ in range(3):
         enqueue(store, budget_s=0.1)
-    time.sleep(0.3)
+    elapse(store, 0.3)
     assert sum(store.expire_overdue(2).values()) == 2
     assert sum(store.expire_overdue(2).values()) == 1
     assert store.expire_overdue(2) == {}
@@ -782,7 +818,7 @@ def test_retry_puts_a_failed_or_cancelled_task_back_with_fresh_attempts(
 def test_retry_gives_a_fresh_budget(store: Store) -> None:
     """An expired task can run again: the deadline is now + its original budget."""
     task_id = enqueue(store, budget_s=1.0)
-    time.sleep(1.2)
+    elapse(store, 1.2)
     assert sum(store.expire_overdue(100).values()) == 1
     assert store.retry(task_id).applied
     claim = claim_one(store)
@@ -813,7 +849,7 @@ def test_retry_of_an_unknown_task_finds_nothing(store: Store) -> None:
 
 def test_prune_deletes_only_finished_tasks_older_than_the_cutoff(store: Store) -> None:
     old = [finished(store, kind) for kind in ("completed", "failed", "cancelled")]
-    time.sleep(1.0)
+    elapse(store, 1.0)
     recent = finished(store, "completed")
     queued = enqueue(store)
     running = enqueue(store)
@@ -827,7 +863,7 @@ def test_prune_never_deletes_live_tasks_whatever_the_cutoff(store: Store) -> Non
     queued = enqueue(store, budget_s=0.1)  # overdue but still queued: not pruned
     enqueue(store)
     running = claim_one(store).id
-    time.sleep(0.3)
+    elapse(store, 0.3)
     assert store.prune(0) == 0
     assert store.get(queued) is not None and store.get(running) is not None
 
@@ -841,7 +877,7 @@ def test_prune_keeps_finished_tasks_younger_than_the_cutoff(store: Store) -> Non
 def test_prune_deletes_everything_eligible_in_several_batches(store: Store) -> None:
     for _ in range(5):
         finished(store, "cancelled")
-    time.sleep(0.1)
+    elapse(store, 0.1)
     assert store.prune(0, batch=2) == 5  # type: ignore[call-arg]
     assert store.counts() == []
 
@@ -865,7 +901,7 @@ def test_counts_by_type_and_status(store: Store) -> None:
 
 def test_counts_report_the_age_of_the_oldest_task(store: Store) -> None:
     enqueue(store, "a")
-    time.sleep(0.5)
+    elapse(store, 0.5)
     enqueue(store, "a")
     (count,) = store.counts()
     assert 0.5 <= count.oldest_age_s < 0.5 + TOLERANCE_S
@@ -1014,7 +1050,7 @@ def test_a_registered_supervisor_is_listed_alive(store: Store) -> None:
 def test_registering_again_refreshes_the_heartbeat_but_keeps_the_start(store: Store) -> None:
     store.register(supervisor_info(workers=4), ttl_s=60)
     [first] = store.supervisors()
-    time.sleep(0.05)
+    elapse(store, 0.05)
     store.register(supervisor_info(workers=6), ttl_s=60)
     [second] = store.supervisors()
     assert second.started_at == first.started_at
@@ -1025,7 +1061,7 @@ def test_registering_again_refreshes_the_heartbeat_but_keeps_the_start(store: St
 
 def test_a_supervisor_whose_ttl_ran_out_is_listed_dead(store: Store) -> None:
     store.register(supervisor_info(), ttl_s=0.05)
-    time.sleep(0.2)
+    elapse(store, 0.2)
     [entry] = store.supervisors()
     assert entry.alive is False
 
@@ -1040,7 +1076,7 @@ def test_deregister_removes_a_supervisor_that_stopped_cleanly(store: Store) -> N
 def test_forget_drops_only_supervisors_dead_for_longer_than_asked(store: Store) -> None:
     store.register(supervisor_info("h:1:a"), ttl_s=0.05)
     store.register(supervisor_info("h:2:b"), ttl_s=60)
-    time.sleep(0.3)
+    elapse(store, 0.3)
     assert store.forget_supervisors(dead_for_s=60) == 0
     assert store.forget_supervisors(dead_for_s=0.1) == 1
     assert [s.id for s in store.supervisors()] == ["h:2:b"]

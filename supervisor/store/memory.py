@@ -1,0 +1,645 @@
+"""A store that keeps its tables in a dict: the supervisor's loop, unit-tested without a database.
+
+It obeys the same contract suite as the SQL backends (``tests/store``), so a
+loop test that passes on it tests real queue semantics, not a mock's. Three
+things a database cannot give a unit test are added:
+
+* an injected clock (``clock=``; :class:`ManualClock` moves only when told),
+  so leases run out and backoffs pass without sleeping;
+* :meth:`MemoryStore.fail_with`, an outage on demand: every call that would
+  reach a database raises until it is cleared;
+* :attr:`MemoryStore.calls`, how often each method was called, so a test can
+  assert what the loop asked of the store (or did not).
+
+One lock serialises every method, standing in for the database's own
+isolation: the parent calls the store from its database-link thread while a
+test inspects it from another. The state lives in one process; it cannot be
+shared with supervisors in subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import attrs
+
+from supervisor.errors import StoreError
+from supervisor.lifecycle import (
+    MAX_ATTEMPTS_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Failure,
+    Status,
+    trim_error,
+)
+from supervisor.store.base import (
+    Claim,
+    NewTask,
+    Rescued,
+    StatusCount,
+    Store,
+    SupervisorInfo,
+    TaskRow,
+    Transition,
+)
+
+Clock = Callable[[], datetime]
+
+# The same words the SQL backends write, so rows read the same whatever the backend.
+CANCELLED_ERROR = "cancelled by an operator"
+EXPIRED_ERROR = "deadline passed before the task was dispatched"
+
+
+def utc_now() -> datetime:
+    """The default database clock: naive UTC, the form the SQLite backend returns."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class ManualClock:
+    """A database clock that moves only when a test says so.
+
+    Starts at a fixed instant, so rows and assertions are the same on every run.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start if start is not None else datetime(2024, 1, 1)
+
+    def __call__(self) -> datetime:
+        return self._now
+
+    def advance(self, seconds: float) -> datetime:
+        """Move forward by ``seconds``; the clock never runs backwards, as leases assume."""
+        if not seconds >= 0:
+            raise ValueError(f"a clock only moves forward, got {seconds} s")
+        self._now += timedelta(seconds=seconds)
+        return self._now
+
+
+def _refused(detail: str) -> StoreError:
+    """The error a database gives for a write it will not take (not an outage)."""
+    return StoreError(f"memory store refused the operation: {detail}")
+
+
+def _duration(seconds: float) -> timedelta:
+    """Seconds as a timedelta at the SQL backends' resolution (microseconds, as MySQL's)."""
+    try:
+        return timedelta(microseconds=round(seconds * 1_000_000))
+    except (OverflowError, ValueError):  # infinite, NaN, or beyond timedelta's range
+        raise _refused(f"{seconds} s is not a usable duration") from None
+
+
+def _later(moment: datetime, seconds: float) -> datetime:
+    try:
+        return moment + _duration(seconds)
+    except OverflowError:  # past year 9999
+        raise _refused(f"{seconds} s is out of the clock's range") from None
+
+
+def _check(task: NewTask) -> None:
+    """Refuse what the schemas refuse (the stricter of the two), as a :class:`StoreError`.
+
+    Producers validate before this (``supervisor.producer``); this stands in for
+    the columns' NOT NULL, length and CHECK constraints, so a test that hands
+    the store bad data sees the failure a database would give.
+    """
+    # Read as plain objects: a NewTask's hints are a promise the caller may have broken.
+    type_: object = task.type
+    options: object = task.options
+    max_attempts: object = task.max_attempts
+    priority: object = task.priority
+    problems: list[str] = []
+    if not isinstance(type_, str) or not 1 <= len(type_) <= 64:
+        problems.append("type must be a string of 1 to 64 characters")
+    if options is not None and not isinstance(options, str):
+        problems.append("options must be a string or None")
+    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+        problems.append(f"max_attempts must be 1 to {MAX_ATTEMPTS_LIMIT}")
+    if not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        problems.append("priority must fit a 32-bit integer")
+    if problems:
+        raise _refused("; ".join(problems))
+
+
+def _holds(task: TaskRow, claim: Claim) -> bool:
+    """The fence every worker write passes: still running, same owner, same attempt."""
+    return (
+        task.status is Status.RUNNING
+        and task.claimed_by == claim.owner
+        and task.attempts == claim.attempt
+    )
+
+
+@attrs.frozen(kw_only=True)
+class _Registration:
+    info: SupervisorInfo
+    started_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+
+
+class MemoryStore(Store):
+    """The :class:`Store` contract over plain Python objects, with an injectable clock.
+
+    ``clock`` is the database clock (naive UTC datetimes); every method reads
+    it once, as a SQL statement sees one ``now``.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock if clock is not None else utc_now
+        self._lock = threading.Lock()
+        self._tasks: dict[int, TaskRow] = {}
+        self._last_id = 0
+        self._supervisors: dict[str, _Registration] = {}
+        self._calls: Counter[str] = Counter()
+        self._fault: StoreError | None = None
+
+    # --- test controls -------------------------------------------------------------------
+
+    def fail_with(self, error: StoreError | None) -> None:
+        """Behave like a database that is down (``error``) until called with ``None``.
+
+        Each call that a real backend would send to the database raises a fresh
+        copy of ``error`` (typically a :class:`StoreUnavailable`) and changes
+        nothing. Calls that a real backend answers without the database (a
+        claim of no types, completing or renewing nothing, ``close``) still
+        succeed, so the loop sees exactly what it would see in production.
+        """
+        with self._lock:
+            self._fault = error
+
+    @property
+    def calls(self) -> Counter[str]:
+        """How often each public method was called, refused ones included (a snapshot).
+
+        ``enqueue`` counts as ``enqueue`` and ``complete_and_claim`` as itself:
+        the names are what the caller called.
+        """
+        with self._lock:
+            return Counter(self._calls)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _call(self, name: str, *, reaches_database: bool = True) -> Iterator[None]:
+        """Hold the lock for one method, count it, and refuse it during an outage.
+
+        ``reaches_database=False``: the method decides itself, with
+        :meth:`_reach`, after the shortcuts a real backend takes without a query.
+        """
+        with self._lock:
+            self._calls[name] += 1
+            if reaches_database:
+                self._reach()
+            yield
+
+    def _reach(self) -> None:
+        if self._fault is not None:
+            raise type(self._fault)(*self._fault.args)
+
+    def _update(self, task: TaskRow, now: datetime, **changes: Any) -> TaskRow:
+        """Replace a row, stamping ``updated_at`` as every SQLite write does."""
+        new = attrs.evolve(task, updated_at=now, **changes)
+        self._tasks[task.id] = new
+        return new
+
+    def _claimable(self, types: set[str], now: datetime) -> list[TaskRow]:
+        """What a claim would take, in claim order (priority, then id)."""
+        found = [
+            task
+            for task in self._tasks.values()
+            if task.status is Status.QUEUED
+            and task.type in types
+            and task.run_at <= now
+            and task.deadline_at > now
+        ]
+        found.sort(key=lambda task: (task.priority, task.id))
+        return found
+
+    def _fenced(self, claim: Claim) -> TaskRow | None:
+        task = self._tasks.get(claim.id)
+        return task if task is not None and _holds(task, claim) else None
+
+    # --- the Store interface -------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._call("migrate"):
+            pass
+
+    def enqueue(self, task: NewTask) -> int:
+        with self._call("enqueue"):
+            return self._insert([task])[0]
+
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
+        with self._call("enqueue_many"):
+            return self._insert(tasks)
+
+    def _insert(self, tasks: Sequence[NewTask]) -> list[int]:
+        """All or nothing: every task is checked and its times computed before any is stored."""
+        now = self.clock()
+        rows = []
+        for task in tasks:
+            _check(task)
+            run_at = _later(now, task.delay_s)
+            deadline_at = _later(now, task.delay_s + task.budget_s)
+            rows.append((task, run_at, deadline_at))
+        ids = []
+        for task, run_at, deadline_at in rows:
+            self._last_id += 1  # AUTOINCREMENT: an id is never reused, even after a prune
+            self._tasks[self._last_id] = TaskRow(
+                id=self._last_id,
+                type=task.type,
+                status=Status.QUEUED,
+                options=task.options,
+                priority=task.priority,
+                attempts=0,
+                max_attempts=task.max_attempts,
+                progress_pct=0,
+                failure=None,
+                last_error=None,
+                claimed_by=None,
+                created_at=now,
+                run_at=run_at,
+                deadline_at=deadline_at,
+                started_at=None,
+                completed_at=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            ids.append(self._last_id)
+        return ids
+
+    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+        with self._call("claim", reaches_database=False):
+            wanted = set(types)
+            if not wanted or limit <= 0:
+                return []
+            self._reach()
+            return self._claim(owner, wanted, limit, lease_s)
+
+    def _claim(self, owner: str, types: set[str], limit: int, lease_s: float) -> list[Claim]:
+        now = self.clock()
+        lease_expires_at = _later(now, lease_s)
+        claims = []
+        for task in self._claimable(types, now)[:limit]:
+            running = self._update(
+                task,
+                now,
+                status=Status.RUNNING,
+                attempts=task.attempts + 1,
+                claimed_by=owner,
+                progress_pct=0,
+                started_at=now,
+                lease_expires_at=lease_expires_at,
+            )
+            claims.append(
+                Claim(
+                    id=running.id,
+                    type=running.type,
+                    options=running.options,
+                    attempt=running.attempts,
+                    max_attempts=running.max_attempts,
+                    owner=owner,
+                    remaining_s=(running.deadline_at - now).total_seconds(),
+                )
+            )
+        return claims
+
+    def has_claimable(self, types: Iterable[str]) -> bool:
+        with self._call("has_claimable", reaches_database=False):
+            wanted = set(types)
+            if not wanted:
+                return False
+            self._reach()
+            return bool(self._claimable(wanted, self.clock()))
+
+    def complete_and_claim(
+        self,
+        completions: Sequence[Claim],
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+    ) -> tuple[set[int], list[Claim]]:
+        """Both in one critical section, as the MySQL backend does both in one transaction."""
+        with self._call("complete_and_claim", reaches_database=False):
+            wanted = set(types)
+            claiming = bool(wanted) and limit > 0
+            if not completions and not claiming:
+                return set(), []
+            strangers = sorted({c.owner for c in completions if c.owner != owner})
+            if strangers:
+                raise ValueError(f"completions of {strangers} passed as {owner!r}'s")
+            self._reach()
+            won = self._complete(completions)
+            return won, self._claim(owner, wanted, limit, lease_s) if claiming else []
+
+    def progress(self, claim: Claim, pct: int) -> bool:
+        with self._call("progress"):
+            task = self._fenced(claim)
+            if task is None:
+                return False
+            self._update(task, self.clock(), progress_pct=max(0, min(100, pct)))
+            return True
+
+    def complete(self, claim: Claim) -> bool:
+        with self._call("complete"):
+            return claim.id in self._complete([claim])
+
+    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+        with self._call("complete_many", reaches_database=False):
+            if not claims:
+                return set()
+            self._reach()
+            return self._complete(claims)
+
+    def _complete(self, claims: Sequence[Claim]) -> set[int]:
+        now = self.clock()
+        won = set()
+        for claim in claims:
+            task = self._fenced(claim)
+            if task is None:
+                continue
+            self._update(
+                task,
+                now,
+                status=Status.COMPLETED,
+                failure=None,
+                last_error=None,
+                progress_pct=100,
+                lease_expires_at=None,
+                completed_at=now,
+            )
+            won.add(claim.id)
+        return won
+
+    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
+        with self._call("fail"):
+            task = self._fenced(claim)
+            if task is None:
+                return False
+            now = self.clock()
+            self._update(
+                task,
+                now,
+                status=Status.FAILED,
+                failure=Failure(failure),
+                last_error=trim_error(error),
+                lease_expires_at=None,
+                completed_at=now,
+            )
+            return True
+
+    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+        with self._call("requeue"):
+            task = self._fenced(claim)
+            if task is None:
+                return False
+            now = self.clock()
+            self._update(
+                task,
+                now,
+                status=Status.QUEUED,
+                last_error=trim_error(error),
+                claimed_by=None,
+                lease_expires_at=None,
+                run_at=_later(now, delay_s),
+            )
+            return True
+
+    def refund(self, claim: Claim) -> bool:
+        with self._call("refund"):
+            task = self._fenced(claim)
+            if task is None:
+                return False
+            now = self.clock()
+            self._update(
+                task,
+                now,
+                status=Status.QUEUED,
+                attempts=task.attempts - 1,
+                claimed_by=None,
+                lease_expires_at=None,
+                started_at=None,
+                progress_pct=0,
+                run_at=now,
+            )
+            return True
+
+    def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:
+        """Fenced on ``owner`` (not each claim's own), as the SQL statements are."""
+        with self._call("renew_leases", reaches_database=False):
+            if not claims:
+                return set()
+            self._reach()
+            now = self.clock()
+            lease_expires_at = _later(now, lease_s)
+            held = set()
+            for claim in claims:
+                task = self._fenced(attrs.evolve(claim, owner=owner))
+                if task is not None:
+                    self._update(task, now, lease_expires_at=lease_expires_at)
+                    held.add(task.id)
+            return held
+
+    def rescue_expired(self, limit: int) -> Rescued:
+        """Up to ``limit`` lost and, separately, up to ``limit`` requeued, as the SQL does."""
+        with self._call("rescue_expired"):
+            now = self.clock()
+            expired = [
+                task
+                for task in self._tasks.values()
+                if task.status is Status.RUNNING
+                and task.lease_expires_at is not None
+                and task.lease_expires_at < now
+            ]
+            last = [t for t in expired if t.attempts >= t.max_attempts][: max(limit, 0)]
+            more = [t for t in expired if t.attempts < t.max_attempts][: max(limit, 0)]
+            lost: Counter[str] = Counter()
+            for task in last:
+                self._update(
+                    task,
+                    now,
+                    status=Status.FAILED,
+                    failure=Failure.LOST,
+                    last_error=f"lease of {task.claimed_by or '?'} expired on the last attempt",
+                    lease_expires_at=None,
+                    completed_at=now,
+                )
+                lost[task.type] += 1
+            for task in more:
+                self._update(
+                    task,
+                    now,
+                    status=Status.QUEUED,
+                    last_error=f"lease of {task.claimed_by or '?'} expired; attempt counted",
+                    claimed_by=None,
+                    lease_expires_at=None,
+                    run_at=now,
+                )
+            return Rescued(requeued=len(more), lost=dict(lost))
+
+    def expire_overdue(self, limit: int) -> dict[str, int]:
+        with self._call("expire_overdue"):
+            now = self.clock()
+            overdue = [
+                task
+                for task in self._tasks.values()
+                if task.status is Status.QUEUED and task.deadline_at <= now
+            ][: max(limit, 0)]
+            expired: Counter[str] = Counter()
+            for task in overdue:
+                self._update(
+                    task,
+                    now,
+                    status=Status.FAILED,
+                    failure=Failure.EXPIRED,
+                    last_error=EXPIRED_ERROR,
+                    completed_at=now,
+                )
+                expired[task.type] += 1
+            return dict(expired)
+
+    def register(self, info: SupervisorInfo, ttl_s: float) -> None:
+        """A new entry starts now; a refresh changes only workers, heartbeat and expiry."""
+        with self._call("register"):
+            now = self.clock()
+            expires_at = _later(now, ttl_s)
+            known = self._supervisors.get(info.id)
+            if known is None:
+                entry = _Registration(
+                    info=info, started_at=now, heartbeat_at=now, expires_at=expires_at
+                )
+            else:
+                entry = _Registration(
+                    info=attrs.evolve(known.info, workers=info.workers),
+                    started_at=known.started_at,
+                    heartbeat_at=now,
+                    expires_at=expires_at,
+                )
+            self._supervisors[info.id] = entry
+
+    def deregister(self, supervisor_id: str) -> None:
+        with self._call("deregister"):
+            self._supervisors.pop(supervisor_id, None)
+
+    def supervisors(self) -> list[SupervisorInfo]:
+        with self._call("supervisors"):
+            now = self.clock()
+            entries = sorted(self._supervisors.values(), key=lambda e: (e.info.host, e.started_at))
+            return [
+                attrs.evolve(
+                    entry.info,
+                    started_at=entry.started_at,
+                    heartbeat_at=entry.heartbeat_at,
+                    alive=entry.expires_at > now,
+                )
+                for entry in entries
+            ]
+
+    def forget_supervisors(self, dead_for_s: float) -> int:
+        with self._call("forget_supervisors"):
+            cutoff = self.clock() - _duration(dead_for_s)
+            dead = [key for key, e in self._supervisors.items() if e.expires_at < cutoff]
+            for key in dead:
+                del self._supervisors[key]
+            return len(dead)
+
+    def cancel(self, task_id: int) -> Transition:
+        with self._call("cancel"):
+            task = self._tasks.get(task_id)
+            if task is None:
+                return Transition(before=None, applied=False)
+            if task.status not in (Status.QUEUED, Status.RUNNING):
+                return Transition(before=task.status, applied=False)
+            now = self.clock()
+            self._update(
+                task,
+                now,
+                status=Status.CANCELLED,
+                failure=None,
+                lease_expires_at=None,
+                last_error=CANCELLED_ERROR,
+                completed_at=now,
+            )
+            return Transition(before=task.status, applied=True)
+
+    def retry(self, task_id: int) -> Transition:
+        """The fresh budget is the row's ``deadline_at - created_at``, as the SQL computes it."""
+        with self._call("retry"):
+            task = self._tasks.get(task_id)
+            if task is None:
+                return Transition(before=None, applied=False)
+            if task.status not in (Status.FAILED, Status.CANCELLED):
+                return Transition(before=task.status, applied=False)
+            now = self.clock()
+            self._update(
+                task,
+                now,
+                deadline_at=now + (task.deadline_at - task.created_at),
+                status=Status.QUEUED,
+                failure=None,
+                attempts=0,
+                progress_pct=0,
+                claimed_by=None,
+                lease_expires_at=None,
+                started_at=None,
+                completed_at=None,
+                run_at=now,
+            )
+            return Transition(before=task.status, applied=True)
+
+    def prune(self, older_than_s: float, batch: int = 1000) -> int:
+        """``batch`` is accepted for the SQL backends' signature; there are no locks to spare."""
+        with self._call("prune"):
+            cutoff = self.clock() - _duration(older_than_s)
+            old = [
+                task.id
+                for task in self._tasks.values()
+                if task.status.is_terminal
+                and task.completed_at is not None
+                and task.completed_at < cutoff
+            ]
+            for task_id in old:
+                del self._tasks[task_id]
+            return len(old)
+
+    def counts(self, *, live_only: bool = False) -> list[StatusCount]:
+        """Ordered by type, then status name (SQLite's order: text, not lifecycle order)."""
+        with self._call("counts"):
+            now = self.clock()
+            oldest: dict[tuple[str, Status], datetime] = {}
+            number: Counter[tuple[str, Status]] = Counter()
+            for task in self._tasks.values():
+                if live_only and task.status.is_terminal:
+                    continue
+                key = (task.type, task.status)
+                number[key] += 1
+                if key not in oldest or task.created_at < oldest[key]:
+                    oldest[key] = task.created_at
+            return [
+                StatusCount(
+                    type=task_type,
+                    status=status,
+                    count=number[task_type, status],
+                    oldest_age_s=max(0.0, (now - oldest[task_type, status]).total_seconds()),
+                )
+                for task_type, status in sorted(number, key=lambda k: (k[0], k[1].value))
+            ]
+
+    def get(self, task_id: int) -> TaskRow | None:
+        with self._call("get"):
+            return self._tasks.get(task_id)
+
+    def ping(self) -> None:
+        with self._call("ping"):
+            pass
+
+    def close(self) -> None:
+        """Nothing to release; the rows stay, as a database's do when a connection closes."""
+        with self._call("close", reaches_database=False):
+            pass
