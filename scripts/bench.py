@@ -25,6 +25,17 @@ Other modes:
                  (the server's global counters also count every other client).
 ``--deadlines``  tasks that hang with a 1 s budget; how late after ``deadline_at``
                  the parent killed them (its log) and recorded it (``completed_at``).
+                 With ``--blackhole S`` (MySQL): the database hangs for S seconds (a
+                 proxy forwards nothing, closes nothing) while 20 claimed, hanging
+                 tasks reach their deadlines; how late the kills were, and whether
+                 the rows end ``failed/timeout`` once it answers again.
+``--fresh``      the throughput run with ``--max-tasks-per-child 1``: a fresh child
+                 process per task (``--fresh-tasks``, 1,000 by default).
+``--peer celery`` the same no-op workload on Celery's prefork pool (``-w``
+                 processes) over redis, measured the same way (see ``run_celery``),
+                 interleaved with the throughput runs so one command prints both
+                 systems and the baseline. Needs ``pip install -e '.[bench]'`` and a
+                 redis server (``--redis-url``); exits 2 saying which is missing.
 
 Each configuration prints one summary line. The machine is usually shared and
 noisy: use ``--repeat`` and quote the spread.
@@ -34,6 +45,9 @@ Examples::
     python scripts/bench.py                                 # throughput, both backends
     python scripts/bench.py --backend mysql --repeat 3 -n 20000 -w 8 -k 8
     python scripts/bench.py --pickup --idle --deadlines -w 10
+    python scripts/bench.py --backend mysql --repeat 3 --peer celery   # both systems, one run
+    python scripts/bench.py --backend mysql --fresh               # a fresh process per task
+    python scripts/bench.py --deadlines --blackhole 30 --backend mysql
     python scripts/bench.py --backend mysql --profile /tmp/parent   # py-spy of the parent
     python scripts/bench.py --backend mysql --count-queries   # statements per task, by name
 """
@@ -74,9 +88,11 @@ from supervisor.dsn import MysqlDsn, SqliteDsn, parse_dsn  # noqa: E402
 from supervisor.errors import UsageError  # noqa: E402
 from supervisor.store import NewTask, open_store  # noqa: E402
 from supervisor.store.queries import load_queries  # noqa: E402
+from tests.e2e.tcp_proxy import TcpProxy  # noqa: E402
 
 BACKENDS = ("mysql", "sqlite")
 DEFAULT_MYSQL_DSN = "mysql://root@127.0.0.1:3306/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 NOOP, HANG = "noop", "hang"
 HANDLERS = {
     NOOP: '"""Does nothing: the benchmark measures the queue, not the work."""\n\n\n'
@@ -98,6 +114,7 @@ PY_SPY = ("py-spy", "record", "--format", "raw", "--rate", "200")
 # purpose (they are the tooling, not the product); everything else goes through the store.
 PRODUCER_INSERT = "INSERT INTO tasks (type, task_options) VALUES "
 PENDING_SQL = "SELECT COUNT(*) FROM tasks WHERE status IN ('queued', 'running')"
+RUNNING_HANG_SQL = f"SELECT COUNT(*) FROM tasks WHERE status = 'running' AND type = '{HANG}'"
 TIMES_SQL = (
     "SELECT id, type, status, failure, created_at, started_at, completed_at, deadline_at"
     " FROM tasks ORDER BY id"
@@ -380,8 +397,12 @@ def supervisor(
     url: str | None = None,
     profile: Path | None = None,
     profile_idle: bool = False,
+    extra: Sequence[str] = (),
 ) -> Iterator[Supervised]:
-    """Run the real supervisor on ``db`` until the block ends; then TERM it and reap it."""
+    """Run the real supervisor on ``db`` until the block ends; then TERM it and reap it.
+
+    ``extra`` is appended to its command line (``--max-tasks-per-child 1``, ``--lease 90``).
+    """
     with tempfile.TemporaryDirectory(prefix="sv_bench_run_") as folder:
         handlers = write_handlers(Path(folder))
         log_path = Path(folder) / "supervisor.log"
@@ -392,6 +413,7 @@ def supervisor(
             "--log-format", "json",
             "--handlers", str(handlers),
             "--dsn", url or db.url,
+            *extra,
         ]  # fmt: skip
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -521,21 +543,30 @@ class SupervisorFigures:
 
 
 def run_supervisor(
-    backend: str, args: argparse.Namespace, profile: Path | None
+    backend: str,
+    args: argparse.Namespace,
+    profile: Path | None,
+    tasks: int,
+    extra: Sequence[str] = (),
 ) -> SupervisorFigures:
-    """The real supervisor draining a pre-filled queue of no-op tasks."""
+    """The real supervisor draining a pre-filled queue of ``tasks`` no-op tasks."""
     with (
         scratch(backend, args.mysql_dsn) as db,
         QueryRelay.for_scratch(db, args.count_queries) as relay,
     ):
         conn = db.connect()
         try:
-            enqueue_plain(conn, args.tasks)
+            enqueue_plain(conn, tasks)
             url = relay.url if relay else None
             with supervisor(
-                db, args.workers, url=url, profile=profile, profile_idle=args.profile_idle
+                db,
+                args.workers,
+                url=url,
+                profile=profile,
+                profile_idle=args.profile_idle,
+                extra=extra,
             ) as run:
-                probe = WindowProbe(run.usage, args.tasks)
+                probe = WindowProbe(run.usage, tasks)
                 wait_drained(conn, run, probe)
             rows = read_times(conn)
         finally:
@@ -566,14 +597,20 @@ def start_profiler(pid: int, path: Path, idle: bool) -> subprocess.Popen[bytes]:
 
 
 def throughput_line(
-    backend: str, args: argparse.Namespace, baseline: float, figures: SupervisorFigures
+    backend: str,
+    args: argparse.Namespace,
+    baseline: float,
+    figures: SupervisorFigures,
+    *,
+    tasks: int,
+    label: str = "",
 ) -> str:
     window = figures.window
     busy = window.parent_cpu / window.seconds if window.seconds > 0 else math.nan
     per_task = window.parent_cpu / window.tasks * 1e6 if window.tasks else math.nan
     latencies = start_latencies(figures.rows)
     return (
-        f"backend={backend} workers={args.workers} k={args.batch} tasks={args.tasks}"
+        f"{label}backend={backend} workers={args.workers} k={args.batch} tasks={tasks}"
         f" supervisor={figures.rate:.0f}/s baseline={baseline:.0f}/s"
         f" ratio={figures.rate / baseline:.2f}"
         f" start_latency_p50={percentile(latencies, 50):.2f}s"
@@ -583,7 +620,7 @@ def throughput_line(
         f" parent_rss={figures.parent_rss_peak / MIB:.0f}MiB"
         f" child_rss_max={figures.child_rss_peak / MIB:.0f}MiB"
         f" outcomes={outcomes(figures.rows)}"
-        + (statements_field(figures.statements, args.tasks) if figures.statements else "")
+        + (statements_field(figures.statements, tasks) if figures.statements else "")
     )
 
 
@@ -593,29 +630,50 @@ def statements_field(statements: Counter[str], tasks: int) -> str:
     return f" statements/task={sum(statements.values()) / tasks:.2f} ({detail})"
 
 
-def run_throughput(backend: str, args: argparse.Namespace) -> list[tuple[float, float]]:
-    """One line per repetition, and the (supervisor, baseline) rates for the spread line."""
-    results = []
-    for run in range(1, args.repeat + 1):
-        baseline = run_baseline(backend, args.mysql_dsn, args.tasks, args.batch)
-        profile = Path(f"{args.profile}.{backend}.{run}.txt") if args.profile else None
-        figures = run_supervisor(backend, args, profile)
-        print(throughput_line(backend, args, baseline, figures), flush=True)
-        results.append((figures.rate, baseline))
-    return results
+def run_throughput(backend: str, args: argparse.Namespace, run: int) -> tuple[str, float, float]:
+    """One repetition: the baseline, then the supervisor; its line and (supervisor, baseline)."""
+    baseline = run_baseline(backend, args.mysql_dsn, args.tasks, args.batch)
+    profile = Path(f"{args.profile}.{backend}.{run}.txt") if args.profile else None
+    figures = run_supervisor(backend, args, profile, args.tasks)
+    return (
+        throughput_line(backend, args, baseline, figures, tasks=args.tasks),
+        figures.rate,
+        baseline,
+    )
 
 
-def spread_line(backend: str, results: Sequence[tuple[float, float]]) -> str:
-    def spread(values: Sequence[float], fmt: str) -> str:
-        return "/".join(
-            format(v, fmt) for v in (min(values), statistics.median(values), max(values))
-        )
+def run_fresh(backend: str, args: argparse.Namespace) -> tuple[str, float, float]:
+    """Throughput with a fresh child process per task (``--max-tasks-per-child 1``).
 
+    The same measurement as the throughput mode, on ``--fresh-tasks`` tasks:
+    what a fork-exec, a handler import and a reap per task cost.
+    """
+    baseline = run_baseline(backend, args.mysql_dsn, args.fresh_tasks, args.batch)
+    figures = run_supervisor(
+        backend, args, None, args.fresh_tasks, extra=("--max-tasks-per-child", "1")
+    )
+    line = throughput_line(
+        backend,
+        args,
+        baseline,
+        figures,
+        tasks=args.fresh_tasks,
+        label="mode=fresh max_tasks_per_child=1 ",
+    )
+    return line, figures.rate, baseline
+
+
+def spread(values: Sequence[float], fmt: str) -> str:
+    """``min/median/max`` of ``values``, each formatted with ``fmt``."""
+    return "/".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
+
+
+def spread_line(backend: str, results: Sequence[tuple[float, float]], label: str = "") -> str:
     rates = [s for s, _ in results]
     baselines = [b for _, b in results]
     ratios = [s / b for s, b in results]
     return (
-        f"spread backend={backend} runs={len(results)} (min/median/max)"
+        f"spread {label}backend={backend} runs={len(results)} (min/median/max)"
         f" supervisor={spread(rates, '.0f')}/s baseline={spread(baselines, '.0f')}/s"
         f" ratio={spread(ratios, '.2f')}"
     )
@@ -692,24 +750,143 @@ def run_deadlines(backend: str, args: argparse.Namespace) -> str:
                     wait_for_children(run, args.workers)
                 kills = kill_times(run.log_path)
             rows = [r for r in read_times(conn) if r.type == HANG]
-            utc_offset = timedelta(microseconds=int(execute(conn, UTC_OFFSET_SQL[backend])[0][0]))
+            lateness = deadline_lateness(rows, kills, db_utc_offset(conn, backend))
         finally:
             store.close()
             conn.close()
-    timeouts = [r for r in rows if r.failure == "timeout" and r.completed_at]
-    recorded = [
-        (r.completed_at - r.deadline_at).total_seconds() for r in timeouts if r.completed_at
-    ]
-    killed = [
-        (kills[r.id] - (r.deadline_at - utc_offset).replace(tzinfo=UTC)).total_seconds()
-        for r in timeouts
-        if r.id in kills
-    ]
     return (
         f"mode=deadlines backend={backend} workers={args.workers} tasks={len(rows)} budget=1s"
-        f" {latency_fields('kill_late', killed)} {latency_fields('recorded_late', recorded)}"
+        f" {latency_fields('kill_late', lateness.killed)}"
+        f" {latency_fields('recorded_late', lateness.recorded)}"
         f" outcomes={outcomes(rows)}"
     )
+
+
+@attrs.frozen(kw_only=True)
+class Lateness:
+    """Seconds after ``deadline_at``, for the rows that ended ``timeout``.
+
+    ``killed``: when the parent logged the kill (by its clock, with time zone);
+    ``recorded``: when the timeout reached the row (``completed_at``, the database clock).
+    """
+
+    killed: list[float]
+    recorded: list[float]
+
+
+def deadline_lateness(
+    rows: Sequence[TaskTimes], kills: dict[int, datetime], utc_offset: timedelta
+) -> Lateness:
+    timeouts = [r for r in rows if r.failure == "timeout" and r.completed_at]
+    return Lateness(
+        killed=[
+            (kills[r.id] - db_utc(r.deadline_at, utc_offset)).total_seconds()
+            for r in timeouts
+            if r.id in kills
+        ],
+        recorded=[
+            (r.completed_at - r.deadline_at).total_seconds() for r in timeouts if r.completed_at
+        ],
+    )
+
+
+def db_utc_offset(conn: DbConnection, backend: str) -> timedelta:
+    """How far the database clock's ``NOW()`` is ahead of UTC."""
+    return timedelta(microseconds=int(execute(conn, UTC_OFFSET_SQL[backend])[0][0]))
+
+
+def db_utc(value: datetime, utc_offset: timedelta) -> datetime:
+    """A naive timestamp the database wrote, as an aware UTC datetime."""
+    return (value - utc_offset).replace(tzinfo=UTC)
+
+
+def run_blackhole(args: argparse.Namespace) -> str:
+    """Deadline kills while MariaDB hangs: the parent must not wait on the database to kill.
+
+    The supervisor reaches the server through a :class:`TcpProxy`. Once it is
+    warm, ``--blackhole-tasks`` hanging tasks are enqueued with budgets spread
+    over one second from ``--blackhole-budget``; when all are running (claimed,
+    so their children hang), the proxy is blackholed for ``--blackhole``
+    seconds: connections stay open, nothing is forwarded, nothing answers.
+    Every deadline falls inside it. Kill lateness is measured as in
+    ``--deadlines`` (the parent's log line against ``deadline_at``);
+    ``killed_in_blackhole`` counts the kills logged before the restore. After
+    the restore, ``recorded_after_restore`` says how long the timeouts took to
+    reach the rows, and ``timeout_rows`` how many ended ``failed/timeout``.
+    """
+    count = args.blackhole_tasks
+    workers = max(args.workers, count)  # every hanging task must be running when it starts
+    budgets = [args.blackhole_budget + i / count for i in range(count)]
+    with scratch("mysql", args.mysql_dsn) as db:
+        assert isinstance(db.dsn, MysqlDsn)
+        if db.dsn.unix_socket:
+            raise BenchError("--blackhole needs a TCP --mysql-dsn (the proxy speaks TCP)")
+        conn = db.connect()
+        store = open_store(db.dsn)
+        lease = ("--lease", str(max(LEASE_S, 3 * args.blackhole)))  # no lease runs out meanwhile
+        try:
+            with (
+                TcpProxy(db.dsn.host or "127.0.0.1", db.dsn.port) as proxy,
+                supervisor(
+                    db,
+                    workers,
+                    url=mysql_url(db.dsn, host=proxy.host, port=proxy.port),
+                    extra=lease,
+                ) as run,
+            ):
+                warm_up(conn, run)
+                wait_for_children(run, workers)
+                store.enqueue_many([NewTask(type=HANG, budget_s=b) for b in budgets])
+                first_deadline = time.monotonic() + budgets[0]
+                wait_running(conn, run, count, before=first_deadline - 0.2)
+                proxy.blackhole()
+                blackholed_at = datetime.now(UTC)
+                end = time.monotonic() + args.blackhole
+                while time.monotonic() < end:
+                    run.check_alive()
+                    time.sleep(min(POLL_S, max(0.0, end - time.monotonic())))
+                restored_at = datetime.now(UTC)
+                in_blackhole = kill_times(run.log_path)
+                proxy.restore()
+                wait_drained(conn, run, lambda _count: None)
+                kills = kill_times(run.log_path)
+            rows = [r for r in read_times(conn) if r.type == HANG]
+            utc_offset = db_utc_offset(conn, "mysql")
+        finally:
+            store.close()
+            conn.close()
+    lateness = deadline_lateness(rows, kills, utc_offset)
+    recorded = [
+        (db_utc(r.completed_at, utc_offset) - restored_at).total_seconds()
+        for r in rows
+        if r.failure == "timeout" and r.completed_at
+    ]
+    deadlines_inside = sum(
+        blackholed_at <= db_utc(r.deadline_at, utc_offset) <= restored_at for r in rows
+    )
+    killed_inside = sum(when <= restored_at for when in in_blackhole.values())
+    timeout_rows = sum(r.status == "failed" and r.failure == "timeout" for r in rows)
+    return (
+        f"mode=deadlines blackhole={args.blackhole:g}s backend=mysql workers={workers}"
+        f" tasks={len(rows)} budget={budgets[0]:g}-{budgets[-1]:g}s"
+        f" deadlines_in_blackhole={deadlines_inside}/{len(rows)}"
+        f" {latency_fields('kill_late', lateness.killed)}"
+        f" killed_in_blackhole={killed_inside}/{len(rows)}"
+        f" {latency_fields('recorded_after_restore', recorded)}"
+        f" timeout_rows={timeout_rows}/{len(rows)} outcomes={outcomes(rows)}"
+    )
+
+
+def wait_running(conn: DbConnection, run: Supervised, count: int, before: float) -> None:
+    """Wait until ``count`` hanging tasks are running; fail if that is not so by ``before``."""
+    while int(execute(conn, RUNNING_HANG_SQL)[0][0]) < count:
+        run.check_alive()
+        if time.monotonic() > before:
+            raise BenchError(
+                f"the {count} hanging tasks were not all running before the first deadline"
+                " (a slow machine: try a larger --blackhole-budget)"
+            )
+        time.sleep(0.02)
 
 
 def kill_times(log_path: Path) -> dict[int, datetime]:
@@ -731,6 +908,200 @@ def wait_for_children(run: Supervised, workers: int) -> None:
     while run.usage.child_count < workers and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)
+
+
+# ---------------------------------------------------------------------------- peer: Celery
+
+CELERY_TASK = "sv_bench.noop"
+CELERY_APP = f'''"""The benchmark's Celery app: one no-op task that only says when it started."""
+
+import json
+import os
+import time
+
+from celery import Celery
+
+app = Celery("sv_bench")
+app.conf.update(json.loads(os.environ["SV_BENCH_CELERY_CONF"]))
+
+
+@app.task(name="{CELERY_TASK}")
+def noop():
+    return time.time()
+'''
+PUBLISH_CHUNK = 1000  # task ids per EXISTS / MGET while watching the results
+
+
+class PeerUnavailable(Exception):
+    """The peer cannot run here: a package or the broker is missing (one line says which)."""
+
+
+def check_celery(redis_url: str) -> None:
+    """Fail with one line unless celery and redis(-py) import and the redis server answers."""
+    try:
+        import celery  # noqa: F401
+        import redis
+    except ImportError as exc:
+        raise PeerUnavailable(
+            f"--peer celery needs celery and redis (pip install -e '.[bench]'): {exc}"
+        ) from None
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        raise PeerUnavailable(f"--peer celery needs a redis server at {redis_url}: {exc}") from None
+
+
+def celery_conf(redis_url: str, prefix: str) -> dict[str, Any]:
+    """One run's Celery settings; every key it makes in redis starts with ``prefix``."""
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "broker_transport_options": {"global_keyprefix": prefix},
+        "result_backend_transport_options": {"global_keyprefix": prefix},
+        "task_default_queue": f"{prefix}queue",
+        "task_acks_late": True,  # acknowledged when done, like a completion write
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+    }
+
+
+@attrs.frozen(kw_only=True)
+class PeerFigures:
+    rate: float
+    outcomes: str
+    window: DrainWindow
+    lifetime_cpu: float
+    parent_rss_peak: int
+    child_rss_peak: int
+
+
+def run_celery(args: argparse.Namespace) -> PeerFigures:
+    """Celery's prefork pool with ``-w`` processes draining ``-n`` no-op tasks over redis.
+
+    Measured like the supervisor's drain rate: the queue is filled first (one
+    ``send_task`` per task, before any worker runs), then ``celery worker -P
+    prefork -c W`` starts and drains it. Each task returns ``time.time()`` at its
+    start, and the redis result backend stamps ``date_done`` when it stores the
+    result; the rate is completed tasks over the first start to the last
+    ``date_done``, as for the supervisor (first ``started_at`` to last
+    ``completed_at``). Acknowledgement is late (after the task), results are
+    stored, JSON throughout, prefetch at Celery's default. Both clocks are this
+    host's. CPU and RSS of the worker's process tree are sampled as for the
+    supervisor. Everything lives under a random key prefix in the redis
+    database of ``--redis-url``, and exactly those keys are deleted afterwards.
+    """
+    import redis
+    from celery import Celery
+
+    prefix = f"sv_bench_{secrets.token_hex(4)}_"
+    conf = celery_conf(args.redis_url, prefix)
+    client = redis.Redis.from_url(args.redis_url)
+    app = Celery("sv_bench_publisher")
+    app.conf.update(conf)
+    ids = [f"{prefix}{i}" for i in range(args.tasks)]
+    keys = [f"{prefix}celery-task-meta-{task_id}" for task_id in ids]
+    try:
+        with tempfile.TemporaryDirectory(prefix="sv_bench_celery_") as folder:
+            (Path(folder) / "sv_bench_celery.py").write_text(CELERY_APP)
+            with app.producer_or_acquire() as producer:
+                for task_id in ids:
+                    app.send_task(CELERY_TASK, task_id=task_id, producer=producer)
+            env = dict(os.environ, SV_BENCH_CELERY_CONF=json.dumps(conf))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [folder, env.get("PYTHONPATH")]))
+            command = [
+                sys.executable, "-m", "celery", "-A", "sv_bench_celery", "worker",
+                "-P", "prefork", "-c", str(args.workers), "--loglevel", "WARNING",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ]  # fmt: skip
+            log_path = Path(folder) / "celery.log"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                )
+            run = Supervised(process=process, usage=TreeUsage(process.pid), log_path=log_path)
+            try:
+                probe = WindowProbe(run.usage, args.tasks)
+                wait_results(client, keys, run, probe)
+            finally:
+                run.lifetime_cpu = stop(process)
+        metas = [
+            json.loads(value)
+            for start in range(0, len(keys), PUBLISH_CHUNK)
+            for value in client.mget(keys[start : start + PUBLISH_CHUNK])
+            if value is not None
+        ]
+    finally:
+        delete_prefixed(client, prefix)
+        client.close()
+    done = [m for m in metas if m["status"] == "SUCCESS"]
+    rate = 0.0
+    if done:
+        first = min(float(m["result"]) for m in done)
+        last = max(datetime.fromisoformat(m["date_done"]).timestamp() for m in done)
+        rate = len(done) / max(last - first, 1e-6)
+    counts = Counter(
+        "completed" if m["status"] == "SUCCESS" else m["status"].lower() for m in metas
+    )
+    return PeerFigures(
+        rate=rate,
+        outcomes=",".join(f"{name}={n}" for name, n in sorted(counts.items())),
+        window=probe.window(),
+        lifetime_cpu=run.lifetime_cpu,
+        parent_rss_peak=run.usage.parent_rss_peak,
+        child_rss_peak=run.usage.child_rss_peak,
+    )
+
+
+def wait_results(
+    client: Any, keys: Sequence[str], run: Supervised, on_poll: Callable[[int], None]
+) -> None:
+    """Poll how many results are stored until all are; ``on_poll(unfinished)`` after each look."""
+    last, changed_at = -1, time.monotonic()
+    while True:
+        stored = sum(
+            int(client.exists(*keys[start : start + PUBLISH_CHUNK]))
+            for start in range(0, len(keys), PUBLISH_CHUNK)
+        )
+        count = len(keys) - stored
+        on_poll(count)
+        if count == 0:
+            return
+        if count != last:
+            last, changed_at = count, time.monotonic()
+        elif time.monotonic() - changed_at > STALL_S:
+            raise BenchError(f"celery: {count} tasks made no progress for {STALL_S:.0f} s")
+        run.check_alive()
+        time.sleep(POLL_S)
+
+
+def delete_prefixed(client: Any, prefix: str) -> None:
+    """Delete the keys this run made (and only those): everything under its random prefix."""
+    batch = []
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= PUBLISH_CHUNK:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
+
+
+def peer_line(args: argparse.Namespace, figures: PeerFigures) -> str:
+    """The same ``key=value`` fields as the supervisor's throughput line, where they apply."""
+    window = figures.window
+    busy = window.parent_cpu / window.seconds if window.seconds > 0 else math.nan
+    per_task = window.parent_cpu / window.tasks * 1e6 if window.tasks else math.nan
+    return (
+        f"mode=peer peer=celery broker=redis pool=prefork workers={args.workers}"
+        f" tasks={args.tasks} celery={figures.rate:.0f}/s"
+        f" parent_cpu={window.parent_cpu:.1f}s ({busy:.0%} of a core, {per_task:.0f}us/task)"
+        f" children_cpu={window.children_cpu:.1f}s lifetime_cpu={figures.lifetime_cpu:.1f}s"
+        f" parent_rss={figures.parent_rss_peak / MIB:.0f}MiB"
+        f" child_rss_max={figures.child_rss_peak / MIB:.0f}MiB"
+        f" outcomes={figures.outcomes}"
+    )
 
 
 # ---------------------------------------------------------------------------- query relay
@@ -885,6 +1256,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     modes.add_argument("--pickup", action="store_true", help="idle queue, spaced single tasks")
     modes.add_argument("--idle", action="store_true", help="CPU and queries/s of an idle worker")
     modes.add_argument("--deadlines", action="store_true", help="kill lateness at the deadline")
+    modes.add_argument(
+        "--fresh",
+        action="store_true",
+        help="throughput with a fresh child per task (--max-tasks-per-child 1), --fresh-tasks",
+    )
+    parser.add_argument("--fresh-tasks", type=positive, default=1000, help="[1000]")
+    parser.add_argument(
+        "--peer",
+        choices=["celery"],
+        help="also run another system on the same no-op workload, with -n tasks and -w worker"
+        " processes (celery: prefork pool over redis; needs pip install -e '.[bench]')",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help=f"redis for --peer celery; only keys under a random prefix are made and deleted"
+        f" [{DEFAULT_REDIS_URL}]",
+    )
+    parser.add_argument(
+        "--blackhole",
+        type=float,
+        metavar="SECONDS",
+        help="with --deadlines (MySQL only): the database hangs for SECONDS while hanging tasks"
+        " reach their deadlines; how late were the kills",
+    )
+    parser.add_argument("--blackhole-tasks", type=positive, default=20, help="[20]")
+    parser.add_argument(
+        "--blackhole-budget",
+        type=float,
+        default=1.5,
+        help="the first hanging task's budget; the others spread over the next second [1.5]",
+    )
     parser.add_argument("--pickup-tasks", type=positive, default=50, help="[50]")
     parser.add_argument("--pickup-spacing", type=float, default=0.5, help="seconds [0.5]")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="[30]")
@@ -901,8 +1304,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep py-spy's idle samples too: wall-clock time, waiting included",
     )
     args = parser.parse_args(argv)
-    if not (args.throughput or args.pickup or args.idle or args.deadlines):
+    if not (args.throughput or args.pickup or args.idle or args.deadlines or args.fresh):
         args.throughput = True
+    if args.blackhole is not None:
+        if not args.deadlines:
+            parser.error("--blackhole goes with --deadlines")
+        if args.backend == "sqlite":
+            parser.error("--blackhole needs MySQL (SQLite has no connection to hang)")
+        if args.blackhole <= args.blackhole_budget + 1:
+            parser.error("--blackhole must outlast every deadline: > --blackhole-budget + 1")
     try:
         dsn = parse_dsn(args.mysql_dsn)
     except UsageError as exc:
@@ -917,22 +1327,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     backends = BACKENDS if args.backend == "both" else (args.backend,)
     try:
+        if args.peer:
+            check_celery(args.redis_url)
+    except PeerUnavailable as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_rounds(args, backends)
         for backend in backends:
-            if args.throughput:
-                results = run_throughput(backend, args)
-                if len(results) > 1:
-                    print(spread_line(backend, results), flush=True)
             for enabled, mode in (
                 (args.pickup, run_pickup),
                 (args.idle, run_idle),
-                (args.deadlines, run_deadlines),
+                (args.deadlines and args.blackhole is None, run_deadlines),
             ):
                 for _ in range(args.repeat if enabled else 0):
                     print(mode(backend, args), flush=True)
+        for _ in range(args.repeat if args.blackhole is not None else 0):
+            print(run_blackhole(args), flush=True)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_rounds(args: argparse.Namespace, backends: Sequence[str]) -> None:
+    """Throughput, fresh-process and peer runs, interleaved by repetition so that a noisy
+    spell of the machine hits every system alike; then a spread line for each."""
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    peer_rates = []
+    for run in range(1, args.repeat + 1):
+        for backend in backends:
+            for enabled, label, measure in (
+                (args.throughput, "", lambda b=backend, r=run: run_throughput(b, args, r)),
+                (args.fresh, "mode=fresh ", lambda b=backend: run_fresh(b, args)),
+            ):
+                if enabled:
+                    line, rate, baseline = measure()
+                    print(line, flush=True)
+                    results.setdefault((label, backend), []).append((rate, baseline))
+        if args.peer:
+            figures = run_celery(args)
+            print(peer_line(args, figures), flush=True)
+            peer_rates.append(figures.rate)
+    if args.repeat > 1:
+        for (label, backend), pairs in results.items():
+            print(spread_line(backend, pairs, label), flush=True)
+        if peer_rates:
+            print(
+                f"spread mode=peer peer=celery runs={len(peer_rates)} (min/median/max)"
+                f" celery={spread(peer_rates, '.0f')}/s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
