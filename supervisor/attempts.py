@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +53,12 @@ from supervisor.telemetry import Telemetry
 from supervisor.workers import Child, Running
 
 STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
+# Prefetch: while attempts take less than this (a moving average), each busy child gets one
+# claim ahead, so a child that frees up finds work at once instead of waiting a round trip.
+SHORT_ATTEMPT_S = 0.05
+# A prefetched claim no child took within this long goes back (attempt refunded), and
+# prefetching stops until attempts are seen to be short again.
+BACKLOG_WAIT_MAX_S = 0.5
 
 ResultFor = Callable[[Running, float], PendingResult | None]
 
@@ -74,6 +81,17 @@ class Attempts:
         self._handlers = handlers
         self._clock = clock
         self.backlog: collections.deque[tuple[Claim, float]] = collections.deque()
+        self._typical_s = math.inf  # moving average of attempt durations
+
+    def prefetch(self) -> int:
+        """Claims wanted ahead of free children: one per busy child, while attempts are short."""
+        return len(self._pool.busy()) if self._typical_s < SHORT_ATTEMPT_S else 0
+
+    def _observe(self, duration_s: float) -> None:
+        if self._typical_s == math.inf:
+            self._typical_s = duration_s
+        else:
+            self._typical_s += (duration_s - self._typical_s) / 8
 
     # ------------------------------------------------------------ dispatch
 
@@ -128,6 +146,13 @@ class Attempts:
             logger.warning("child vanished at dispatch", pid=child.pid)
             self.settle(child, lambda running, _s: refund(running.claim), kill="died_idle")
 
+    def expire_backlog(self, now: float) -> None:
+        """Prefetched claims no child took in time go back: attempts are not short after all."""
+        while self.backlog and now - self.backlog[0][1] > BACKLOG_WAIT_MAX_S:
+            claim, _ = self.backlog.popleft()
+            self._link.submit(refund(claim))
+            self._typical_s = math.inf
+
     def refund_backlog(self) -> None:
         while self.backlog:
             claim, _ = self.backlog.popleft()
@@ -153,10 +178,12 @@ class Attempts:
             running = child.release()
         if running is None:
             return
-        result = result_for(running, self._clock() - running.started)
+        duration_s = self._clock() - running.started
+        result = result_for(running, duration_s)
         if result is not None:
             self._link.submit(result)
         if kill is None and not died:
+            self._observe(duration_s)
             self._pool.after_task(child)
 
     # ------------------------------------------------------------ what children say
@@ -251,6 +278,8 @@ class Attempts:
             for r in (c.running for c in self._pool.busy())
             if r is not None
         ]
+        if self.backlog:
+            due.append(self.backlog[0][1] + BACKLOG_WAIT_MAX_S)
         return min(due, default=None)
 
     def enforce_deadlines(self, now: float) -> None:

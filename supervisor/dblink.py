@@ -154,6 +154,7 @@ class DatabaseLink:
         self._seen = 0
         self._types: tuple[str, ...] = ()
         self._stopping = False
+        self._fresh = False
         self._events: collections.deque[LinkEvent] = collections.deque()
         self._notify_r, self._notify_w = os.pipe()
         os.set_blocking(self._notify_r, False)
@@ -182,21 +183,28 @@ class DatabaseLink:
         return self._notify_r
 
     def submit(self, result: PendingResult) -> None:
+        """Queue a result; it goes at the next :meth:`want` (once per turn of the loop)."""
         with self._lock:
             self._inbox.append(result)
             self._progress.pop(result.claim.id, None)  # the result carries its own last progress
-            self._wake.notify()
+            self._fresh = True
 
     def progress(self, claim: Claim, pct: int) -> None:
         with self._lock:
             self._progress[claim.id] = (claim, pct)
-            self._wake.notify()
+            self._fresh = True
 
     def want(self, need: int, *, seen: int) -> None:
-        """The idle children could take ``need`` tasks, counting every claim up to ``seen``."""
+        """The children could take ``need`` tasks, counting every claim up to ``seen``.
+
+        Called once at the end of each turn of the loop: this is what wakes the
+        link, so that everything the turn produced (results from several
+        children, and the claim their freed children want) goes in one round trip.
+        """
         with self._lock:
-            if (need, seen) != (self._need, self._seen):
+            if self._fresh or (need, seen) != (self._need, self._seen):
                 self._need, self._seen = need, seen
+                self._fresh = False
                 self._wake.notify()
 
     def set_types(self, types: Iterable[str]) -> None:

@@ -26,6 +26,7 @@ import secrets
 import selectors
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from supervisor.telemetry import Telemetry
 from supervisor.workers import Child, child_environment
 
 HOUSEKEEPING_INTERVAL_S = 5.0  # orphans and child RSS
+SWITCH_INTERVAL_S = 0.0005
 FINAL_FLUSH_TIMEOUT_S = 12.0  # longer than one hung statement (MySQL read timeout, 10 s)
 # Re-exported for the fault tests: the link's outage backoff.
 from supervisor.dblink import DB_RETRY_MAX_S, DB_RETRY_MIN_S  # noqa: E402
@@ -163,6 +165,9 @@ class Supervisor:
     # ---------------------------------------------------------------- set-up and tear-down
 
     def run(self) -> int:
+        # The link's thread wakes on database replies; a short switch interval lets it take
+        # the GIL promptly instead of waiting out the default 5 ms behind the loop's thread.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         become_subreaper()
         self.signals.install(self.selector)
         self.load_handlers()
@@ -269,6 +274,7 @@ class Supervisor:
         self.attempts.enforce_deadlines(now)
         self.pool.respawn_due(now)
         self.attempts.dispatch_backlog()
+        self.attempts.expire_backlog(now)
         if self.drain_deadline is not None and now >= self.drain_deadline:
             self.drain_deadline = None
             self.attempts.abandon_all()
@@ -283,7 +289,8 @@ class Supervisor:
 
     def state_need(self) -> None:
         """Tell the link how many tasks the idle children could take now."""
-        need = 0 if self.draining else len(self.pool.idle()) - len(self.attempts.backlog)
+        idle = len(self.pool.idle()) + self.attempts.prefetch()
+        need = 0 if self.draining else idle - len(self.attempts.backlog)
         self.link.want(max(0, need), seen=self.claims_seen)
 
     def next_wakeup(self) -> float:

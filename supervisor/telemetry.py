@@ -34,6 +34,7 @@ class Telemetry:
     def __init__(self, handled_types: Callable[[], Container[str]], owner: str) -> None:
         self.metrics = metrics.Metrics(handled_types)
         self.log = logger.bind(owner=owner)
+        self._published: tuple[int, int] | None = None
 
     # ------------------------------------------------------------ attempts
 
@@ -148,7 +149,10 @@ class Telemetry:
         self.metrics.restarts.labels(reason=reason).inc()
 
     def publish(self, *, workers: int, busy: int) -> None:
-        """Gauges after every turn of the loop (each is a store into a mmap)."""
+        """Gauges after a turn of the loop that changed them (each is a store into a mmap)."""
+        if (workers, busy) == self._published:
+            return
+        self._published = (workers, busy)
         self.metrics.in_flight.set(busy)
         self.metrics.busy.set(busy)
         self.metrics.workers.set(workers)
