@@ -35,6 +35,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 
@@ -491,26 +492,12 @@ class DatabaseLink:
                 os.write(self._notify_w, b"!")
 
 
-def open_link(
-    dsn: Dsn,
-    *,
-    owner: str,
-    info: Callable[[], SupervisorInfo],
-    lease_s: float,
-    poll_interval_s: float,
-    health: Health | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> DatabaseLink:
-    """A link to the database ``dsn`` names; it connects on its own thread, on first use."""
-    return DatabaseLink(
-        open_store(dsn),
-        owner=owner,
-        info=info,
-        lease_s=lease_s,
-        poll_interval_s=poll_interval_s,
-        health=health,
-        clock=clock,
-    )
+def open_link(dsn: Dsn, **options: Any) -> DatabaseLink:
+    """A link to the database ``dsn`` names (``options`` as for :class:`DatabaseLink`).
+
+    It connects on its own thread, on first use.
+    """
+    return DatabaseLink(open_store(dsn), **options)
 
 
 def write_one(store: Store, result: PendingResult) -> bool:
