@@ -84,8 +84,9 @@ class Attempts:
         self._typical_s = math.inf  # moving average of attempt durations
 
     def prefetch(self) -> int:
-        """Claims wanted ahead of free children: one per busy child, while attempts are short."""
-        return len(self._pool.busy()) if self._typical_s < SHORT_ATTEMPT_S else 0
+        """Claims wanted ahead of free children: one per busy child that will take another
+        task, while attempts are short."""
+        return self._pool.busy_and_staying() if self._typical_s < SHORT_ATTEMPT_S else 0
 
     def _observe(self, duration_s: float) -> None:
         if self._typical_s == math.inf:

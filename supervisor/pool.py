@@ -59,6 +59,16 @@ class Pool:
     def busy(self) -> list[Child]:
         return [c for c in self.children.values() if c.state is ChildState.BUSY]
 
+    def busy_and_staying(self) -> int:
+        """Busy children that will take another task after this one (not retiring or recycled)."""
+        return sum(
+            1
+            for c in self.busy()
+            if not c.retire_when_idle
+            and c.slot < self.target
+            and not should_recycle(c.tasks_done + 1, self._max_tasks_per_child)
+        )
+
     def pids(self) -> set[int]:
         return {c.pid for c in self.children.values()}
 
