@@ -96,6 +96,24 @@ def test_the_loop_keeps_killing_at_deadlines_while_the_store_is_down(make_loop: 
     assert loop.row(task_id).status is Status.FAILED
 
 
+def test_progress_reported_during_an_outage_is_written_when_the_store_answers(
+    make_loop: MakeLoop,
+) -> None:
+    loop = make_loop(workers=1, lease_s=30)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    child = loop.child(0)
+    loop.store.fail_with(DOWN)
+    child.say_progress(40)
+    loop.step()
+    for _ in range(3):  # after the first failure, each retry renews (and fails) first
+        loop.turn()
+        loop.advance_to(loop.link.next_due())
+    loop.store.fail_with(None)
+    loop.turn()
+    assert loop.row(task_id).progress_pct == 40
+
+
 def test_results_the_store_never_took_are_reported_not_recorded_at_exit(
     make_loop: MakeLoop,
 ) -> None:
