@@ -139,6 +139,27 @@ def test_claims_for_children_that_went_away_wait_in_the_backlog_and_nothing_more
     assert not loop.sup.attempts.backlog
 
 
+def test_claims_that_cannot_run_do_not_keep_an_idle_child_from_the_rest_of_the_backlog(
+    make_loop: MakeLoop,
+) -> None:
+    loop = make_loop(workers=3)
+    loop.enqueue(2, budget_s=1, priority=-1)  # claimed first, expire before dispatch
+    [good] = loop.enqueue(budget_s=100)
+    loop.step()
+    loop.turn()
+    loop.sup.handle_sighup()
+    loop.step()
+    assert len(loop.sup.attempts.backlog) == 3
+    for child in loop.children():
+        child.exit(0)
+    loop.step()
+    loop.advance(2)
+    loop.child(0).say_ready()  # one child is ready before the others
+    loop.step()
+    assert loop.child(0).task().id == good
+    assert not loop.sup.attempts.backlog
+
+
 def test_a_claim_whose_handler_was_removed_by_a_reload_is_put_back(make_loop: MakeLoop) -> None:
     loop = make_loop(workers=1, types=("echo", "gone"))
     [task_id] = loop.enqueue(type="gone")
