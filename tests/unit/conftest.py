@@ -19,7 +19,8 @@ def make_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeL
     """``make_loop(workers=2, ...)``: a started Loop, closed after the test.
 
     The parent's orphan sweep would kill this test process's real children;
-    here it only counts how often it ran.
+    here it only counts how often it ran. Nor does ``run()`` make the test
+    process a subreaper.
     """
     made: list[Loop] = []
 
@@ -29,6 +30,7 @@ def make_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeL
         return 0
 
     monkeypatch.setattr(parent, "kill_orphans", sweep)
+    monkeypatch.setattr(parent, "become_subreaper", lambda: None)
 
     def make(*, start: bool = True, ready: bool = True, **options: Any) -> Loop:
         loop = Loop(tmp_path / f"loop-{len(made)}", **options)

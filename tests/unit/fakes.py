@@ -24,7 +24,7 @@ import selectors
 import signal
 import socket
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from supervisor.workers import Child, ChildState
 FAKE_PID_BASE = 5_000_000
 STACK_TEXT = 'Thread 0x01 (most recent call first):\n  File "handler.py", line 3 in handle'
 OWNER = "unit-test:1:abcdef"
+HANDLER = "def handle(task, progress):\n    pass\n"
 
 
 class MonotonicClock:
@@ -91,6 +92,7 @@ class FakeChild(Child):
         self.reaped = False
         self.stack_requests = 0
         self.kills = 0
+        self.exit_on_stop = False  # act out a real child's obedience to ``stop``
         self._heard: list[Message] = []
         self._closed = False
 
@@ -126,6 +128,7 @@ class FakeChild(Child):
         if self.exit_status is not None or self._closed:
             return
         self.exit_status = (None, by.name) if by is not None else (code, None)
+        self.heard()  # what the parent sent before the end stays readable to the test
         with contextlib.suppress(OSError):
             self.peer.close()
         os.write(self._exit_w, b"x")
@@ -162,6 +165,12 @@ class FakeChild(Child):
         return any(isinstance(m, StopMessage) for m in self._heard)
 
     # --- the process operations, simulated --------------------------------------------------
+
+    def send(self, message: Message) -> bool:
+        sent = super().send(message)
+        if sent and self.exit_on_stop and isinstance(message, StopMessage):
+            self.exit(0)
+        return sent
 
     def request_stack(self) -> None:
         self.stack_requests += 1
@@ -204,6 +213,7 @@ class FakeSpawner:
         self.spawned: list[FakeChild] = []
         self.spawned_at: list[tuple[int, float]] = []  # (slot, loop clock)
         self.failures = 0  # the next this many spawns raise OSError
+        self.on_spawn: list[Callable[[FakeChild], None]] = []  # run on each new child
 
     def __call__(self, slot: int) -> Child:
         self.spawned_at.append((slot, self._clock()))
@@ -212,6 +222,8 @@ class FakeSpawner:
             raise OSError("fork failed: resource temporarily unavailable")
         child = FakeChild(slot=slot, pid=next(self._pids), dump_dir=self._dump_dir)
         self.spawned.append(child)
+        for action in self.on_spawn:
+            action(child)
         return child
 
     def close_all(self) -> None:
@@ -284,6 +296,7 @@ class Loop:
         poll_interval_s: float = 0.2,
         drain_timeout_s: float = 10.0,
         max_tasks_per_child: int = 0,
+        import_check: bool = False,
     ) -> None:
         self.handlers_dir = tmp_path / "handlers"
         self.handlers_dir.mkdir(parents=True)
@@ -323,7 +336,8 @@ class Loop:
             spawner=self.spawner,
             registry=self.registry,
         )
-        self.sup.imports = NoImportCheck()  # type: ignore[assignment]
+        if not import_check:  # the real one runs an interpreter
+            self.sup.imports = NoImportCheck()  # type: ignore[assignment]
         self.logs: list[dict[str, Any]] = []
         self._sink = logger.add(self._log, level="DEBUG", format="{message}")
         self._link_closed = False
@@ -335,10 +349,8 @@ class Loop:
         record = message.record
         self.logs.append({"message": record["message"], **record["extra"]})
 
-    def add_handler(self, task_type: str) -> None:
-        (self.handlers_dir / f"{task_type}.py").write_text(
-            "def handle(task, progress):\n    pass\n"
-        )
+    def add_handler(self, task_type: str, source: str = HANDLER) -> None:
+        (self.handlers_dir / f"{task_type}.py").write_text(source)
 
     # --- set-up and tear-down ---------------------------------------------------------------
 
@@ -358,6 +370,11 @@ class Loop:
         self.sup.cleanup()
         self.spawner.close_all()
         logger.remove(self._sink)
+
+    def run(self) -> int:
+        """``Supervisor.run()``: signals, children, the link's thread, the loop, until drained."""
+        self._link_closed = True  # run() closes it
+        return self.sup.run()
 
     def close_link(self) -> bool:
         self._link_closed = True

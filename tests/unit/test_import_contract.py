@@ -1,13 +1,15 @@
 """Who may import what: the boundaries that keep the child light and the store process-free.
 
 Each import is checked in a fresh interpreter (``sys.modules`` after the
-import), since this test process has long since imported everything.
+import), since this test process has long since imported everything. That
+interpreter runs without coverage measurement, which imports modules of its own.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,10 +74,20 @@ PARENT_SIDE = (
 )
 
 
+def uncovered_environment() -> dict[str, str]:
+    """This environment, minus what makes coverage measure (and import into) a subprocess."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+
+
 def modules_loaded_by(module: str) -> set[str]:
     code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=uncovered_environment(),
     )
     return set(json.loads(out.stdout))
 
