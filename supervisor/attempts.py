@@ -101,13 +101,17 @@ class Attempts:
         self.dispatch_backlog()
 
     def dispatch_backlog(self) -> None:
-        if not self.backlog:
-            return
-        for child in self._pool.idle():
-            if not self.backlog:
+        """Hand waiting claims to idle children while there are both.
+
+        A claim that cannot run (expired, its handler gone) leaves its child
+        idle: that child takes the next claim.
+        """
+        while self.backlog:
+            idle = self._pool.idle()
+            if not idle:
                 return
             claim, claimed_at = self.backlog.popleft()
-            self._dispatch(child, claim, claimed_at)
+            self._dispatch(idle[0], claim, claimed_at)
 
     def _dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
         now = self._clock()

@@ -360,15 +360,12 @@ class DatabaseLink:
             self._post(LeasesLost(ids=lost))
 
     def _write_progress(self, progress: list[tuple[Claim, int]], now: float) -> None:
-        for index, (claim, pct) in enumerate(progress):
-            try:
-                self._store.progress(claim, pct)
-            except StoreError:
-                with self._lock:  # keep what was not written, unless a newer value came
-                    for later_claim, later_pct in progress[index:]:
-                        self._progress.setdefault(later_claim.id, (later_claim, later_pct))
-                raise
+        """Write what is due; each value leaves ``progress`` once written (the rest is kept)."""
+        while progress:
+            claim, pct = progress[0]
+            self._store.progress(claim, pct)
             self._progress_written[claim.id] = now
+            del progress[0]
 
     def _write_others(self) -> None:
         """Failures, retries and refunds: one fenced statement each."""
@@ -441,7 +438,12 @@ class DatabaseLink:
         self._post(Recorded(result=result, won=won))
 
     def _failed(self, exc: StoreError, progress: list[tuple[Claim, int]]) -> None:
-        """Back off (capped at half a heartbeat, so leases survive), and renew at first contact."""
+        """Back off (capped at half a heartbeat, so leases survive), and renew at first contact.
+
+        Progress taken for this turn and not written is kept for the next one,
+        unless a newer value came meanwhile. (Should the task's result have come
+        too, the value is written first, fenced; the result carries its own.)
+        """
         self._failures += 1
         cap = min(DB_RETRY_MAX_S, self._heartbeat_s / 2)
         delay = doubling_delay(self._failures, minimum=DB_RETRY_MIN_S, maximum=cap)
@@ -449,6 +451,9 @@ class DatabaseLink:
         now = self._clock()
         self._retry_at = now + delay
         self._next_heartbeat = min(self._next_heartbeat, now)
+        with self._lock:
+            for claim, pct in progress:
+                self._progress.setdefault(claim.id, (claim, pct))
         self._post(DbFailed(error=str(exc), retry_in_s=delay, held=len(self._held)))
 
     def _answered(self) -> None:

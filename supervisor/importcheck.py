@@ -31,7 +31,7 @@ class ImportCheck:
     """
 
     def __init__(
-        self, handlers: Mapping[str, Path], env: Mapping[str, str], timeout_s: float
+        self, handlers: Mapping[str, Path], env: Mapping[str, str], deadline: float
     ) -> None:
         args = [f"{task_type}={path}" for task_type, path in sorted(handlers.items())]
         self.process = subprocess.Popen(
@@ -45,7 +45,7 @@ class ImportCheck:
         assert self.process.stdout is not None
         self._stdout = self.process.stdout
         os.set_blocking(self._stdout.fileno(), False)
-        self.deadline = time.monotonic() + timeout_s
+        self.deadline = deadline  # on the watcher's clock
         self._output = bytearray()
 
     def fileno(self) -> int:
@@ -108,7 +108,8 @@ class ImportWatch:
     def start(self, handlers: Mapping[str, Path]) -> None:
         self.close()
         if handlers:
-            self._check = ImportCheck(handlers, self._env, IMPORT_CHECK_TIMEOUT_S)
+            deadline = self._clock() + IMPORT_CHECK_TIMEOUT_S
+            self._check = ImportCheck(handlers, self._env, deadline)
             self._selector.register(self._check.fileno(), selectors.EVENT_READ, ("check", None))
 
     @property

@@ -24,9 +24,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Container, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PARENT_ID = "parent"
@@ -103,50 +106,78 @@ def mark_slot_dead(directory: Path, slot: int) -> None:
 class Metrics:
     """The supervisor's own metrics. Labels for ``type`` are limited to handled types."""
 
-    def __init__(self, handled_types: Callable[[], Container[str]]) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(
+        self,
+        handled_types: Callable[[], Container[str]],
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """``registry``: the process-wide one unless given (a test makes its own per loop)."""
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
         self._handled_types = handled_types
-        self.claimed = Counter("tasks_claimed", "Tasks claimed by this supervisor.", ["type"])
+        to = registry if registry is not None else REGISTRY
+        self.claimed = Counter(
+            "tasks_claimed", "Tasks claimed by this supervisor.", ["type"], registry=to
+        )
         self.processed = Counter(
             "tasks_processed",
             "Attempts finished, by outcome: completed, retried, error, panic, timeout, "
             "expired, lost.",
             ["type", "outcome"],
+            registry=to,
         )
         self.duration = Histogram(
             "task_duration_seconds",
             "Wall-clock time of an attempt.",
             ["type"],
             buckets=DURATION_BUCKETS,
+            registry=to,
         )
         self.in_flight = Gauge(
-            "tasks_in_flight", "Attempts running now.", multiprocess_mode="livesum"
+            "tasks_in_flight",
+            "Attempts running now.",
+            multiprocess_mode="livesum",
+            registry=to,
         )
         self.restarts = Counter(
-            "supervisor_child_restarts", "Children replaced, by reason.", ["reason"]
+            "supervisor_child_restarts",
+            "Children replaced, by reason.",
+            ["reason"],
+            registry=to,
         )
-        self.db_errors = Counter("supervisor_db_errors", "Failed database operations.")
+        self.db_errors = Counter("supervisor_db_errors", "Failed database operations.", registry=to)
         self.claim_seconds = Histogram(
-            "supervisor_claim_seconds", "Latency of one claim transaction.", buckets=CLAIM_BUCKETS
+            "supervisor_claim_seconds",
+            "Latency of one claim transaction.",
+            buckets=CLAIM_BUCKETS,
+            registry=to,
         )
         self.workers = Gauge(
-            "supervisor_workers", "Worker slots configured.", multiprocess_mode="livesum"
+            "supervisor_workers",
+            "Worker slots configured.",
+            multiprocess_mode="livesum",
+            registry=to,
         )
         self.busy = Gauge(
-            "supervisor_workers_busy", "Worker slots running a task.", multiprocess_mode="livesum"
+            "supervisor_workers_busy",
+            "Worker slots running a task.",
+            multiprocess_mode="livesum",
+            registry=to,
         )
         self.child_rss = Gauge(
             "supervisor_child_rss_bytes",
             "Resident memory of each child.",
             ["slot"],
             multiprocess_mode="livesum",
+            registry=to,
         )
         self.queue_depth = Gauge(
             "supervisor_queue_depth",
             "Live tasks in the table by type and status.",
             ["type", "status"],
             multiprocess_mode="livesum",
+            registry=to,
         )
         self._depth_labels: set[tuple[str, str]] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

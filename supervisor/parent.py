@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
@@ -52,12 +53,15 @@ from supervisor.dblink import (
 from supervisor.handlers import discover
 from supervisor.health import Health
 from supervisor.importcheck import ImportWatch
-from supervisor.pool import Pool
+from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
 from supervisor.records import SupervisorInfo
 from supervisor.signals import SignalInbox
 from supervisor.telemetry import Telemetry
 from supervisor.workers import Child, child_environment
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 HOUSEKEEPING_INTERVAL_S = 5.0  # orphans and child RSS
 SWITCH_INTERVAL_S = 0.0005
@@ -115,14 +119,20 @@ class Supervisor:
         link: DatabaseLink | None = None,
         metrics_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        spawner: Spawner | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """``link``, ``clock``, ``spawner`` and ``registry`` are for unit tests that drive
+        the loop by hand: a link on a memory store, a clock that moves when told, children
+        that are test doubles, and metrics outside the process-wide registry.
+        """
         self.settings = settings
         self.metrics_dir = metrics_dir
         self.clock = clock
         self.owner = link.owner if link is not None else owner_id()
         self.handlers: dict[str, Path] = {}
         self.health = Health(stale_after_s=settings.lease_s)
-        self.telemetry = Telemetry(lambda: self.handlers, self.owner)
+        self.telemetry = Telemetry(lambda: self.handlers, self.owner, registry=registry)
         self.log = self.telemetry.log
         self.selector = selectors.DefaultSelector()
         self.signals = SignalInbox()
@@ -140,7 +150,7 @@ class Supervisor:
         )
         self.selector.register(self.link.fileno(), selectors.EVENT_READ, ("link", None))
         self.pool = Pool(
-            spawner=self.spawn_child,
+            spawner=spawner or self.spawn_child,
             selector=self.selector,
             workers=settings.workers,
             max_tasks_per_child=settings.max_tasks_per_child,

@@ -11,7 +11,7 @@ the row's ``last_error``).
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from loguru import logger
@@ -22,6 +22,9 @@ from supervisor.lifecycle import Outcome
 from supervisor.records import Claim
 from supervisor.results import PendingResult
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
 # The parent logs this when it kills a child at its deadline; the benchmark times kills by it.
 DEADLINE_KILL_MESSAGE = "deadline reached; killing the child's tree"
 
@@ -31,8 +34,14 @@ def task_fields(claim: Claim) -> dict[str, Any]:
 
 
 class Telemetry:
-    def __init__(self, handled_types: Callable[[], Container[str]], owner: str) -> None:
-        self.metrics = metrics.Metrics(handled_types)
+    def __init__(
+        self,
+        handled_types: Callable[[], Container[str]],
+        owner: str,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.metrics = metrics.Metrics(handled_types, registry=registry)
         self.log = logger.bind(owner=owner)
         self._published: tuple[int, int] | None = None
 

@@ -57,21 +57,27 @@ def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> d
 
 
 class Child:
-    """One child process as the parent sees it."""
+    """One child process as the parent sees it.
+
+    Built by :meth:`spawn`; a unit test builds one around its own socket pair
+    and a pipe standing in for the pidfd.
+    """
 
     def __init__(
         self,
         *,
         slot: int,
-        process: subprocess.Popen[bytes],
+        pid: int,
         sock: socket.socket,
+        pidfd: int,
         dump_path: Path,
+        process: subprocess.Popen[bytes] | None = None,
     ) -> None:
         self.slot = slot
         self.process = process
-        self.pid = process.pid
+        self.pid = pid
         self.sock = sock
-        self.pidfd = os.pidfd_open(process.pid)
+        self.pidfd = pidfd
         self.dump_path = dump_path
         self.state = ChildState.STARTING
         self.running: Running | None = None
@@ -172,7 +178,14 @@ class Child:
         finally:
             child_end.close()
         parent_end.settimeout(SEND_TIMEOUT_S)
-        return cls(slot=slot, process=process, sock=parent_end, dump_path=dump_path)
+        return cls(
+            slot=slot,
+            pid=process.pid,
+            sock=parent_end,
+            pidfd=os.pidfd_open(process.pid),
+            dump_path=dump_path,
+            process=process,
+        )
 
     def send(self, message: Message) -> bool:
         """Deliver a message; False if the child is gone (its exit is noticed via the pidfd)."""
@@ -248,7 +261,8 @@ class Child:
         if waited is None:
             return None
         status, maxrss_kib = waited
-        self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.process is not None:  # so Popen does not think it still runs
+            self.process.returncode = os.waitstatus_to_exitcode(status)
         return ExitStatus.from_wait(status, maxrss_kib, killed_by_parent=self.killed_by_parent)
 
     def close(self) -> None:

@@ -20,8 +20,13 @@ from supervisor.protocol import (
 
 MESSAGES: list[Message] = [
     TaskMessage(
-        id=7, type="resize", path="/h/resize.py", options='{"a": "x\\ny"}', attempt=2,
-        max_attempts=3, remaining_s=12.5,
+        id=7,
+        type="resize",
+        path="/h/resize.py",
+        options='{"a": "x\\ny"}',
+        attempt=2,
+        max_attempts=3,
+        remaining_s=12.5,
     ),
     TaskMessage(
         id=8, type="t", path="/h/t.py", options=None, attempt=1, max_attempts=1, remaining_s=1
