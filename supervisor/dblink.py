@@ -245,13 +245,18 @@ class DatabaseLink:
                     self._post(NotRecorded(result=result))
                 self._announce()
                 return False
-        with contextlib.suppress(OSError):
-            os.close(self._notify_w)
+        if self._notify_w >= 0:  # closed once: a second close could hit a reused fd number
+            with contextlib.suppress(OSError):
+                os.close(self._notify_w)
+            self._notify_w = -1
         return not self._held
 
     def release_fd(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._notify_r)
+        """Close the loop's end of the notify pipe (after :meth:`close`), once."""
+        if self._notify_r >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._notify_r)
+            self._notify_r = -1
 
     @property
     def held(self) -> int:
@@ -356,6 +361,7 @@ class DatabaseLink:
         lost = frozenset(c.id for c in claims if c.id not in held)
         for claim_id in lost:
             self._leased.pop(claim_id, None)
+            self._progress_written.pop(claim_id, None)
         if lost:
             self._post(LeasesLost(ids=lost))
 

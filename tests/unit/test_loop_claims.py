@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from supervisor.attempts import BACKLOG_WAIT_MAX_S
 from supervisor.dblink import Claimed
 from supervisor.lifecycle import Status
 from tests.unit.conftest import MakeLoop
@@ -34,14 +35,56 @@ def test_a_claim_the_loop_has_not_seen_yet_is_not_claimed_again(make_loop: MakeL
     assert len(loop.busy()) == 2
 
 
-def test_a_child_that_frees_up_gets_exactly_one_new_claim(make_loop: MakeLoop) -> None:
+def test_a_child_that_frees_up_after_a_long_attempt_gets_exactly_one_new_claim(
+    make_loop: MakeLoop,
+) -> None:
+    loop = make_loop(workers=2)
+    ids = loop.enqueue(10)
+    loop.cycle()
+    first, _ = loop.busy()
+    loop.advance(1.0)  # attempts this long are not prefetched for
+    first.say_done()
+    loop.cycle(3)
+    assert [len(e.claims) for e in loop.events(Claimed)] == [2, 1]
+    assert running([loop.row(i).status for i in ids]) == 2
+
+
+def test_while_attempts_are_short_each_busy_child_gets_one_claim_ahead(
+    make_loop: MakeLoop,
+) -> None:
+    loop = make_loop(workers=2)
+    ids = loop.enqueue(10)
+    loop.cycle()
+    first, second = loop.busy()
+    first.say_done()  # instantly: attempts are short
+    loop.cycle(3)
+    # The freed child's claim, one ahead for its busy sibling, then one ahead for itself.
+    assert [len(e.claims) for e in loop.events(Claimed)] == [2, 2, 1]
+    assert running([loop.row(i).status for i in ids]) == 4
+    assert len(loop.sup.attempts.backlog) == 2
+    second.say_done()
+    loop.step()
+    assert len(second.tasks()) == 2  # its next task came from the backlog, without a round trip
+    assert len(loop.sup.attempts.backlog) == 1
+
+
+def test_a_claim_taken_ahead_that_no_child_takes_in_time_goes_back_refunded(
+    make_loop: MakeLoop,
+) -> None:
     loop = make_loop(workers=2)
     ids = loop.enqueue(10)
     loop.cycle()
     first, _ = loop.busy()
     first.say_done()
     loop.cycle(3)
-    assert [len(e.claims) for e in loop.events(Claimed)] == [2, 1]
+    [(waiting, _)] = list(loop.sup.attempts.backlog)[-1:]
+    loop.advance(BACKLOG_WAIT_MAX_S + 0.01)
+    loop.step()
+    loop.turn()
+    row = loop.row(waiting.id)
+    assert (row.status, row.attempts) == (Status.QUEUED, 0)
+    assert not loop.sup.attempts.backlog
+    assert loop.sup.attempts.prefetch() == 0  # and no more claims ahead until attempts are short
     assert running([loop.row(i).status for i in ids]) == 2
 
 
