@@ -72,7 +72,7 @@ def run_supervisor(argv: list[str], environ: Mapping[str, str]) -> int:
     )
     add_run_flags(parser, environ)
     settings = settings_from(parser.parse_args(argv), environ)
-    from supervisor.parent import run
+    from supervisor.service import run
 
     return run(settings)
 

@@ -33,9 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loguru import logger
-
-from supervisor import __version__, logs, metrics
+from supervisor import __version__, metrics
 from supervisor.attempts import Attempts
 from supervisor.config import Settings
 from supervisor.dblink import (
@@ -69,41 +67,7 @@ FINAL_FLUSH_TIMEOUT_S = 12.0  # longer than one hung statement (MySQL read timeo
 # Re-exported for the fault tests: the link's outage backoff.
 from supervisor.dblink import DB_RETRY_MAX_S, DB_RETRY_MIN_S  # noqa: E402
 
-__all__ = ["DB_RETRY_MAX_S", "DB_RETRY_MIN_S", "Supervisor", "owner_id", "run"]
-
-
-def run(settings: Settings) -> int:
-    """Run a supervisor until it has drained; the process's exit status."""
-    logs.configure(settings.log_format, settings.log_level)
-    directory = None
-    if settings.metrics_port:
-        # Before prometheus_client is first imported, and before children inherit the environment.
-        directory = metrics.prepare_directory(os.environ)
-        metrics.bind_process_files(metrics.PARENT_ID)
-    supervisor = Supervisor(settings, metrics_dir=directory.path if directory else None)
-    server = None
-    try:
-        if directory is not None:
-            from supervisor import http
-
-            try:
-                server = http.serve(
-                    settings.metrics_host,
-                    settings.metrics_port,
-                    str(directory.path),
-                    supervisor.health,
-                )
-            except OSError as exc:
-                logger.error("cannot serve metrics", port=settings.metrics_port, error=str(exc))
-                return 1
-        return supervisor.run()
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        supervisor.cleanup()
-        if directory is not None:
-            directory.cleanup()
+__all__ = ["DB_RETRY_MAX_S", "DB_RETRY_MIN_S", "Supervisor", "owner_id"]
 
 
 def owner_id() -> str:
