@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import psutil
@@ -25,6 +26,9 @@ import psutil
 from supervisor.protocol import LineBuffer, Message, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.store import Claim
+
+if TYPE_CHECKING:
+    from supervisor.forkserver import Template
 
 STACK_SIGNAL = signal.SIGUSR1
 SEND_TIMEOUT_S = 5.0
@@ -60,21 +64,31 @@ def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> d
 
 
 class Child:
-    """One child process as the parent sees it."""
+    """One child process as the parent sees it.
+
+    Built from a ``Popen`` (:meth:`spawn`) or from the bare pid of a child the fork
+    server made (:meth:`fork`): that one is our child too (re-parented to us, a
+    subreaper), so pidfd, ``wait4`` and the process-group kill work the same.
+    """
 
     def __init__(
         self,
         *,
         slot: int,
-        process: subprocess.Popen[bytes],
         sock: socket.socket,
         dump_path: Path,
+        process: subprocess.Popen[bytes] | None = None,
+        pid: int | None = None,
     ) -> None:
+        if process is not None:
+            pid = process.pid
+        if pid is None:
+            raise ValueError("a Child needs a process or a pid")
         self.slot = slot
         self.process = process
-        self.pid = process.pid
+        self.pid = pid
         self.sock = sock
-        self.pidfd = os.pidfd_open(process.pid)
+        self.pidfd = os.pidfd_open(pid)
         self.dump_path = dump_path
         self.state = ChildState.STARTING
         self.running: Running | None = None
@@ -124,6 +138,34 @@ class Child:
             child_end.close()
         parent_end.settimeout(SEND_TIMEOUT_S)
         return cls(slot=slot, process=process, sock=parent_end, dump_path=dump_path)
+
+    @classmethod
+    def fork(
+        cls,
+        template: Template,
+        *,
+        slot: int,
+        runtime_dir: Path,
+        metrics_id: str | None = None,
+    ) -> Child:
+        """Like :meth:`spawn`, but forked by the fork server: costs a fork, not an interpreter.
+
+        Raises OSError when the template fails; the caller then falls back to :meth:`spawn`.
+        """
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        dump_path = runtime_dir / f"child-{slot}.dump"
+        dump_path.write_bytes(b"")
+        try:
+            pid = template.spawn(
+                slot=slot, sock=child_end, dump_path=dump_path, metrics_id=metrics_id
+            )
+        except OSError:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        parent_end.settimeout(SEND_TIMEOUT_S)
+        return cls(slot=slot, pid=pid, sock=parent_end, dump_path=dump_path)
 
     def send(self, message: Message) -> bool:
         """Deliver a message; False if the child is gone (its exit is noticed via the pidfd)."""
@@ -199,7 +241,8 @@ class Child:
         if waited is None:
             return None
         status, maxrss_kib = waited
-        self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.process is not None:
+            self.process.returncode = os.waitstatus_to_exitcode(status)
         return ExitStatus.from_wait(status, maxrss_kib, killed_by_parent=self.killed_by_parent)
 
     def close(self) -> None:
