@@ -31,6 +31,7 @@ from loguru import logger
 from supervisor import __version__, logs, metrics
 from supervisor.config import Settings
 from supervisor.errors import StoreError
+from supervisor.forkserver import Template
 from supervisor.handlers import discover
 from supervisor.health import Health
 from supervisor.lifecycle import Decision, Failure, Outcome, Status, decide_error
@@ -63,6 +64,7 @@ FORGET_DEAD_SUPERVISORS_S = 86400.0  # registry entries of dead supervisors, kep
 SAMPLE_INTERVAL_S = 5.0  # child RSS and queue depth: sampled, not read per scrape
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
 SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
+TEMPLATE_RETRY_S = 30.0  # after the fork server failed, children are spawned the slow way this long
 IMPORT_CHECK_TIMEOUT_S = 60.0
 # A drained attempt goes back to the queue as if it never ran (the attempt is refunded).
 BACK_TO_QUEUE = Decision(outcome=Outcome.RETRIED, status=Status.QUEUED, retry_in_s=0.0)
@@ -148,13 +150,16 @@ class Supervisor:
         self.spawn_at: dict[int, float] = {}
         self.spawn_failures: dict[int, int] = {}
         self.import_check: ImportCheck | None = None
+        self.template: Template | None = None
+        self.template_retry_at = 0.0
         self.queue_ran_dry = False  # the last claim came back short: probe before claiming
 
     # ---------------------------------------------------------------- set-up and tear-down
 
     def run(self) -> int:
-        become_subreaper()
+        become_subreaper()  # before the fork server starts: its children must re-parent to us
         self.install_signals()
+        self.start_template()
         self.load_handlers()
         self.log.info(
             "supervisor starting",
@@ -193,6 +198,7 @@ class Supervisor:
 
     def cleanup(self) -> None:
         self.end_import_check()
+        self.stop_template()
         for child in list(self.children.values()):
             child.kill_tree()
             self.forget(child)
@@ -401,15 +407,46 @@ class Supervisor:
 
     # ---------------------------------------------------------------- children
 
+    def start_template(self) -> None:
+        """Start the fork server, which makes a new child cost a fork; without it, children are
+        started as new interpreters (slower, same guarantees)."""
+        self.template_retry_at = time.monotonic() + TEMPLATE_RETRY_S
+        try:
+            self.template = Template.start(env=self.child_env, lifeline_fd=self.lifeline_r)
+        except OSError as exc:
+            self.log.warning(
+                "fork server unavailable; starting children as new interpreters", error=str(exc)
+            )
+
+    def stop_template(self) -> None:
+        if self.template is not None:
+            self.template.close()
+            self.template = None
+
     def spawn(self, slot: int) -> None:
         self.spawn_at.pop(slot, None)
+        metrics_id = metrics.slot_id(slot) if self.metrics_dir else None
+        if self.template is None and time.monotonic() >= self.template_retry_at:
+            self.start_template()
+        child = None
+        if self.template is not None:
+            try:
+                child = Child.fork(
+                    self.template, slot=slot, runtime_dir=self.runtime_dir, metrics_id=metrics_id
+                )
+            except OSError as exc:
+                self.log.warning(
+                    "fork server failed; starting children as new interpreters for now",
+                    error=str(exc),
+                )
+                self.stop_template()
         try:
-            child = Child.spawn(
+            child = child or Child.spawn(
                 slot=slot,
                 runtime_dir=self.runtime_dir,
                 lifeline_fd=self.lifeline_r,
                 env=self.child_env,
-                metrics_id=metrics.slot_id(slot) if self.metrics_dir else None,
+                metrics_id=metrics_id,
             )
         except OSError as exc:
             self.log.error("cannot start a child", slot=slot, error=str(exc))
@@ -566,6 +603,8 @@ class Supervisor:
         known = {c.pid for c in self.children.values()}
         if self.import_check is not None:
             known.add(self.import_check.process.pid)
+        if self.template is not None:
+            known.add(self.template.pid)
         if killed := kill_orphans(known):
             self.log.warning("killed processes left behind by a dead child", count=killed)
 
