@@ -55,6 +55,7 @@ import contextlib
 import ctypes
 import faulthandler
 import gc
+import itertools
 import json
 import os
 import select
@@ -77,6 +78,19 @@ SPAWN_TIMEOUT_S = 1.0
 CLOSE_TIMEOUT_S = 1.0
 MAX_DATAGRAM = 64 * 1024
 MODULE = "supervisor.forkserver"
+
+
+def is_pid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def is_our_child(pid: int) -> bool:
+    """Whether ``pid`` is this process's child (it can be waited for); reaps nothing."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def is_subreaper() -> bool:
@@ -209,10 +223,11 @@ class Template:
         reply = self._receive()
         if reply.get("seq") != seq:
             raise OSError(f"the fork server answered out of turn: {reply!r}")
-        pid = reply.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool):
+        pid, intermediate = reply.get("pid"), reply.get("intermediate")
+        if not (is_pid(pid) and is_pid(intermediate)):
             raise OSError(f"the fork server could not fork: {reply.get('error', reply)!r}")
-        self._check_adopted(pid)
+        assert isinstance(pid, int) and isinstance(intermediate, int)
+        self._await_adoption(pid, intermediate, deadline)
         return pid
 
     def _receive(self) -> dict[str, Any]:
@@ -228,21 +243,31 @@ class Template:
         return reply
 
     @staticmethod
-    def _check_adopted(pid: int) -> None:
-        """The child must be ours (re-parented to us), or it could be neither waited for nor timed.
+    def _await_adoption(pid: int, intermediate: int, deadline: float) -> None:
+        """Wait for the child to be ours (re-parented to us), or it could be neither waited for
+        nor timed; OSError (and the child killed) if it is not by the deadline.
 
-        ``waitid(WNOWAIT)`` fails with ECHILD for anyone else's process and reaps nothing.
+        The template replies as soon as it has released the intermediate, so the
+        reply may come before the intermediate's exit: a pidfd on it becomes
+        readable when it has exited, and the kernel re-parents its children
+        before it reports that exit. ``waitid(WNOWAIT)`` fails with ECHILD for
+        anyone else's process, and reaps nothing.
         """
-        try:
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
+        if not is_our_child(pid):
+            with contextlib.suppress(OSError):  # gone already: then it has exited
+                pidfd = os.pidfd_open(intermediate)
+                try:
+                    select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+                finally:
+                    os.close(pidfd)
+        if not is_our_child(pid):
             with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(pid)  # a pidfd: never a recycled pid
                 try:
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 finally:
                     os.close(pidfd)
-            raise OSError(f"forked child {pid} was not re-parented to this process") from None
+            raise OSError(f"forked child {pid} was not re-parented to this process")
 
 
 # ---------------------------------------------------------------- the template's side
@@ -276,28 +301,87 @@ def parse_request(data: bytes, fds: list[int], flags: int) -> Request:
     return Request(seq=seq, slot=slot, dump=dump, metrics_id=metrics_id, socket_fd=fds[0])
 
 
+def encode_request(request: Request) -> bytes:
+    """The request as the spare receives it (its descriptor travels beside it)."""
+    fields = {"seq": request.seq, "slot": request.slot, "dump": request.dump}
+    return json.dumps({**fields, "metrics_id": request.metrics_id}).encode()
+
+
+@attrs.define(kw_only=True)
+class Spare:
+    """A child forked ahead of its request, held back by its intermediate process.
+
+    Forking on request put two forks, the intermediate's start and its exit on
+    the parent's critical path (4-8 ms on a busy 2-core machine, during which
+    the parent's loop waits). A spare is forked after the previous reply, so
+    handing it out costs one message and the intermediate's exit. Until then
+    it is the intermediate's child, not the supervisor's: the parent never
+    sees it, its orphan killer included.
+    """
+
+    pid: int
+    intermediate: int
+    sock: socket.socket  # the template's end; the request travels through it
+    release_fd: int  # a byte orphans the spare; EOF kills it (the intermediate does both)
+
+    def hand_out(self, request: Request) -> None:
+        """Give ``request`` to the spare and tell the intermediate to exit, orphaning the spare.
+
+        Does not wait for that exit (:meth:`reap` does, after the reply): the
+        parent waits for it itself. OSError if the spare is gone.
+        """
+        try:
+            socket.send_fds(self.sock, [encode_request(request)], [request.socket_fd])
+        except OSError:
+            self.discard()
+            raise
+        os.write(self.release_fd, b"x")
+        self._close()
+
+    def discard(self) -> None:
+        """Kill the spare: its intermediate reads EOF, kills and reaps it, and exits."""
+        self._close()
+        self.reap()
+
+    def reap(self) -> None:
+        os.waitpid(self.intermediate, 0)
+
+    def _close(self) -> None:
+        os.close(self.release_fd)
+        self.sock.close()
+
+
 def serve_template(control: socket.socket, lifeline_fd: int) -> Request | None:
-    """Fork children on request until the parent is gone.
+    """Hand out children on request until the parent is gone.
 
     Returns None in the template once the parent closed the control socket or
-    the lifeline. In a newly forked child it returns that child's request: the
-    child unwinds back to :func:`main` (so it ends like any program, with
-    ``atexit`` handlers and coverage data) and becomes a worker there.
+    the lifeline. In a spare child it returns the request the spare was given:
+    the child unwinds back to :func:`main` and becomes a worker there.
     """
     poller = select.poll()  # no descriptor of its own, so nothing to close in a child
     poller.register(control, select.POLLIN)
     poller.register(lifeline_fd, select.POLLIN)
+    spare: Spare | None = None
     while True:
+        if spare is None:
+            try:
+                made = fork_spare(control)
+            except OSError as exc:
+                print(f"fork server: cannot fork a spare child: {exc}", file=sys.stderr)
+            else:
+                if isinstance(made, socket.socket):
+                    return await_request(made)  # in the spare
+                spare = made
         events = dict(poller.poll())
-        if lifeline_fd in events:
-            return None  # nobody ever writes to it: readable means EOF, the parent is gone
-        try:
-            data, fds, flags, _ = socket.recv_fds(control, MAX_DATAGRAM, 1)
-        except OSError:
-            return None
+        data, fds, flags = b"", list[int](), 0
+        if lifeline_fd not in events:  # nobody writes to it: readable means EOF, parent gone
+            with contextlib.suppress(OSError):
+                data, fds, flags, _ = socket.recv_fds(control, MAX_DATAGRAM, 1)
         if not data:
             for fd in fds:
                 os.close(fd)
+            if spare is not None:
+                spare.discard()
             return None
         try:
             request = parse_request(data, fds, flags)
@@ -307,16 +391,22 @@ def serve_template(control: socket.socket, lifeline_fd: int) -> Request | None:
             if not reply(control, {"seq": None, "error": str(exc)}):
                 return None
             continue
-        try:
-            pid = fork_child()
-        except OSError as exc:
-            answer: dict[str, object] = {"seq": request.seq, "error": str(exc)}
-        else:
-            if pid is None:
-                return request
-            answer = {"seq": request.seq, "pid": pid}
+        answer: dict[str, object] = {"seq": request.seq, "error": "cannot fork"}
+        handed_out = None
+        if spare is not None:
+            try:
+                spare.hand_out(request)
+            except OSError as exc:
+                answer["error"] = str(exc)
+            else:
+                answer = {"seq": request.seq, "pid": spare.pid, "intermediate": spare.intermediate}
+                handed_out = spare
+            spare = None
         os.close(request.socket_fd)
-        if not reply(control, answer):
+        answered = reply(control, answer)
+        if handed_out is not None:
+            handed_out.reap()
+        if not answered:
             return None
 
 
@@ -329,40 +419,54 @@ def reply(control: socket.socket, answer: Mapping[str, object]) -> bool:
     return True
 
 
-def fork_child() -> int | None:
-    """Double-fork: the new child's pid in the template; None in the new child itself.
+def fork_spare(control: socket.socket) -> Spare | socket.socket:
+    """Double-fork a spare: its handle in the template; in the spare, its end of the request socket.
 
-    Raises OSError (in the template) if either fork failed.
+    The intermediate forks the spare, puts it in a process group of its own,
+    reports its pid, and then waits for the template's word (see :class:`Spare`).
+    Raises OSError (in the template) if a fork failed.
     """
-    read_end, write_end = os.pipe()
+    template_end, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    release_r, release_w = os.pipe()
+    report_r, report_w = os.pipe()
     try:
         intermediate = os.fork()
     except OSError:
-        os.close(read_end)
-        os.close(write_end)
+        for fd in (release_r, release_w, report_r, report_w):
+            os.close(fd)
+        template_end.close()
+        spare_end.close()
         raise
     if intermediate == 0:
-        os.close(read_end)
-        in_intermediate(write_end)  # returns only in the new child
-        os.close(write_end)
-        return None
-    os.close(write_end)
+        for fd in (release_w, report_r):
+            os.close(fd)
+        template_end.close()
+        in_intermediate(report_w, release_r)  # returns only in the spare
+        for fd in (release_r, report_w):
+            os.close(fd)
+        control.close()  # or the parent would not see EOF when the template dies
+        set_title(f"{sys.executable} -m supervisor.child --forked")
+        return spare_end
+    for fd in (release_r, report_w):
+        os.close(fd)
+    spare_end.close()
     try:
-        data = read_all(read_end)
+        data = read_all(report_r)
     finally:
-        os.close(read_end)
-    _, status = os.waitpid(intermediate, 0)
-    if status != 0 or not data:
-        raise OSError(f"the intermediate process failed to fork (wait status {status})")
-    return int(data)
+        os.close(report_r)
+    spare = Spare(pid=0, intermediate=intermediate, sock=template_end, release_fd=release_w)
+    if not data:
+        spare.discard()
+        raise OSError("the intermediate process failed to fork")
+    spare.pid = int(data)
+    return spare
 
 
-def in_intermediate(write_end: int) -> None:
-    """Fork the child, report its pid, exit: the child is orphaned and adopted by the subreaper.
+def in_intermediate(report_w: int, release_r: int) -> None:
+    """Fork the spare, report its pid, then orphan it or kill it, as the template says.
 
-    Returns only in the child. The group is set here as well as in the child,
-    so that it exists by the time the parent learns the pid, whichever runs
-    first (the shells' idiom).
+    Returns only in the spare. The group is set here as well as in the child,
+    so that it exists by the time the parent learns the pid (the shells' idiom).
     """
     try:
         pid = os.fork()
@@ -371,9 +475,35 @@ def in_intermediate(write_end: int) -> None:
     if pid != 0:  # pragma: no cover - the intermediate exits, writing no coverage data
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
+        keep = sorted({0, 1, 2, report_w, release_r})
+        for low, high in itertools.pairwise([*keep, os.sysconf("SC_OPEN_MAX")]):
+            os.closerange(low + 1, high)  # the control socket, the lifeline, the spare's socket
         with contextlib.suppress(OSError):
-            os.write(write_end, str(pid).encode())
+            os.write(report_w, str(pid).encode())
+        os.close(report_w)
+        try:
+            released = os.read(release_r, 1)
+        except OSError:
+            released = b""
+        if not released:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         os._exit(0)
+
+
+def await_request(sock: socket.socket) -> Request | None:
+    """In a spare: wait for the request to serve; None if the template went away first."""
+    try:
+        data, fds, flags, _ = socket.recv_fds(sock, MAX_DATAGRAM, 1)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    try:
+        return parse_request(data, fds, flags) if data else None
+    except ValueError:
+        return None
 
 
 def read_all(fd: int) -> bytes:
@@ -406,11 +536,13 @@ def set_title(title: str) -> None:
     ctypes.memmove(start, text + b"\0" * (size - len(text) - 1) + b".", size)
 
 
-def become_child(request: Request, control: socket.socket, lifeline_fd: int) -> int:
-    """In the new child: shed the template's state, then run as any child does."""
+def become_child(request: Request, lifeline_fd: int) -> int:
+    """In the new child: shed the template's state, then run as any child does.
+
+    The template's control socket was closed when the spare was forked.
+    """
     from supervisor import child
 
-    control.close()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     set_title(f"{sys.executable} -m supervisor.child --forked --slot {request.slot}")
@@ -446,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     if request is None:
         return 0
     try:
-        status = become_child(request, control, args.lifeline)
+        status = become_child(request, args.lifeline)
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:  # noqa: BLE001 - reported as the interpreter would, then exit 1
@@ -470,7 +602,11 @@ def exit_forked(status: int) -> NoReturn:
     for thread in threading.enumerate():
         if thread is not main_thread and not thread.daemon:
             thread.join()
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # coverage.py saves its data here: what follows is never measured
+    flush_and_exit(status)
+
+
+def flush_and_exit(status: int) -> NoReturn:  # pragma: no cover - runs after coverage saved
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
