@@ -16,32 +16,43 @@ Protocol, over a ``SOCK_SEQPACKET`` socket pair (one datagram = one JSON object)
     template -> parent   {"ready": pid}                      once, when it can fork
     parent -> template   {"seq", "slot", "dump", "metrics_id"}
                          + the child's end of its socket pair (SCM_RIGHTS)
-    template -> parent   {"seq", "pid"}  or  {"seq", "error"}
+    template -> parent   {"seq", "pid", "intermediate"}  or  {"seq", "error"}
 
-Double fork: the template forks an intermediate process, which forks the
-child, puts it in a process group of its own, reports its pid and exits at
-once. The orphaned child is re-parented to the nearest subreaper among its
-ancestors: the supervisor's parent, which must have called
-``become_subreaper()`` *before* starting the template (the kernel only looks
-for subreapers among ancestors that were subreapers when their descendants
-were forked; :meth:`Template.start` checks). The template reaps the
-intermediate and replies with the child's pid. From then on the child is the
-parent's own child, exactly like a ``Popen`` one: ``pidfd_open``, ``wait4``
-(wait status and ``ru_maxrss``), ``killpg``. :meth:`Template.spawn` checks
-that it is before returning the pid.
+Double fork, done ahead of time: the template forks an intermediate process,
+which forks a *spare* child, puts it in a process group of its own, reports
+its pid and waits. A request goes to the spare (with the descriptor), and a
+byte to the intermediate, which exits: the orphaned child is re-parented to
+the nearest subreaper among its ancestors, the supervisor's parent. That one
+must have called ``become_subreaper()`` *before* starting the template (the
+kernel only looks among ancestors that were subreapers when the descendants
+were forked; :meth:`Template.start` checks). The template replies at once and
+forks the next spare after replying, so no fork is on the parent's critical
+path. :meth:`Template.spawn` waits on the intermediate's pidfd (the kernel
+re-parents before it reports the exit) and checks with ``waitid(WNOWAIT)``
+that the child is its own: from then on it is exactly like a ``Popen`` child,
+for ``pidfd_open``, ``wait4`` (wait status and ``ru_maxrss``) and ``killpg``.
+Until it is handed out a spare is the intermediate's child, invisible to the
+parent (and to its orphan killer); if the template goes, the intermediate
+kills and reaps it.
 
-The forked child then runs :func:`supervisor.child.run_child`, the same code
-a spawned child runs after parsing its arguments (signals, metrics binding,
+The child then runs :func:`supervisor.child.run_child`, the same code a
+spawned child runs after parsing its arguments (signals, metrics binding,
 subreaper, lifeline thread, faulthandler on its own dump file). Before that it
 closes the template's control socket, joins its own process group, and
 rewrites its command line to ``... -m supervisor.child --forked --slot N`` so
 ``ps`` tells it from the template. Its standard input (``/dev/null``) and
 output (the parent's stderr) are the template's, which the parent set up
 like a spawned child's. What a fork could leak is reset by the interpreter's
-own fork hooks: ``random`` reseeds itself (``os.register_at_fork``), threading
-forgets the template's (non-existent) threads. What it cannot reset is
-the string hash seed (fixed at interpreter start): forked children share the
-template's.
+fork hooks: ``random`` reseeds itself (``os.register_at_fork``), threading
+forgets the template's (non-existent) threads, OpenSSL (imported with
+prometheus_client) reseeds on its own. What cannot be reset is the string
+hash seed (fixed at interpreter start): forked children share the template's.
+
+A forked child ends as the interpreter's shutdown begins (non-daemon threads
+joined, ``atexit`` callbacks run - coverage.py saves its data there -,
+standard streams flushed) and then skips the module teardown with
+``os._exit`` (:func:`exit_forked`): tearing down modules inherited from the
+template costs ~10 ms of CPU per child, more than the fork and a no-op task.
 
 The template holds the lifeline's read end like every child and exits when it
 reads EOF (the parent is gone), or when the parent closes the control socket.
