@@ -1,7 +1,9 @@
 """The child's side: receive a task, run its handler, report, repeat.
 
 A child is started by the parent as ``python -m supervisor.child`` with the
-parent's end of a socket pair, a lifeline pipe and a dump file. It
+parent's end of a socket pair, a lifeline pipe and a dump file, or forked with
+the same three by the fork server (:mod:`supervisor.forkserver`), which then
+calls :func:`run_child` just as :func:`main` does. Either way it
 
 * ignores SIGINT and SIGTERM: only the parent decides when it stops;
 * lives in its own process group, and becomes a subreaper so that whatever a
@@ -259,18 +261,39 @@ def main(argv: list[str] | None = None) -> int:
         return check_imports(args.check)
     if args.socket is None or args.lifeline is None or args.dump is None:
         parser.error("--socket, --lifeline and --dump are required")
-    # Ignored through a handler that does nothing, not SIG_IGN: an ignored disposition is
-    # inherited across exec, and whatever a handler starts must still stop on TERM and INT.
+    return run_child(
+        socket_fd=args.socket,
+        lifeline_fd=args.lifeline,
+        dump_path=args.dump,
+        metrics_id=args.metrics_id,
+    )
+
+
+def ignore_stop_signals() -> None:
+    """SIGINT and SIGTERM do nothing here: only the parent decides when a child stops.
+
+    Ignored through a handler that does nothing, not SIG_IGN: an ignored disposition is
+    inherited across exec, and whatever a handler starts must still stop on TERM and INT.
+    """
     signal.signal(signal.SIGINT, _ignore_signal)
     signal.signal(signal.SIGTERM, _ignore_signal)
-    if args.metrics_id and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+
+
+def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: str | None) -> int:
+    """Everything a child does once it has its socket, lifeline and dump file; its exit status.
+
+    Shared by a child started as ``python -m supervisor.child`` and one forked by
+    the fork server (:mod:`supervisor.forkserver`), so both give the same guarantees.
+    """
+    ignore_stop_signals()
+    if metrics_id and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from supervisor.metrics import bind_process_files
 
-        bind_process_files(args.metrics_id)  # before any handler creates a metric
+        bind_process_files(metrics_id)  # before any handler creates a metric
     become_subreaper()
-    threading.Thread(target=watch_lifeline, args=(args.lifeline,), daemon=True).start()
-    sock = socket.socket(fileno=args.socket)
-    with open_dump(args.dump) as dump:
+    threading.Thread(target=watch_lifeline, args=(lifeline_fd,), daemon=True).start()
+    sock = socket.socket(fileno=socket_fd)
+    with open_dump(dump_path) as dump:
         return serve(sock, dump)
 
 

@@ -55,8 +55,9 @@ from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
 from supervisor.records import SupervisorInfo
 from supervisor.signals import SignalInbox
+from supervisor.spawning import ChildFactory
 from supervisor.telemetry import Telemetry
-from supervisor.workers import Child, child_environment
+from supervisor.workers import child_environment
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -113,8 +114,16 @@ class Supervisor:
             clock=clock,
         )
         self.selector.register(self.link.fileno(), selectors.EVENT_READ, ("link", None))
+        self.factory = ChildFactory(
+            runtime_dir=self.runtime_dir,
+            lifeline_fd=self.lifeline_r,
+            env=self.child_env,
+            with_metrics=metrics_dir is not None,
+            clock=clock,
+        )
+        self.own_factory = spawner is None
         self.pool = Pool(
-            spawner=spawner or self.spawn_child,
+            spawner=spawner or self.factory,
             selector=self.selector,
             workers=settings.workers,
             max_tasks_per_child=settings.max_tasks_per_child,
@@ -142,7 +151,9 @@ class Supervisor:
         # The link's thread wakes on database replies; a short switch interval lets it take
         # the GIL promptly instead of waiting out the default 5 ms behind the loop's thread.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        become_subreaper()
+        become_subreaper()  # before the fork server starts: its children re-parent to us
+        if self.own_factory:
+            self.factory.start()
         self.signals.install(self.selector)
         self.load_handlers()
         self.log.info(
@@ -162,6 +173,7 @@ class Supervisor:
 
     def cleanup(self) -> None:
         self.imports.close()
+        self.factory.close()
         self.pool.kill_all()
         self.signals.restore()
         self.link.release_fd()
@@ -169,15 +181,6 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.close(fd)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
-
-    def spawn_child(self, slot: int) -> Child:
-        return Child.spawn(
-            slot=slot,
-            runtime_dir=self.runtime_dir,
-            lifeline_fd=self.lifeline_r,
-            env=self.child_env,
-            metrics_id=metrics.slot_id(slot) if self.metrics_dir else None,
-        )
 
     def info(self) -> SupervisorInfo:
         """The registry entry; read by the link's thread on each heartbeat."""
@@ -216,8 +219,9 @@ class Supervisor:
     def kill_orphans(self) -> None:
         """Kill what a dead child left behind (re-parented to us, the subreaper)."""
         known = self.pool.pids()
-        if self.imports.pid is not None:
-            known.add(self.imports.pid)
+        for pid in (self.imports.pid, self.factory.template_pid):
+            if pid is not None:
+                known.add(pid)
         if killed := kill_orphans(known):
             self.log.warning("killed processes left behind by a dead child", count=killed)
 

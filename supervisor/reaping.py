@@ -99,16 +99,40 @@ def kill_orphans(known: set[int]) -> int:
     import psutil
 
     killed = 0
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return 0
-    for proc in children:
-        if proc.pid in known:
-            continue
+    pids = child_pids()
+    if pids is None:
+        try:
+            pids = {proc.pid for proc in psutil.Process().children()}
+        except psutil.Error:
+            return 0
+    for pid in pids - known:
         with contextlib.suppress(psutil.Error):
-            proc.kill()
+            psutil.Process(pid).kill()  # psutil refuses if the pid now names another process
         with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(proc.pid, os.WNOHANG)  # not yet dead: reaped on a later call
+            os.waitpid(pid, os.WNOHANG)  # not yet dead: reaped on a later call
         killed += 1
     return killed
+
+
+def child_pids() -> set[int] | None:
+    """This process's children, read from ``/proc/self/task/*/children``; None if unavailable.
+
+    The parent looks for orphans after every child exit: this reads one small
+    file per thread, where listing children with psutil reads the stat file of
+    every process on the host (milliseconds, on the per-task path when every
+    task gets a fresh child). Needs a kernel with CONFIG_PROC_CHILDREN.
+    """
+    pids: set[int] = set()
+    found = False
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as listing:
+                pids.update(int(pid) for pid in listing.read().split())
+        except OSError:
+            continue  # a thread that just ended, or no such file on this kernel
+        found = True
+    return pids if found else None

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import psutil
@@ -24,6 +25,9 @@ import psutil
 from supervisor.protocol import LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.records import Claim
+
+if TYPE_CHECKING:
+    from supervisor.forkserver import Template
 
 STACK_SIGNAL = signal.SIGUSR1
 SEND_TIMEOUT_S = 5.0
@@ -59,8 +63,11 @@ def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> d
 class Child:
     """One child process as the parent sees it.
 
-    Built by :meth:`spawn`; a unit test builds one around its own socket pair
-    and a pipe standing in for the pidfd.
+    Built from a ``Popen`` (:meth:`spawn`) or from the bare pid of a child the fork
+    server made (:meth:`fork`): that one is our child too (re-parented to us, a
+    subreaper), so pidfd, ``wait4`` and the process-group kill work the same. A
+    unit test builds one around its own socket pair and a pipe standing in for
+    the pidfd.
     """
 
     def __init__(
@@ -185,6 +192,36 @@ class Child:
             pidfd=os.pidfd_open(process.pid),
             dump_path=dump_path,
             process=process,
+        )
+
+    @classmethod
+    def fork(
+        cls,
+        template: Template,
+        *,
+        slot: int,
+        runtime_dir: Path,
+        metrics_id: str | None = None,
+    ) -> Child:
+        """Like :meth:`spawn`, but forked by the fork server: costs a fork, not an interpreter.
+
+        Raises OSError when the template fails; the caller then falls back to :meth:`spawn`.
+        """
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        dump_path = runtime_dir / f"child-{slot}.dump"
+        dump_path.write_bytes(b"")
+        try:
+            pid = template.spawn(
+                slot=slot, sock=child_end, dump_path=dump_path, metrics_id=metrics_id
+            )
+        except OSError:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        parent_end.settimeout(SEND_TIMEOUT_S)
+        return cls(
+            slot=slot, pid=pid, pidfd=os.pidfd_open(pid), sock=parent_end, dump_path=dump_path
         )
 
     def send(self, message: Message) -> bool:

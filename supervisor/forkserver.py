@@ -1,0 +1,628 @@
+"""The fork server ("template"): a new child costs a fork, not an interpreter start.
+
+With ``--max-tasks-per-child 1`` every task runs in a fresh process, and a
+fresh ``python -m supervisor.child`` costs about 0.2 s of CPU (interpreter
+start-up and imports) before it runs a line of handler code. The template
+pays that once: the parent starts it with the environment children get (no
+DSN, no password), it imports what a child needs and nothing more (never the
+store, a database driver or loguru, and it creates no metric), and then forks
+children on request.
+
+The parent's side is :class:`Template`; the template's side is :func:`main`
+(``python -m supervisor.forkserver --control FD --lifeline FD``).
+
+Protocol, over a ``SOCK_SEQPACKET`` socket pair (one datagram = one JSON object)::
+
+    template -> parent   {"ready": pid}                      once, when it can fork
+    parent -> template   {"seq", "slot", "dump", "metrics_id"}
+                         + the child's end of its socket pair (SCM_RIGHTS)
+    template -> parent   {"seq", "pid", "intermediate"}  or  {"seq", "error"}
+
+Double fork, done ahead of time: the template forks an intermediate process,
+which forks a *spare* child, puts it in a process group of its own, reports
+its pid and waits. A request goes to the spare (with the descriptor), and a
+byte to the intermediate, which exits: the orphaned child is re-parented to
+the nearest subreaper among its ancestors, the supervisor's parent. That one
+must have called ``become_subreaper()`` *before* starting the template (the
+kernel only looks among ancestors that were subreapers when the descendants
+were forked; :meth:`Template.start` checks). The template replies at once and
+forks the next spare after replying, so no fork is on the parent's critical
+path. :meth:`Template.spawn` waits on the intermediate's pidfd (the kernel
+re-parents before it reports the exit) and checks with ``waitid(WNOWAIT)``
+that the child is its own: from then on it is exactly like a ``Popen`` child,
+for ``pidfd_open``, ``wait4`` (wait status and ``ru_maxrss``) and ``killpg``.
+Until it is handed out a spare is the intermediate's child, invisible to the
+parent (and to its orphan killer); if the template goes, the intermediate
+kills and reaps it.
+
+The child then runs :func:`supervisor.child.run_child`, the same code a
+spawned child runs after parsing its arguments (signals, metrics binding,
+subreaper, lifeline thread, faulthandler on its own dump file). Before that it
+closes the template's control socket, joins its own process group, and
+rewrites its command line to ``... -m supervisor.child --forked --slot N`` so
+``ps`` tells it from the template. Its standard input (``/dev/null``) and
+output (the parent's stderr) are the template's, which the parent set up
+like a spawned child's. What a fork could leak is reset by the interpreter's
+fork hooks: ``random`` reseeds itself (``os.register_at_fork``), threading
+forgets the template's (non-existent) threads, OpenSSL (imported with
+prometheus_client) reseeds on its own. What cannot be reset is the string
+hash seed (fixed at interpreter start): forked children share the template's.
+
+A forked child ends as the interpreter's shutdown begins (non-daemon threads
+joined, ``atexit`` callbacks run - coverage.py saves its data there -,
+standard streams flushed) and then skips the module teardown with
+``os._exit`` (:func:`exit_forked`): tearing down modules inherited from the
+template costs ~10 ms of CPU per child, more than the fork and a no-op task.
+
+The template holds the lifeline's read end like every child and exits when it
+reads EOF (the parent is gone), or when the parent closes the control socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import ctypes
+import faulthandler
+import gc
+import itertools
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+
+PR_GET_CHILD_SUBREAPER = 37
+START_TIMEOUT_S = 10.0  # interpreter start-up and imports, on a loaded machine, under coverage
+SPAWN_TIMEOUT_S = 1.0
+CLOSE_TIMEOUT_S = 1.0
+MAX_DATAGRAM = 64 * 1024
+MODULE = "supervisor.forkserver"
+
+
+def is_pid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def is_our_child(pid: int) -> bool:
+    """Whether ``pid`` is this process's child (it can be waited for); reaps nothing."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def is_subreaper() -> bool:
+    """Whether this process adopts its descendants' orphans (PR_SET_CHILD_SUBREAPER)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    flag = ctypes.c_int(0)
+    if libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) != 0:
+        return False
+    return bool(flag.value)
+
+
+# ---------------------------------------------------------------- the parent's side
+
+
+class Template:
+    """The parent's handle on the fork server.
+
+    Usage: ``start`` once (after ``become_subreaper()``), ``spawn`` per child,
+    ``close`` at the end. After any failure of :meth:`spawn` (an ``OSError``)
+    the template is unusable and every later call fails at once: the caller
+    closes it and starts children with ``subprocess.Popen`` instead.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], control: socket.socket) -> None:
+        self._process = process
+        self._control = control
+        self._seq = 0
+        self._broken: str | None = None
+
+    @classmethod
+    def start(cls, *, env: Mapping[str, str], lifeline_fd: int) -> Template:
+        """Start the template and wait until it can fork; OSError if it cannot start.
+
+        ``env`` is the children's environment (no secrets), ``lifeline_fd`` the
+        read end of the parent's lifeline pipe. Blocks for the template's
+        start-up (about 0.1 s; at most :data:`START_TIMEOUT_S`).
+        """
+        if not is_subreaper():
+            raise OSError(
+                "this process is not a subreaper: forked children would be re-parented to init "
+                "(call become_subreaper() before starting the template)"
+            )
+        parent_end, template_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    MODULE,
+                    "--control",
+                    str(template_end.fileno()),
+                    "--lifeline",
+                    str(lifeline_fd),
+                ],
+                pass_fds=(template_end.fileno(), lifeline_fd),
+                process_group=0,  # a Ctrl-C meant for the parent does not reach it
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),  # what the children inherit
+                env=dict(env),
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            template_end.close()
+        template = cls(process, parent_end)
+        try:
+            template._await_ready()
+        except OSError:
+            template.close()
+            raise
+        return template
+
+    @property
+    def pid(self) -> int:
+        """The template's pid: the parent's orphan killer must leave it alone."""
+        return self._process.pid
+
+    def spawn(
+        self, *, slot: int, sock: socket.socket, dump_path: Path, metrics_id: str | None
+    ) -> int:
+        """Fork a child that serves ``sock`` (the child's end; the caller closes its copy).
+
+        Returns the child's pid; the child is already this process's own child
+        (waitable with ``wait4``) and in a process group of its own. Raises
+        OSError if the template is gone, answers with an error, or does not
+        answer within :data:`SPAWN_TIMEOUT_S`.
+        """
+        if self._broken is not None:
+            raise OSError(f"the fork server is unusable: {self._broken}")
+        try:
+            return self._request(slot, sock, dump_path, metrics_id)
+        except OSError as exc:
+            self._broken = str(exc) or type(exc).__name__
+            raise
+
+    def close(self) -> None:
+        """Stop the template (idempotent).
+
+        Closing the control socket makes it exit normally, which is what lets
+        coverage.py write its data; it is killed if it has not within a second.
+        """
+        if self._broken is None:
+            self._broken = "closed"
+        self._control.close()
+        try:
+            self._process.wait(CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.kill()
+            self._process.wait()
+
+    def _await_ready(self) -> None:
+        self._control.settimeout(START_TIMEOUT_S)
+        reply = self._receive()
+        if reply.get("ready") != self._process.pid:
+            raise OSError(f"the fork server said {reply!r} instead of ready")
+
+    def _request(
+        self, slot: int, sock: socket.socket, dump_path: Path, metrics_id: str | None
+    ) -> int:
+        self._seq += 1
+        seq = self._seq
+        request = {"seq": seq, "slot": slot, "dump": str(dump_path), "metrics_id": metrics_id}
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        self._control.settimeout(SPAWN_TIMEOUT_S)
+        socket.send_fds(self._control, [json.dumps(request).encode()], [sock.fileno()])
+        self._control.settimeout(max(0.001, deadline - time.monotonic()))
+        reply = self._receive()
+        if reply.get("seq") != seq:
+            raise OSError(f"the fork server answered out of turn: {reply!r}")
+        pid, intermediate = reply.get("pid"), reply.get("intermediate")
+        if not (is_pid(pid) and is_pid(intermediate)):
+            raise OSError(f"the fork server could not fork: {reply.get('error', reply)!r}")
+        assert isinstance(pid, int) and isinstance(intermediate, int)
+        self._await_adoption(pid, intermediate, deadline)
+        return pid
+
+    def _receive(self) -> dict[str, Any]:
+        data = self._control.recv(MAX_DATAGRAM)
+        if not data:
+            raise OSError(f"the fork server exited (status {self._process.poll()})")
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            raise OSError("the fork server sent a malformed reply") from None
+        if not isinstance(reply, dict):
+            raise OSError("the fork server sent a malformed reply")
+        return reply
+
+    @staticmethod
+    def _await_adoption(pid: int, intermediate: int, deadline: float) -> None:
+        """Wait for the child to be ours (re-parented to us), or it could be neither waited for
+        nor timed; OSError (and the child killed) if it is not by the deadline.
+
+        The template replies as soon as it has released the intermediate, so the
+        reply may come before the intermediate's exit: a pidfd on it becomes
+        readable when it has exited, and the kernel re-parents its children
+        before it reports that exit. ``waitid(WNOWAIT)`` fails with ECHILD for
+        anyone else's process, and reaps nothing.
+        """
+        if not is_our_child(pid):
+            with contextlib.suppress(OSError):  # gone already: then it has exited
+                pidfd = os.pidfd_open(intermediate)
+                try:
+                    select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
+                finally:
+                    os.close(pidfd)
+        if not is_our_child(pid):
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(pid)  # a pidfd: never a recycled pid
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                finally:
+                    os.close(pidfd)
+            raise OSError(f"forked child {pid} was not re-parented to this process")
+
+
+# ---------------------------------------------------------------- the template's side
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """One child to fork, as the template received it."""
+
+    seq: int
+    slot: int
+    dump: str
+    metrics_id: str | None
+    socket_fd: int
+
+
+def parse_request(data: bytes, fds: list[int], flags: int) -> Request:
+    """Validate a request datagram and its passed descriptor; ValueError if it is not one."""
+    if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        raise ValueError("truncated request")
+    if len(fds) != 1:
+        raise ValueError(f"a request carries exactly one descriptor, not {len(fds)}")
+    raw: Any = json.loads(data)
+    if not isinstance(raw, dict):
+        raise ValueError("a request is a JSON object")
+    seq, slot, dump, metrics_id = (raw.get(k) for k in ("seq", "slot", "dump", "metrics_id"))
+    if not (isinstance(seq, int) and isinstance(slot, int) and isinstance(dump, str)):
+        raise ValueError("a request needs an integer seq and slot and a dump path")
+    if metrics_id is not None and not isinstance(metrics_id, str):
+        raise ValueError("metrics_id is a string or null")
+    return Request(seq=seq, slot=slot, dump=dump, metrics_id=metrics_id, socket_fd=fds[0])
+
+
+def encode_request(request: Request) -> bytes:
+    """The request as the spare receives it (its descriptor travels beside it)."""
+    fields = {"seq": request.seq, "slot": request.slot, "dump": request.dump}
+    return json.dumps({**fields, "metrics_id": request.metrics_id}).encode()
+
+
+@attrs.define(kw_only=True)
+class Spare:
+    """A child forked ahead of its request, held back by its intermediate process.
+
+    Forking on request put two forks, the intermediate's start and its exit on
+    the parent's critical path (4-8 ms on a busy 2-core machine, during which
+    the parent's loop waits). A spare is forked after the previous reply, so
+    handing it out costs one message and the intermediate's exit. Until then
+    it is the intermediate's child, not the supervisor's: the parent never
+    sees it, its orphan killer included.
+    """
+
+    pid: int
+    intermediate: int
+    sock: socket.socket  # the template's end; the request travels through it
+    release_fd: int  # a byte orphans the spare; EOF kills it (the intermediate does both)
+
+    def hand_out(self, request: Request) -> None:
+        """Give ``request`` to the spare and tell the intermediate to exit, orphaning the spare.
+
+        Does not wait for that exit (:meth:`reap` does, after the reply): the
+        parent waits for it itself. OSError if the spare is gone.
+        """
+        try:
+            socket.send_fds(self.sock, [encode_request(request)], [request.socket_fd])
+        except OSError:
+            self.discard()
+            raise
+        os.write(self.release_fd, b"x")
+        self._close()
+
+    def discard(self) -> None:
+        """Kill the spare: its intermediate reads EOF, kills and reaps it, and exits."""
+        self._close()
+        self.reap()
+
+    def reap(self) -> None:
+        os.waitpid(self.intermediate, 0)
+
+    def _close(self) -> None:
+        os.close(self.release_fd)
+        self.sock.close()
+
+
+def serve_template(control: socket.socket, lifeline_fd: int) -> Request | None:
+    """Hand out children on request until the parent is gone.
+
+    Returns None in the template once the parent closed the control socket or
+    the lifeline. In a spare child it returns the request the spare was given:
+    the child unwinds back to :func:`main` and becomes a worker there.
+    """
+    poller = select.poll()  # no descriptor of its own, so nothing to close in a child
+    poller.register(control, select.POLLIN)
+    poller.register(lifeline_fd, select.POLLIN)
+    spare: Spare | None = None
+    while True:
+        if spare is None:
+            try:
+                made = fork_spare(control)
+            except OSError as exc:
+                print(f"fork server: cannot fork a spare child: {exc}", file=sys.stderr)
+            else:
+                if isinstance(made, socket.socket):
+                    return await_request(made)  # in the spare
+                spare = made
+        events = dict(poller.poll())
+        data, fds, flags = b"", list[int](), 0
+        if lifeline_fd not in events:  # nobody writes to it: readable means EOF, parent gone
+            with contextlib.suppress(OSError):
+                data, fds, flags, _ = socket.recv_fds(control, MAX_DATAGRAM, 1)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            if spare is not None:
+                spare.discard()
+            return None
+        try:
+            request = parse_request(data, fds, flags)
+        except ValueError as exc:
+            for fd in fds:
+                os.close(fd)
+            if not reply(control, {"seq": None, "error": str(exc)}):
+                return None
+            continue
+        answer: dict[str, object] = {"seq": request.seq, "error": "cannot fork"}
+        handed_out = None
+        if spare is not None:
+            try:
+                spare.hand_out(request)
+            except OSError as exc:
+                answer["error"] = str(exc)
+            else:
+                answer = {"seq": request.seq, "pid": spare.pid, "intermediate": spare.intermediate}
+                handed_out = spare
+            spare = None
+        os.close(request.socket_fd)
+        answered = reply(control, answer)
+        if handed_out is not None:
+            handed_out.reap()
+        if not answered:
+            return None
+
+
+def reply(control: socket.socket, answer: Mapping[str, object]) -> bool:
+    """Send ``answer`` to the parent; False when it is gone."""
+    try:
+        control.send(json.dumps(answer).encode())
+    except OSError:
+        return False
+    return True
+
+
+def fork_spare(control: socket.socket) -> Spare | socket.socket:
+    """Double-fork a spare: its handle in the template; in the spare, its end of the request socket.
+
+    The intermediate forks the spare, puts it in a process group of its own,
+    reports its pid, and then waits for the template's word (see :class:`Spare`).
+    Raises OSError (in the template) if a fork failed.
+    """
+    template_end, spare_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    release_r, release_w = os.pipe()
+    report_r, report_w = os.pipe()
+    try:
+        intermediate = os.fork()
+    except OSError:
+        for fd in (release_r, release_w, report_r, report_w):
+            os.close(fd)
+        template_end.close()
+        spare_end.close()
+        raise
+    if intermediate == 0:
+        for fd in (release_w, report_r):
+            os.close(fd)
+        template_end.close()
+        in_intermediate(report_w, release_r)  # returns only in the spare
+        for fd in (release_r, report_w):
+            os.close(fd)
+        control.close()  # or the parent would not see EOF when the template dies
+        set_title(f"{sys.executable} -m supervisor.child --forked")
+        return spare_end
+    for fd in (release_r, report_w):
+        os.close(fd)
+    spare_end.close()
+    try:
+        data = read_all(report_r)
+    finally:
+        os.close(report_r)
+    spare = Spare(pid=0, intermediate=intermediate, sock=template_end, release_fd=release_w)
+    if not data:
+        spare.discard()
+        raise OSError("the intermediate process failed to fork")
+    spare.pid = int(data)
+    return spare
+
+
+def in_intermediate(report_w: int, release_r: int) -> None:
+    """Fork the spare, report its pid, then orphan it or kill it, as the template says.
+
+    Returns only in the spare. The group is set here as well as in the child,
+    so that it exists by the time the parent learns the pid (the shells' idiom).
+    """
+    try:
+        pid = os.fork()
+    except OSError:  # pragma: no cover - the intermediate exits, writing no coverage data
+        os._exit(1)
+    if pid != 0:  # pragma: no cover - the intermediate exits, writing no coverage data
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        keep = sorted({0, 1, 2, report_w, release_r})
+        for low, high in itertools.pairwise([*keep, os.sysconf("SC_OPEN_MAX")]):
+            os.closerange(low + 1, high)  # the control socket, the lifeline, the spare's socket
+        with contextlib.suppress(OSError):
+            os.write(report_w, str(pid).encode())
+        os.close(report_w)
+        try:
+            released = os.read(release_r, 1)
+        except OSError:
+            released = b""
+        if not released:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        os._exit(0)
+
+
+def await_request(sock: socket.socket) -> Request | None:
+    """In a spare: wait for the request to serve; None if the template went away first."""
+    try:
+        data, fds, flags, _ = socket.recv_fds(sock, MAX_DATAGRAM, 1)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    try:
+        return parse_request(data, fds, flags) if data else None
+    except ValueError:
+        return None
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 64):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def set_title(title: str) -> None:
+    """Rewrite what ``ps`` and ``/proc/PID/cmdline`` show for this process, as setproctitle does.
+
+    A forked child would otherwise show the template's command line. The
+    argument strings live in this process's own stack area, whose bounds
+    ``/proc/self/stat`` gives (fields 48 and 49); the title is written there,
+    truncated to fit, followed by NULs, and the area's last byte is made
+    non-NUL, which tells the kernel to show the text up to the first NUL.
+    Nothing reads those strings after start-up (Python copied them).
+    """
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, ValueError, IndexError):
+        return
+    size = end - start
+    if start <= 0 or size < 2:
+        return
+    text = title.encode("utf-8", errors="replace")[: size - 2]
+    ctypes.memmove(start, text + b"\0" * (size - len(text) - 1) + b".", size)
+
+
+def become_child(request: Request, lifeline_fd: int) -> int:
+    """In the new child: shed the template's state, then run as any child does.
+
+    The template's control socket was closed when the spare was forked.
+    """
+    from supervisor import child
+
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    set_title(f"{sys.executable} -m supervisor.child --forked --slot {request.slot}")
+    return child.run_child(
+        socket_fd=request.socket_fd,
+        lifeline_fd=lifeline_fd,
+        dump_path=request.dump,
+        metrics_id=request.metrics_id,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=MODULE)
+    parser.add_argument("--control", type=int, required=True)
+    parser.add_argument("--lifeline", type=int, required=True)
+    args = parser.parse_args(argv)
+    # What every child runs, imported once here so that a fork inherits it ready to use.
+    from supervisor import child
+
+    child.ignore_stop_signals()  # like a child: only the parent decides when it stops
+    faulthandler.enable()  # the template's own crash goes to stderr; a child uses its dump file
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Modules only: bind_process_files is then cheap. No metric is created here.
+        import prometheus_client.values  # noqa: F401
+
+        import supervisor.metrics  # noqa: F401
+    # Children never collect the template's objects: their pages stay shared with it.
+    gc.freeze()
+    control = socket.socket(fileno=args.control)
+    if not reply(control, {"ready": os.getpid()}):
+        return 0
+    request = serve_template(control, args.lifeline)
+    if request is None:
+        return 0
+    try:
+        status = become_child(request, args.lifeline)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BaseException:  # noqa: BLE001 - reported as the interpreter would, then exit 1
+        traceback.print_exc()
+        status = 1
+    exit_forked(status)
+
+
+def exit_forked(status: int) -> NoReturn:
+    """End a forked child as the interpreter's own shutdown begins, then skip the module teardown.
+
+    Like ``Py_FinalizeEx``: wait for non-daemon threads, run ``atexit`` callbacks
+    (coverage.py saves its data there), flush the standard streams. Then
+    ``os._exit``, as :mod:`multiprocessing`'s forked processes end: tearing down
+    every module the child inherited from the template would write to all of
+    their pages (reference counts), and costs about 10 ms of CPU per child,
+    more than the fork and the task together. Objects still alive at that point
+    are not finalized; Python never promised that they would be.
+    """
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # coverage.py saves its data here: what follows is never measured
+    flush_and_exit(status)
+
+
+def flush_and_exit(status: int) -> NoReturn:  # pragma: no cover - runs after coverage saved
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
