@@ -405,6 +405,12 @@ class DatabaseLink:
         self._ran_dry = not full
         self._next_poll = now if full else now + self._poll_interval_s
         if claims:
+            # A task we claim again was ours under an older attempt: that claim is lost (the
+            # heartbeat that would say so may not have run since), and must be said to be lost
+            # before the new claim, or the loop would run both and renew only one.
+            replaced = frozenset(c.id for c in claims if c.id in self._leased)
+            if replaced:
+                self._post(LeasesLost(ids=replaced))
             for claim in claims:
                 self._leased[claim.id] = claim
             with self._lock:
@@ -435,8 +441,12 @@ class DatabaseLink:
 
     def _recorded(self, result: PendingResult, won: bool) -> None:
         self._held.remove(result)
-        self._leased.pop(result.claim.id, None)
-        self._progress_written.pop(result.claim.id, None)
+        claim = result.claim
+        # A late result of a lost attempt must not drop the lease of the task's newer claim.
+        leased = self._leased.get(claim.id)
+        if leased is not None and leased.attempt == claim.attempt:
+            del self._leased[claim.id]
+            self._progress_written.pop(claim.id, None)
         self._post(Recorded(result=result, won=won))
 
     def _failed(self, exc: StoreError, progress: list[tuple[Claim, int]]) -> None:
