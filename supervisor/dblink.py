@@ -43,7 +43,7 @@ from supervisor.errors import StoreError
 from supervisor.health import Health
 from supervisor.lifecycle import Status, doubling_delay
 from supervisor.records import Claim, SupervisorInfo
-from supervisor.results import PendingResult
+from supervisor.results import PendingResult, refund
 from supervisor.store import Store, open_store
 
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
@@ -228,6 +228,7 @@ class DatabaseLink:
     def close(self, timeout_s: float) -> bool:
         """Write what is held in one last try, deregister, and stop; True if all was written.
 
+        Called once no attempt runs and no claim waits (claims still leased are refunded).
         A drain must end even when the database hangs: after ``timeout_s`` the
         loop stops waiting, and whatever is still held is reported as not
         recorded (its tasks are rescued by lease elsewhere).
@@ -468,10 +469,19 @@ class DatabaseLink:
         self._failures = 0
 
     def final_flush(self) -> None:
-        """One try at writing everything held, then deregister; the rest is not recorded."""
+        """One try at writing everything held, then deregister; the rest is not recorded.
+
+        The loop closes the link once nothing runs and nothing waits: a claim
+        still leased with no result is one whose event the loop never applied
+        (it was in flight when the drain ended), so it is refunded here.
+        """
         with self._lock:
             self._held.extend(self._inbox)
             self._inbox.clear()
+        settled = {(r.claim.id, r.claim.attempt) for r in self._held}
+        self._held.extend(
+            refund(c) for c in self._leased.values() if (c.id, c.attempt) not in settled
+        )
         try:
             answered = False
             if self._held:

@@ -107,3 +107,29 @@ def test_claiming_a_task_whose_older_attempt_is_still_held_reports_that_attempt_
     lost = [i for i, e in enumerate(events) if isinstance(e, LeasesLost) and task_id in e.ids]
     got = [i for i, e in enumerate(events) if isinstance(e, Claimed)]
     assert lost and got and lost[0] < got[0], events
+
+
+def test_a_claim_the_loop_never_saw_is_refunded_when_the_link_closes() -> None:
+    """A claim in flight when the drain ended reaches the loop only after its last turn.
+
+    The loop can no longer hand the link a refund for it, so the link puts it
+    back itself: otherwise the task would wait out its lease as ``running``
+    and lose an attempt it never used.
+    """
+    clocks = Clocks()
+    store = MemoryStore(clock=clocks.db)
+    task_id = store.enqueue(NewTask(type="t"))
+    done_id = store.enqueue(NewTask(type="t"))
+    link = make_link(store, clocks)
+    link.want(1, seen=0)
+    link.turn()
+    [ran] = claimed(link.take_events())
+    assert ran.id == task_id
+    link.want(1, seen=1)
+    link.turn()  # the claim in flight when TERM came; its event is never applied
+    link.submit(completion(ran, 0.1))
+    assert link.close(timeout_s=1.0)
+    done = store.get(task_id)
+    assert done is not None and done.status is Status.COMPLETED
+    back = store.get(done_id)
+    assert back is not None and (back.status, back.attempts) == (Status.QUEUED, 0)
