@@ -425,6 +425,7 @@ class DatabaseLink:
                     generation=generation,
                 )
             )
+            self._announce()  # at once: housekeeping may take a while, and claims go stale
 
     def _sweep(self, now: float) -> None:
         """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
