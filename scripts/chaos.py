@@ -400,6 +400,11 @@ class Chaos:
             fault.ended_at = time.time()
             note = f"{outage:.1f} s"
         else:
+            # A HUP before the interpreter reaches the supervisor's first line kills it, as it
+            # would any process: reload only a supervisor that has started.
+            deadline = time.monotonic() + 30
+            while run.read_owner() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             run.process.send_signal(signal.SIGHUP)
             fault.ended_at = time.time()
             note = ""
