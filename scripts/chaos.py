@@ -11,6 +11,8 @@ out of budget) while faults chosen by a seeded RNG hit the supervisors:
 * ``stop``:  SIGSTOP a supervisor for longer than the lease, then SIGCONT;
 * ``cut``:   cut a supervisor's proxy (connections closed, new ones refused) for
              some seconds, then restore it;
+* ``blackhole``: blackhole a supervisor's proxy (connections stay open, nothing is
+             forwarded either way: a hanging database) for some seconds, then restore it;
 * ``hup``:   SIGHUP a supervisor (reload, children replaced gracefully).
 
 Two records are kept *outside* the database under test: every acknowledged
@@ -75,8 +77,9 @@ from supervisor.store import NewTask, Store, open_store  # noqa: E402
 from tests.e2e.tcp_proxy import TcpProxy  # noqa: E402
 
 DEFAULT_DSN = os.environ.get("SUPERVISOR_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/test")
-FAULT_KINDS = ("kill9", "stop", "cut", "hup")
-RESCUE_FAULTS = ("kill9", "stop", "cut")  # the faults that can cost a supervisor its claims
+FAULT_KINDS = ("kill9", "stop", "cut", "blackhole", "hup")
+# The faults that can cost a supervisor its claims.
+RESCUE_FAULTS = ("kill9", "stop", "cut", "blackhole")
 TERMINAL = ("completed", "failed", "cancelled")
 DRAIN_TIMEOUT_S = 10.0
 
@@ -355,7 +358,9 @@ class Chaos:
     def plan(self, window_s: float) -> list[tuple[float, str, int]]:
         """When, what and whom: every kind at least once, about one fault per 10 s."""
         count = max(len(FAULT_KINDS), int(window_s / 10))
-        kinds = list(FAULT_KINDS) + [self.rng.choice(FAULT_KINDS) for _ in range(count - 4)]
+        kinds = list(FAULT_KINDS) + [
+            self.rng.choice(FAULT_KINDS) for _ in range(count - len(FAULT_KINDS))
+        ]
         self.rng.shuffle(kinds)
         first, last = min(5.0, window_s / 4), max(window_s - 12.0, window_s / 2)
         times = sorted(self.rng.uniform(first, last) for _ in kinds)
@@ -384,14 +389,22 @@ class Chaos:
             run.stopped = False
             fault.ended_at = time.time()
             note = f"{pause:.1f} s"
-        elif kind == "cut":
+        elif kind in ("cut", "blackhole"):
             outage = self.rng.uniform(1.0, 2 * lease + 3.0)
-            self.proxies[slot].cut()
+            if kind == "cut":
+                self.proxies[slot].cut()
+            else:
+                self.proxies[slot].blackhole()
             time.sleep(outage)
             self.proxies[slot].restore()
             fault.ended_at = time.time()
             note = f"{outage:.1f} s"
         else:
+            # A HUP before the interpreter reaches the supervisor's first line kills it, as it
+            # would any process: reload only a supervisor that has started.
+            deadline = time.monotonic() + 30
+            while run.read_owner() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             run.process.send_signal(signal.SIGHUP)
             fault.ended_at = time.time()
             note = ""

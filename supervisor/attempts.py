@@ -72,6 +72,7 @@ class Attempts:
         telemetry: Telemetry,
         backoff: Backoff,
         handlers: Callable[[], Mapping[str, Path]],
+        fresh_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
@@ -80,6 +81,9 @@ class Attempts:
         self._backoff = backoff
         self._handlers = handlers
         self._clock = clock
+        # A claim is dispatched only this soon after it was made: its lease then surely still
+        # holds (it is a heartbeat interval, so the lease has two left and the next renewal is due).
+        self._fresh_s = fresh_s
         self.backlog: collections.deque[tuple[Claim, float]] = collections.deque()
         self._typical_s = math.inf  # moving average of attempt durations
 
@@ -115,6 +119,11 @@ class Attempts:
 
     def _dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
         now = self._clock()
+        if now - claimed_at >= self._fresh_s:
+            # Held too long (the parent was stopped, or the reply was slow): its lease may have
+            # run out and the task be running elsewhere. Put it back (fenced) instead of running it.
+            self._link.submit(refund(claim))
+            return
         deadline = claimed_at + claim.remaining_s
         if deadline <= now:
             self._link.submit(

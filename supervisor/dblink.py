@@ -44,7 +44,7 @@ from supervisor.errors import StoreError
 from supervisor.health import Health
 from supervisor.lifecycle import Status, doubling_delay
 from supervisor.records import Claim, SupervisorInfo
-from supervisor.results import PendingResult
+from supervisor.results import PendingResult, refund
 from supervisor.store import Store, open_store
 
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
@@ -229,6 +229,7 @@ class DatabaseLink:
     def close(self, timeout_s: float) -> bool:
         """Write what is held in one last try, deregister, and stop; True if all was written.
 
+        Called once no attempt runs and no claim waits (claims still leased are refunded).
         A drain must end even when the database hangs: after ``timeout_s`` the
         loop stops waiting, and whatever is still held is reported as not
         recorded (its tasks are rescued by lease elsewhere).
@@ -409,6 +410,12 @@ class DatabaseLink:
         self._ran_dry = not full
         self._next_poll = now if full else now + self._poll_interval_s
         if claims:
+            # A task we claim again was ours under an older attempt: that claim is lost (the
+            # heartbeat that would say so may not have run since), and must be said to be lost
+            # before the new claim, or the loop would run both and renew only one.
+            replaced = frozenset(c.id for c in claims if c.id in self._leased)
+            if replaced:
+                self._post(LeasesLost(ids=replaced))
             for claim in claims:
                 self._leased[claim.id] = claim
             with self._lock:
@@ -422,6 +429,7 @@ class DatabaseLink:
                     generation=generation,
                 )
             )
+            self._announce()  # at once: housekeeping may take a while, and claims go stale
 
     def _sweep(self, now: float) -> None:
         """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
@@ -439,8 +447,12 @@ class DatabaseLink:
 
     def _recorded(self, result: PendingResult, won: bool) -> None:
         self._held.remove(result)
-        self._leased.pop(result.claim.id, None)
-        self._progress_written.pop(result.claim.id, None)
+        claim = result.claim
+        # A late result of a lost attempt must not drop the lease of the task's newer claim.
+        leased = self._leased.get(claim.id)
+        if leased is not None and leased.attempt == claim.attempt:
+            del self._leased[claim.id]
+            self._progress_written.pop(claim.id, None)
         self._post(Recorded(result=result, won=won))
 
     def _failed(self, exc: StoreError, progress: list[tuple[Claim, int]]) -> None:
@@ -470,10 +482,19 @@ class DatabaseLink:
         self._failures = 0
 
     def final_flush(self) -> None:
-        """One try at writing everything held, then deregister; the rest is not recorded."""
+        """One try at writing everything held, then deregister; the rest is not recorded.
+
+        The loop closes the link once nothing runs and nothing waits: a claim
+        still leased with no result is one whose event the loop never applied
+        (it was in flight when the drain ended), so it is refunded here.
+        """
         with self._lock:
             self._held.extend(self._inbox)
             self._inbox.clear()
+        settled = {(r.claim.id, r.claim.attempt) for r in self._held}
+        self._held.extend(
+            refund(c) for c in self._leased.values() if (c.id, c.attempt) not in settled
+        )
         try:
             answered = False
             if self._held:

@@ -137,6 +137,7 @@ class Supervisor:
             telemetry=self.telemetry,
             backoff=settings.backoff,
             handlers=lambda: self.handlers,
+            fresh_s=settings.heartbeat_s,
             clock=clock,
         )
         self.imports = ImportWatch(self.selector, self.child_env, self.import_failed, clock=clock)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,41 @@ def test_hup_loads_a_new_handler_file_without_losing_the_running_task(launch: La
     assert new.started_at >= old.completed_at
     assert launch.read_pid("new.pid") != old_child  # the child was replaced after its task
     assert supervisor.running
+
+
+def ignored_signals(pid: int) -> int:
+    """The process's mask of ignored signals (bit n-1 for signal n), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def test_hup_ttin_ttou_while_still_starting_neither_kill_nor_stop_it(launch: Launcher) -> None:
+    """A reload sent right after a start (a deploy, logrotate) must not end the supervisor.
+
+    Their default actions kill (HUP) or stop (TTIN, TTOU) a process; until the
+    loop installs its handlers, while it is still importing, they are ignored.
+    """
+    supervisor = launch.start(workers=1)
+    hup_bit = 1 << (signal.SIGHUP - 1)
+    deadline = time.monotonic() + 10
+    while not ignored_signals(supervisor.process.pid) & hup_bit:  # the import window: ~0.1 s
+        assert time.monotonic() < deadline and supervisor.running, "HUP was never ignored"
+        time.sleep(0.001)
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        supervisor.send(signum)
+    supervisor.wait_log(message="supervisor starting")
+    supervisor.wait_children(1)
+    assert supervisor.running
+    assert psutil.Process(supervisor.process.pid).status() != psutil.STATUS_STOPPED
+    launch.handler("sleepy", SLEEPS)
+    supervisor.send(signal.SIGHUP)  # now a reload, as usual
+    supervisor.wait_log(message="reloaded handlers; replacing children")
+    task_id = launch.enqueue("sleepy", sleep_for(0.01))
+    assert launch.wait_terminal(task_id).status is Status.COMPLETED
+    supervisor.send(signal.SIGTERM)
+    assert supervisor.wait_exit(30) == 0
 
 
 def test_ttin_adds_a_worker_and_ttou_removes_one(launch: Launcher) -> None:
