@@ -118,7 +118,10 @@ class Metrics:
         self._handled_types = handled_types
         to = registry if registry is not None else REGISTRY
         self.claimed = Counter(
-            "tasks_claimed", "Tasks claimed by this supervisor.", ["type"], registry=to
+            "tasks_claimed",
+            "Attempts claimed and started by this supervisor.",
+            ["type"],
+            registry=to,
         )
         self.processed = Counter(
             "tasks_processed",
@@ -195,10 +198,12 @@ class Metrics:
         if duration_s is not None:
             self._child(self.duration, label).observe(duration_s)
 
-    def observe_claims(self, types: Iterable[str], seconds: float) -> None:
+    def observe_claim_transaction(self, seconds: float) -> None:
         self.claim_seconds.observe(seconds)
-        for task_type in types:
-            self._child(self.claimed, self.type_label(task_type)).inc()
+
+    def observe_started(self, task_type: str) -> None:
+        """A claimed attempt handed to a child (one taken ahead and handed back is not counted)."""
+        self._child(self.claimed, self.type_label(task_type)).inc()
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: it sits on the per-task path."""

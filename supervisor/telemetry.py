@@ -108,12 +108,13 @@ class Telemetry:
         self.log.warning(DEADLINE_KILL_MESSAGE, **task_fields(claim), pid=pid)
 
     def dispatched(self, claim: Claim, pid: int) -> None:
+        self.metrics.observe_started(claim.type)
         self.log.debug("task dispatched", **task_fields(claim), pid=pid)
 
     # ------------------------------------------------------------ the database link
 
     def claimed(self, event: Claimed) -> None:
-        self.metrics.observe_claims((c.type for c in event.claims), event.seconds)
+        self.metrics.observe_claim_transaction(event.seconds)
 
     def swept(self, event: Swept) -> None:
         for task_type, count in event.expired.items():
