@@ -153,9 +153,11 @@ class Supervisor:
         # the GIL promptly instead of waiting out the default 5 ms behind the loop's thread.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         become_subreaper()  # before the fork server starts: its children re-parent to us
+        # Before anything is started: __main__ ignores HUP/TTIN/TTOU until now, and an ignored
+        # disposition would be inherited by the template, its children and what they exec.
+        self.signals.install(self.selector)
         if self.own_factory:
             self.factory.start()
-        self.signals.install(self.selector)
         self.load_handlers()
         self.log.info(
             "supervisor starting",

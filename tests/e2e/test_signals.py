@@ -223,6 +223,20 @@ def test_hup_ttin_ttou_while_still_starting_neither_kill_nor_stop_it(launch: Lau
     supervisor.wait_log(message="supervisor starting")
     supervisor.wait_children(1)
     assert supervisor.running
+
+
+def test_signals_ignored_during_start_up_are_not_inherited_by_children_or_the_template(
+    launch: Launcher,
+) -> None:
+    """What a handler execs must see HUP, TTIN and TTOU at their defaults, as any program."""
+    supervisor = launch.start_ready(workers=2)
+    startup_ignored = 0
+    for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        startup_ignored |= 1 << (signum - 1)
+    descendants = psutil.Process(supervisor.process.pid).children(recursive=True)
+    assert len(descendants) >= 3  # two workers and the fork server's template
+    for process in descendants:
+        assert not ignored_signals(process.pid) & startup_ignored, process.cmdline()
     assert psutil.Process(supervisor.process.pid).status() != psutil.STATUS_STOPPED
     launch.handler("sleepy", SLEEPS)
     supervisor.send(signal.SIGHUP)  # now a reload, as usual
