@@ -291,7 +291,7 @@ class DatabaseLink:
         if now < self._retry_at:
             return self._retry_at
         due = [self._next_heartbeat, self._next_housekeeping, self._next_sample]
-        if self._inbox or self._held:
+        if self._results_due_locked():
             due.append(now)
         if self._claim_wanted_locked():
             due.append(self._next_poll)
@@ -300,6 +300,21 @@ class DatabaseLink:
                 self._progress_written.get(claim_id, -PROGRESS_INTERVAL_S) + PROGRESS_INTERVAL_S
             )
         return min(due)
+
+    def _results_due_locked(self) -> bool:
+        """Failures, retries and refunds go at once; completions may wait for the next claim."""
+        results = [*self._inbox, *self._held]
+        if any(not r.is_completion for r in results):
+            return True
+        return bool(results) and not self._awaiting_loop_locked()
+
+    def _awaiting_loop_locked(self) -> bool:
+        """The loop has not yet taken the last claims: its next :meth:`want` is imminent.
+
+        Completions wait for it rather than go alone, so that they ride with the
+        claim that want() brings: one transaction, one commit, instead of two.
+        """
+        return self._seen != self._generation and not self._stopping
 
     def _claim_wanted_locked(self) -> bool:
         return (
@@ -319,6 +334,7 @@ class DatabaseLink:
             self._inbox.clear()
             progress = self._due_progress_locked(now)
             need = self._need if self._claim_wanted_locked() else 0
+            completions_wait = self._awaiting_loop_locked()
             types = self._types
         try:
             if not self._migrated:
@@ -330,7 +346,7 @@ class DatabaseLink:
             self._write_others()
             if need and now >= self._next_poll:
                 self._complete_and_claim(now, need, types)
-            elif any(r.is_completion for r in self._held):
+            elif not completions_wait and any(r.is_completion for r in self._held):
                 self._complete()
             if now >= self._next_housekeeping:
                 self._sweep(now)

@@ -15,6 +15,7 @@ Session rules that keep many supervisors from hurting each other:
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -209,9 +210,18 @@ class MysqlStore(SqlStore):
         queries = self._queries
         fences = _fence_params(owner, completions) if completions else {}
 
-        def body(cursor: pymysql.cursors.DictCursor) -> tuple[set[int], list[Row]]:
+        def body(
+            cursor: pymysql.cursors.DictCursor, *, optimistic: bool
+        ) -> tuple[set[int], list[Row]]:
             held: tuple[int, ...] = ()
-            if completions:
+            if completions and optimistic:
+                # The common case in one statement: every completion still holds its fence.
+                # Rows matched (CLIENT_FOUND_ROWS) == completions proves it; otherwise the
+                # transaction is rolled back and redone the careful way below.
+                if cursor.execute(queries["complete_many"], fences) != len(completions):
+                    raise _SomeFenceLost
+                held = fences["ids"]
+            elif completions:
                 cursor.execute(queries["lock_held"], fences)
                 held = tuple(int(row["id"]) for row in cursor.fetchall())
                 if held:
@@ -226,7 +236,10 @@ class MysqlStore(SqlStore):
                     cursor.execute(queries["claim_update"], params)
             return set(held), rows
 
-        won, rows = self._transaction(body)
+        try:
+            won, rows = self._transaction(functools.partial(body, optimistic=True))
+        except _SomeFenceLost:
+            won, rows = self._transaction(functools.partial(body, optimistic=False))
         return won, [row_to_claim(row, owner) for row in rows]
 
     def has_claimable(self, types: Iterable[str]) -> bool:
@@ -261,6 +274,10 @@ class MysqlStore(SqlStore):
 
     def close(self) -> None:
         self._drop()
+
+
+class _SomeFenceLost(Exception):
+    """A completion lost its fence: redo the transaction, finding out which ones won."""
 
 
 def _fence_params(owner: str, claims: Sequence[Claim]) -> Params:
