@@ -22,7 +22,7 @@ import collections
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from loguru import logger
@@ -166,6 +166,11 @@ class Attempts:
             claim, _ = self.backlog.popleft()
             self._link.submit(refund(claim))
             self._typical_s = math.inf
+
+    def hand_back(self, claims: Iterable[Claim]) -> None:
+        """Claims that will not run here (a drain began): back to the queue, attempt refunded."""
+        for claim in claims:
+            self._link.submit(refund(claim))
 
     def refund_backlog(self) -> None:
         while self.backlog:

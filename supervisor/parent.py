@@ -65,10 +65,6 @@ if TYPE_CHECKING:
 HOUSEKEEPING_INTERVAL_S = 5.0  # orphans and child RSS
 SWITCH_INTERVAL_S = 0.0005
 FINAL_FLUSH_TIMEOUT_S = 12.0  # longer than one hung statement (MySQL read timeout, 10 s)
-# Re-exported for the fault tests: the link's outage backoff.
-from supervisor.dblink import DB_RETRY_MAX_S, DB_RETRY_MIN_S  # noqa: E402
-
-__all__ = ["DB_RETRY_MAX_S", "DB_RETRY_MIN_S", "Supervisor", "owner_id"]
 
 
 def owner_id() -> str:
@@ -292,9 +288,8 @@ class Supervisor:
             elif isinstance(event, Claimed):
                 self.claims_seen = event.generation
                 self.telemetry.claimed(event)
-                if self.draining:
-                    self.attempts.backlog.extend((c, event.claimed_at) for c in event.claims)
-                    self.attempts.refund_backlog()
+                if self.draining:  # claimed before the link learned of the drain
+                    self.attempts.hand_back(event.claims)
                 else:
                     self.attempts.claimed(event.claims, event.claimed_at)
             elif isinstance(event, LeasesLost):

@@ -30,9 +30,9 @@ import attrs
 import psutil
 import pytest
 
+from supervisor.dblink import DB_RETRY_MAX_S, DB_RETRY_MIN_S
 from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.lifecycle import Failure, Status
-from supervisor.parent import DB_RETRY_MAX_S, DB_RETRY_MIN_S
 from supervisor.store import TaskRow
 from tests.e2e.harness import Launcher, SupervisorProcess, clean_env, gone, wait_until
 from tests.e2e.tcp_proxy import TcpProxy
