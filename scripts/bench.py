@@ -59,6 +59,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import secrets
 import signal
 import socket
@@ -689,9 +690,11 @@ def run_pickup(backend: str, args: argparse.Namespace) -> str:
         try:
             with supervisor(db, args.workers) as run:
                 warm_up(conn, run)
-                start = time.monotonic()
-                for i in range(args.pickup_tasks):
-                    time.sleep(max(0.0, start + i * args.pickup_spacing - time.monotonic()))
+                # Spacing drawn around the mean: a fixed spacing would arrive at the same few
+                # phases of the poll timer, and the median would measure that phase.
+                spacing = random.Random(args.pickup_tasks)
+                for _ in range(args.pickup_tasks):
+                    time.sleep(spacing.uniform(0.5, 1.5) * args.pickup_spacing)
                     enqueue_plain(conn, 1)
                 wait_drained(conn, run, lambda _count: None)
             rows = read_times(conn)[1:]  # without the warm-up task
@@ -699,7 +702,7 @@ def run_pickup(backend: str, args: argparse.Namespace) -> str:
             conn.close()
     return (
         f"mode=pickup backend={backend} workers={args.workers} tasks={len(rows)}"
-        f" spacing={args.pickup_spacing}s {latency_fields('pickup', start_latencies(rows))}"
+        f" spacing={args.pickup_spacing}s(mean) {latency_fields('pickup', start_latencies(rows))}"
         f" outcomes={outcomes(rows)}"
     )
 

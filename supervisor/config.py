@@ -31,7 +31,7 @@ class Settings:
     backoff: Backoff = attrs.field(factory=Backoff)
     drain_timeout_s: float = 60.0
     lease_s: float = 60.0
-    poll_interval_s: float = 0.2
+    poll_interval_s: float = 0.15
     max_tasks_per_child: int = 0
     metrics_port: int = 9191
     metrics_host: str = "127.0.0.1"
@@ -138,7 +138,7 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
     (
         "--poll-interval",
         _positive_float,
-        "0.2",
+        "0.15",
         "seconds > 0",
         "how often an idle supervisor looks for work (a full batch polls again at once)",
     ),
