@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 
 from supervisor.errors import PermanentError
 from supervisor.protocol import (
+    RECV_BYTES,
     DoneMessage,
     ErrorMessage,
     LineBuffer,
@@ -72,7 +73,7 @@ class Channel:
     def receive(self) -> Message | None:
         """The next message, or None when the parent closed its end."""
         while not self._lines:
-            data = self._sock.recv(1 << 20)
+            data = self._sock.recv(RECV_BYTES)
             if not data:
                 return None
             self._lines.extend(self._buffer.feed(data))

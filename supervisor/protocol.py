@@ -25,6 +25,10 @@ from typing import Any
 
 import attrs
 
+# Bytes asked of the socket per read. A message longer than this arrives in several reads
+# (LineBuffer joins them); a larger buffer would be allocated, and mmapped, on every read.
+RECV_BYTES = 64 * 1024
+
 
 class ProtocolError(ValueError):
     """A line that is not a valid message."""

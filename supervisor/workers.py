@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import attrs
 import psutil
 
-from supervisor.protocol import LineBuffer, Message, StopMessage, decode, encode
+from supervisor.protocol import RECV_BYTES, LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.records import Claim
 
@@ -238,7 +238,7 @@ class Child:
         Raises :class:`~supervisor.protocol.ProtocolError` on a malformed line.
         """
         try:
-            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            data = self.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return [], False
         except OSError:
