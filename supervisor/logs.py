@@ -49,7 +49,16 @@ def configure(log_format: str, level: str, stream: TextIO | None = None) -> None
     logger.remove()
     use_json = log_format == "json" or (log_format == "auto" and not out.isatty())
     if use_json:
-        logger.add(json_sink(out), level=level, diagnose=False, backtrace=False, catch=True)
+        # The sink builds its own document: the cheapest format spares loguru formatting
+        # a text line per record that nobody reads (a per-task cost).
+        logger.add(
+            json_sink(out),
+            level=level,
+            format="{message}",
+            diagnose=False,
+            backtrace=False,
+            catch=True,
+        )
     else:
         logger.add(
             out, level=level, format=TEXT_FORMAT, diagnose=False, backtrace=False, colorize=None
