@@ -23,6 +23,7 @@ import contextlib
 import selectors
 import socket
 import threading
+from collections.abc import Iterator
 
 BUFFER = 65536
 
@@ -204,3 +205,17 @@ def _close(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
+
+
+@contextlib.contextmanager
+def in_front_of(mysql_dsn: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the server ``mysql_dsn`` names, and the DSN that reaches the same
+    database through it."""
+    from supervisor.dsn import MysqlDsn, parse_dsn
+
+    real = parse_dsn(mysql_dsn)
+    assert isinstance(real, MysqlDsn)
+    with TcpProxy(real.host or "127.0.0.1", real.port) as proxy:
+        proxied = mysql_dsn.replace(f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/")
+        assert proxied != mysql_dsn
+        yield proxy, proxied

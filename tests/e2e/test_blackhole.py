@@ -27,7 +27,7 @@ import pytest
 from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.lifecycle import Failure, Status
 from tests.e2e.harness import Launcher, SupervisorProcess, gone
-from tests.e2e.tcp_proxy import TcpProxy
+from tests.e2e.tcp_proxy import TcpProxy, in_front_of
 
 pytestmark = pytest.mark.mysql
 
@@ -71,12 +71,7 @@ class Setup:
 def setup(tmp_path: Path, mysql_dsn: str) -> Iterator[Setup]:
     real = parse_dsn(mysql_dsn)
     assert isinstance(real, MysqlDsn)
-    with (
-        TcpProxy(real.host or "127.0.0.1", real.port) as proxy,
-        Launcher(tmp_path, mysql_dsn) as launcher,
-    ):
-        proxied = mysql_dsn.replace(f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/")
-        assert proxied != mysql_dsn
+    with in_front_of(mysql_dsn) as (proxy, proxied), Launcher(tmp_path, mysql_dsn) as launcher:
         launcher.handler("hangs", HANGS)
         try:
             yield Setup(launcher=launcher, proxy=proxy, proxied_dsn=proxied, server=real)

@@ -31,11 +31,10 @@ import psutil
 import pytest
 
 from supervisor.dblink import DB_RETRY_MAX_S, DB_RETRY_MIN_S
-from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.lifecycle import Failure, Status
 from supervisor.store import TaskRow
 from tests.e2e.harness import Launcher, SupervisorProcess, clean_env, gone, wait_until
-from tests.e2e.tcp_proxy import TcpProxy
+from tests.e2e.tcp_proxy import TcpProxy, in_front_of
 
 pytestmark = pytest.mark.mysql
 
@@ -156,14 +155,7 @@ class Supervisor:
 
 @pytest.fixture
 def fleet(tmp_path: Path, mysql_dsn: str) -> Iterator[Fleet]:
-    real = parse_dsn(mysql_dsn)
-    assert isinstance(real, MysqlDsn)
-    with (
-        TcpProxy(real.host or "127.0.0.1", real.port) as proxy,
-        Launcher(tmp_path, mysql_dsn) as launcher,
-    ):
-        proxied = mysql_dsn.replace(f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/")
-        assert proxied != mysql_dsn
+    with in_front_of(mysql_dsn) as (proxy, proxied), Launcher(tmp_path, mysql_dsn) as launcher:
         launcher.handler("sleepy", RECORDS_AND_SLEEPS)
         yield Fleet(launcher=launcher, proxy=proxy, proxied_dsn=proxied)
 

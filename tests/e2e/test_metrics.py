@@ -27,11 +27,10 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.lifecycle import Failure, Status
 from supervisor.producer import new_task
 from tests.e2e.harness import Launcher, SupervisorProcess, wait_until
-from tests.e2e.tcp_proxy import TcpProxy
+from tests.e2e.tcp_proxy import in_front_of
 
 Labels = frozenset[tuple[str, str]]
 
@@ -499,15 +498,8 @@ def test_files_stay_bounded_by_worker_slots_with_a_fresh_child_per_task(
 def test_healthz_follows_the_database_through_a_proxy(
     tmp_path: Path, mysql_dsn: str, no_multiproc_env: None
 ) -> None:
-    real = parse_dsn(mysql_dsn)
-    assert isinstance(real, MysqlDsn)
     lease = 3.0
-    with (
-        TcpProxy(real.host or "127.0.0.1", real.port) as proxy,
-        Launcher(tmp_path, mysql_dsn) as launcher,
-    ):
-        proxied = mysql_dsn.replace(f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/")
-        assert proxied != mysql_dsn
+    with in_front_of(mysql_dsn) as (proxy, proxied), Launcher(tmp_path, mysql_dsn) as launcher:
         launcher.handler("ok", RETURNS)
         port = free_port()
         supervisor = launcher.start_ready(
