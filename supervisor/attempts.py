@@ -275,10 +275,10 @@ class Attempts:
     def on_exit(self, child: Child) -> None:
         """The child's pidfd fired: read its last words, reap it, settle a panic, refill."""
         if child.sock.fileno() >= 0:
-            # Messages written just before the exit are still in the socket: read them first.
+            # Messages written just before the exit are still in the socket: read them first,
+            # all of them (a report can span several reads).
             with contextlib.suppress(ProtocolError):
-                messages, _ = child.receive()
-                for message in messages:
+                for message in child.receive_rest():
                     self.on_message(child, message)
         status = child.reap()
         if status is None:

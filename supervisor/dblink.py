@@ -352,7 +352,7 @@ class DatabaseLink:
                 self._sweep(now)
             if now >= self._next_sample:
                 self._sample(now)
-        except StoreError as exc:
+        except Exception as exc:  # noqa: BLE001 - not only StoreError: the thread must not die
             self._failed(exc, progress)
         else:
             self._answered()
@@ -471,8 +471,12 @@ class DatabaseLink:
             self._progress_written.pop(claim.id, None)
         self._post(Recorded(result=result, won=won))
 
-    def _failed(self, exc: StoreError, progress: list[tuple[Claim, int]]) -> None:
+    def _failed(self, exc: Exception, progress: list[tuple[Claim, int]]) -> None:
         """Back off (capped at half a heartbeat, so leases survive), and renew at first contact.
+
+        Any exception counts, not only a :class:`StoreError`: an unexpected one
+        (a driver bug, a bad row) must not end the link's thread, which would
+        leave every lease to expire and every result unwritten without a word.
 
         Progress taken for this turn and not written is kept for the next one,
         unless a newer value came meanwhile. (Should the task's result have come
@@ -488,7 +492,8 @@ class DatabaseLink:
         with self._lock:
             for claim, pct in progress:
                 self._progress.setdefault(claim.id, (claim, pct))
-        self._post(DbFailed(error=str(exc), retry_in_s=delay, held=len(self._held)))
+        error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        self._post(DbFailed(error=error, retry_in_s=delay, held=len(self._held)))
 
     def _answered(self) -> None:
         if self._health is not None:
@@ -520,11 +525,11 @@ class DatabaseLink:
                 answered = True
             if answered or self._failures == 0:
                 self._store.deregister(self.owner)
-        except StoreError:
+        except Exception:  # noqa: BLE001 - what was not written is reported just below
             pass
         for result in list(self._held):
             self._post(NotRecorded(result=result))
-        with contextlib.suppress(StoreError):
+        with contextlib.suppress(Exception):
             self._store.close()
         self._announce()
 

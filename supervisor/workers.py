@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 STACK_SIGNAL = signal.SIGUSR1
 SEND_TIMEOUT_S = 5.0
+REST_MAX_BYTES = 64 * 1024 * 1024  # what is read of an exited child's socket: its longest line
 # Never handed to a child: it must not be able to reach the database.
 SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD")
 
@@ -246,6 +247,23 @@ class Child:
         if not data:
             return [], True
         return [decode(line) for line in self._buffer.feed(data)], False
+
+    def receive_rest(self) -> list[Message]:
+        """Every message left in the socket, read until it is empty or closed (the child exited).
+
+        Reads at most :data:`REST_MAX_BYTES`, so a process that inherited the
+        child's end and keeps writing cannot hold the loop here.
+        """
+        messages: list[Message] = []
+        for _ in range(REST_MAX_BYTES // RECV_BYTES):
+            try:
+                data = self.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+            except OSError:  # BlockingIOError: nothing more for now
+                break
+            if not data:
+                break
+            messages.extend(decode(line) for line in self._buffer.feed(data))
+        return messages
 
     def request_stack(self) -> None:
         """Ask faulthandler in the child to dump every thread's stack into the dump file."""

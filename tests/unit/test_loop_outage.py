@@ -132,3 +132,25 @@ def test_results_the_store_never_took_are_reported_not_recorded_at_exit(
     )
     assert entry["would_have_been"] == "completed"
     assert "deregister" not in loop.store.log  # the store never answered
+
+
+def test_an_unexpected_error_from_the_store_is_an_outage_not_the_end_of_the_link(
+    make_loop: MakeLoop,
+) -> None:
+    # Only StoreError was caught: anything else ended the link's thread silently, and with it
+    # every lease renewal and every result still to be written.
+    loop = make_loop(workers=1)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    loop.store.fail_with(RuntimeError("driver bug"))  # type: ignore[arg-type]
+    loop.child(0).say_done()
+    loop.step()
+    loop.turn()
+    loop.step()
+    [failed] = loop.events(DbFailed)
+    assert failed.error == "RuntimeError: driver bug"
+    assert loop.link.held == 1
+    loop.store.fail_with(None)
+    loop.advance_to(loop.link.next_due())
+    loop.turn()
+    assert loop.row(task_id).status is Status.COMPLETED

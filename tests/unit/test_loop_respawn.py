@@ -119,3 +119,17 @@ def test_a_report_written_just_before_the_exit_is_read_first(make_loop: MakeLoop
     loop.step()
     loop.turn()
     assert loop.row(task_id).status is Status.COMPLETED
+
+
+def test_a_long_report_written_just_before_the_exit_is_read_whole(make_loop: MakeLoop) -> None:
+    # Longer than several socket reads: all of it is read before the child is reaped, or the
+    # handler's error would be lost and the attempt recorded as a panic.
+    loop = make_loop(workers=1)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    loop.child(0).say_error("ValueError: " + "x" * 150_000, permanent=True)
+    loop.child(0).exit(0)
+    loop.step()
+    loop.turn()
+    row = loop.row(task_id)
+    assert (row.status, row.failure) == (Status.FAILED, Failure.ERROR)
