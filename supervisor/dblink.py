@@ -242,7 +242,11 @@ class DatabaseLink:
         else:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
-                for result in [*self._held, *self._inbox]:
+                # The link's thread hangs in a statement: it touches _held only after one
+                # returns, so a copy taken under the lock is what it has not written.
+                with self._lock:
+                    unwritten = [*self._held, *self._inbox]
+                for result in unwritten:
                     self._post(NotRecorded(result=result))
                 self._announce()
                 return False
@@ -376,6 +380,9 @@ class DatabaseLink:
             return
         held = self._store.renew_leases(self.owner, claims, self._lease_s)
         lost = frozenset(c.id for c in claims if c.id not in held)
+        with self._lock:  # progress still pending for a lost claim would be written for nothing
+            for claim_id in lost:
+                self._progress.pop(claim_id, None)
         for claim_id in lost:
             self._leased.pop(claim_id, None)
             self._progress_written.pop(claim_id, None)

@@ -5,7 +5,8 @@ the signal wakeup fd, the database link's event fd and the import check's
 output, with a timeout equal to the earliest thing due (a deadline, a stack
 request, a respawn, the drain deadline). That wait is its only blocking
 point: the database is the link's business, on its own thread, so a database
-that hangs never delays a deadline kill.
+that hangs never delays a deadline kill, and what a child's socket cannot take
+at once waits until the selector says it can.
 
 The rooms:
 
@@ -234,12 +235,15 @@ class Supervisor:
         timeout = max(0.0, self.next_wakeup() - self.clock())
         if max_wait_s is not None:
             timeout = min(timeout, max_wait_s)
-        for key, _events in self.selector.select(timeout):
+        for key, events in self.selector.select(timeout):
             kind, child = key.data
             if kind == "signal":
                 self.signals.dispatch(self)
             elif kind == "socket":
-                self.attempts.on_readable(child)
+                if events & selectors.EVENT_WRITE:
+                    child.flush()
+                if events & selectors.EVENT_READ:
+                    self.attempts.on_readable(child)
             elif kind == "exit":
                 self.attempts.on_exit(child)
             elif kind == "link":
@@ -259,6 +263,7 @@ class Supervisor:
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
             self.kill_orphans()
             self.telemetry.sample_rss((c.slot, c.pid) for c in self.pool.children.values())
+        self.pool.watch_writes()
         self.state_need()
         self.health.loop_at = time.monotonic()
         busy = len(self.pool.busy())

@@ -50,6 +50,7 @@ class Pool:
         self.draining = False
         self._spawn_at: dict[int, float] = {}
         self._spawn_failures: dict[int, int] = {}
+        self._writing: set[int] = set()  # slots whose socket is watched for writability
 
     # ------------------------------------------------------------ views
 
@@ -142,7 +143,26 @@ class Pool:
             self._selector.unregister(child.pidfd)
         if self.children.get(child.slot) is child:
             del self.children[child.slot]
+            self._writing.discard(child.slot)
         child.close()
+
+    def watch_writes(self) -> None:
+        """Children with bytes waiting to go out are watched for writability, the rest not."""
+        for child in self.children.values():
+            wanted = bool(child.unsent)
+            if wanted == (child.slot in self._writing):
+                continue
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+            try:
+                self._selector.modify(child.sock, events, ("socket", child))
+            except (KeyError, ValueError):  # it closed its end: nothing will be read any more
+                child.unsent.clear()
+                self._writing.discard(child.slot)
+                continue
+            if wanted:
+                self._writing.add(child.slot)
+            else:
+                self._writing.discard(child.slot)
 
     def close_socket(self, child: Child) -> None:
         """The child closed its end: stop watching it (its exit comes through the pidfd)."""

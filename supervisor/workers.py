@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from supervisor.forkserver import Template
 
 STACK_SIGNAL = signal.SIGUSR1
-SEND_TIMEOUT_S = 5.0
 REST_MAX_BYTES = 64 * 1024 * 1024  # what is read of an exited child's socket: its longest line
 # Never handed to a child: it must not be able to reach the database.
 SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD")
@@ -96,6 +95,7 @@ class Child:
         # Why this child ends, for supervisor_child_restarts_total{reason}; set by whoever ends it.
         self.exit_reason = "died_idle"
         self.saw_ready = False
+        self.unsent = bytearray()  # written when the socket can take it (see send)
         self._buffer = LineBuffer()
 
     # ------------------------------------------------------------ transitions
@@ -185,7 +185,7 @@ class Child:
             )
         finally:
             child_end.close()
-        parent_end.settimeout(SEND_TIMEOUT_S)
+        parent_end.setblocking(False)  # the loop never waits on a child: see send()
         return cls(
             slot=slot,
             pid=process.pid,
@@ -220,17 +220,43 @@ class Child:
             raise
         finally:
             child_end.close()
-        parent_end.settimeout(SEND_TIMEOUT_S)
+        parent_end.setblocking(False)  # the loop never waits on a child: see send()
         return cls(
             slot=slot, pid=pid, pidfd=os.pidfd_open(pid), sock=parent_end, dump_path=dump_path
         )
 
     def send(self, message: Message) -> bool:
-        """Deliver a message; False if the child is gone (its exit is noticed via the pidfd)."""
+        """Queue a message for the child; False if the child is gone (its exit comes by pidfd).
+
+        Never blocks: what the socket does not take now (a task larger than its
+        buffer, a child that stopped reading) waits in :attr:`unsent` and goes
+        out by :meth:`flush` when the selector says the socket is writable. A
+        child that never reads its task is killed at the task's deadline.
+        """
+        data = encode(message)
+        if self.unsent:
+            self.unsent += data
+            return True
         try:
-            self.sock.sendall(encode(message))
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
         except OSError:
             return False
+        if sent < len(data):
+            self.unsent = bytearray(data[sent:])
+        return True
+
+    def flush(self) -> bool:
+        """Send more of what :meth:`send` could not; False if the child is gone."""
+        try:
+            sent = self.sock.send(self.unsent)
+        except BlockingIOError:
+            return True
+        except OSError:
+            self.unsent.clear()
+            return False
+        del self.unsent[:sent]
         return True
 
     def receive(self) -> tuple[list[Message], bool]:
