@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 STACK_SIGNAL = signal.SIGUSR1
 REST_MAX_BYTES = 64 * 1024 * 1024  # what is read of an exited child's socket: its longest line
+DUMP_TAIL_BYTES = 64 * 1024  # what is read of a dump file: its last 64 KiB (a handler can fill it)
 # Never handed to a child: it must not be able to reach the database.
 SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD")
 
@@ -297,10 +298,20 @@ class Child:
             os.kill(self.pid, STACK_SIGNAL)
 
     def read_dump(self) -> str:
+        """The last :data:`DUMP_TAIL_BYTES` of the dump file, decoded leniently.
+
+        The file is the child's, so a handler can write anything there (gigabytes
+        before it dies): only a bounded tail is read. faulthandler writes the
+        innermost frames first, so a cut-off dump loses only its start.
+        """
         try:
-            return self.dump_path.read_text("utf-8", errors="replace").strip()
+            with self.dump_path.open("rb") as dump:
+                size = os.fstat(dump.fileno()).st_size
+                dump.seek(max(0, size - DUMP_TAIL_BYTES))
+                data = dump.read(DUMP_TAIL_BYTES)
         except OSError:
             return ""
+        return data.decode("utf-8", errors="replace").strip()
 
     def kill_tree(self) -> None:
         """SIGKILL the child, its process group, and every descendant found before the kill.
