@@ -236,12 +236,33 @@ class Attempts:
         if isinstance(message, ProgressMessage):
             running.pct = message.pct
             self._link.progress(running.claim, message.pct)
+        elif isinstance(message, DoneMessage | ErrorMessage) and self._too_late(running):
+            self._time_out(child, running)
         elif isinstance(message, DoneMessage):
             self.settle(child, lambda r, seconds: completion(r.claim, seconds))
             self.dispatch_backlog()
         elif isinstance(message, ErrorMessage):
             self.settle(child, self._errored(message))
             self.dispatch_backlog()
+
+    def _too_late(self, running: Running) -> bool:
+        """Whether an outcome reported now belongs to the deadline, not to the handler.
+
+        The rule: once the parent has asked for the stack (``STACK_LEAD_S``
+        before the deadline), or the deadline itself has passed, the attempt is
+        a timeout whatever the child says. The stack signal interrupts a handler
+        blocked in a C call (libc ``sleep()`` returns early, a read fails with
+        EINTR), so a ``done`` or ``error`` after it may be the signal's doing,
+        not the handler's: a task is never ``completed`` (or retried as an
+        ordinary error) when it ran into the last ``STACK_LEAD_S`` of its budget.
+        """
+        return running.stack_requested or self._clock() >= running.deadline
+
+    def _time_out(self, child: Child, running: Running) -> None:
+        """Record the attempt as ``timeout`` with the stack dump, and kill the child's tree."""
+        error = timeout_error(running.deadline - running.started, child.read_dump())
+        self._telemetry.deadline_kill(running.claim, child.pid)
+        self.settle(child, self._failed(Failure.TIMEOUT, error), kill=Failure.TIMEOUT.value)
 
     def _errored(self, message: ErrorMessage) -> ResultFor:
         def result_for(running: Running, duration_s: float) -> PendingResult:
@@ -310,9 +331,7 @@ class Attempts:
                 running.stack_requested = True
                 child.request_stack()
             if now >= running.deadline:
-                error = timeout_error(running.deadline - running.started, child.read_dump())
-                self._telemetry.deadline_kill(running.claim, child.pid)
-                self.settle(child, self._failed(Failure.TIMEOUT, error), kill=Failure.TIMEOUT.value)
+                self._time_out(child, running)
 
     # ------------------------------------------------------------ claims lost, drain
 
