@@ -23,6 +23,7 @@ import contextlib
 import faulthandler
 import importlib.util
 import json
+import math
 import os
 import signal
 import socket
@@ -94,10 +95,14 @@ class Progress:
         self._last_send = 0.0
 
     def __call__(self, pct: float) -> None:
-        try:
-            value = int(max(0.0, min(100.0, float(pct))))
-        except (TypeError, ValueError):
-            return  # a handler's bad progress value must not fail its task
+        """Record ``pct``; a value that is not a finite number is ignored, never raised.
+
+        Progress is advisory: a handler's bad value (``10**400``, NaN, a string, an
+        object whose ``__float__`` raises) must not fail a task that is doing its work.
+        """
+        value = progress_value(pct)
+        if value is None:
+            return
         self._pending = value
         if time.monotonic() - self._last_send >= PROGRESS_MIN_INTERVAL_S:
             self.flush()
@@ -108,6 +113,22 @@ class Progress:
             self._sent = self._pending
             self._last_send = time.monotonic()
         self._pending = None
+
+
+def progress_value(pct: object) -> int | None:
+    """``pct`` clamped to 0..100 as an int; None for anything that is not a usable number.
+
+    Integers too large for a float (``10**400``) are clamped by sign, not converted.
+    """
+    if isinstance(pct, int) and not isinstance(pct, bool):
+        return max(0, min(100, pct))
+    try:
+        number = float(pct)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - a handler's __float__ may raise anything
+        return None
+    if not isinstance(number, float) or math.isnan(number):
+        return None
+    return int(max(0.0, min(100.0, number)))
 
 
 class HandlerCache:
