@@ -153,21 +153,56 @@ class HandlerImportError(Exception):
 
 
 def import_handler(task_type: str, path: str) -> ModuleType:
+    """Load a handler file as its own module, ``supervisor_handlers.<type>``.
+
+    The handlers folder is *appended* to ``sys.path``, never put first: a
+    handler can still import its sibling helper modules, but a handler file
+    named like a standard or installed module (``email.py``, ``csv.py``) does
+    not shadow that module for every other handler in this child.
+
+    Whatever the file raises while it is executed, ``SystemExit`` and
+    ``KeyboardInterrupt`` included, is an import failure of that handler: its
+    tasks fail with the reason, and the child (or the import check) lives on.
+    """
     folder = str(Path(path).parent)
     if folder not in sys.path:
-        sys.path.insert(0, folder)  # so a handler can import its sibling helper modules
+        sys.path.append(folder)  # after stdlib and site-packages: siblings, never shadows
     spec = importlib.util.spec_from_file_location(f"supervisor_handlers.{task_type}", path)
     if spec is None or spec.loader is None:
         raise HandlerImportError(f"cannot load handler file {path}")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() at import is a broken handler too
         detail = "".join(traceback.format_exception(exc, limit=-5))
         raise HandlerImportError(
             f"handler {path} failed to import: {type(exc).__name__}: {exc}\n{detail}"
         ) from None
     return module
+
+
+def shadowed_module(task_type: str, path: str) -> str | None:
+    """Why the handler file ``path`` is named like a standard or installed module, or None.
+
+    Such a file no longer shadows that module (see :func:`import_handler`), but
+    ``import <name>`` from a sibling then gets the other module, not this file:
+    worth a warning at the import check. Checked before any handler is imported,
+    and the file itself found on ``sys.path`` (the check run from the handlers
+    folder) is not a clash.
+    """
+    name = Path(path).stem
+    if "." in name or not name.isidentifier():
+        return None  # cannot be imported by that name, so it cannot shadow anything
+    if name in sys.stdlib_module_names:
+        return f"handler file {path} is named like the standard module {name!r}; rename it"
+    try:
+        spec = importlib.util.find_spec(name)
+    except Exception:  # noqa: BLE001 - a broken installed package is not this handler's fault
+        return None
+    if spec is None or (spec.origin and Path(spec.origin).resolve() == Path(path).resolve()):
+        return None
+    where = spec.origin or "a namespace package"
+    return f"handler file {path} is named like the installed module {name!r} ({where}); rename it"
 
 
 def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> None:
@@ -249,21 +284,37 @@ def serve(sock: socket.socket, dump: BinaryIO) -> int:
         run_task(channel, handlers, message)
 
 
-def check_imports(handlers: list[str]) -> int:
-    """``--check type=path ...``: import each handler, print ``{type: error or null}`` as JSON.
+def check_imports(handlers: dict[str, str]) -> int:
+    """``--check=JSON``: import each handler, print a report of errors and warnings as JSON.
 
     The parent runs this at start-up and on reload to report broken handlers
-    loudly without ever importing handler code itself.
+    loudly without ever importing handler code itself. The handlers come as one
+    JSON object ``{type: path}`` attached to the option, so no file name (a
+    ``--help.py``) is ever parsed as an option. Before each import a line
+    ``{"checking": type}`` is printed, so that if a handler ends the whole
+    process (``os._exit`` at import) the parent still knows which one it was.
+    The last line is ``{"errors": {type: error or null}, "warnings": {type: text}}``.
     """
-    report: dict[str, str | None] = {}
-    for item in handlers:
-        task_type, _, path = item.partition("=")
+    # The report goes out on a private copy of stdout; fd 1 becomes stderr, so what a
+    # handler prints at import can never glue itself to (or forge) a report line.
+    report = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    warnings: dict[str, str] = {}
+    for task_type, path in handlers.items():
+        why = shadowed_module(task_type, path)
+        if why is not None:
+            warnings[task_type] = why
+    errors: dict[str, str | None] = {}
+    for task_type, path in handlers.items():
+        report.write(json.dumps({"checking": task_type}) + "\n")
+        report.flush()
         try:
             HandlerCache().handle_function(task_type, path)
-            report[task_type] = None
+            errors[task_type] = None
         except HandlerImportError as exc:
-            report[task_type] = str(exc)
-    sys.stdout.write(json.dumps(report) + "\n")
+            errors[task_type] = str(exc)
+    report.write(json.dumps({"errors": errors, "warnings": warnings}) + "\n")
+    report.close()
     return 0
 
 
@@ -273,14 +324,14 @@ def _ignore_signal(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="supervisor.child")
-    parser.add_argument("--check", nargs="*", metavar="TYPE=PATH")
+    parser.add_argument("--check", metavar="JSON", help='--check={"type": "path", ...}')
     parser.add_argument("--socket", type=int)
     parser.add_argument("--lifeline", type=int)
     parser.add_argument("--dump")
     parser.add_argument("--metrics-id", help="name of this slot's metrics files")
     args = parser.parse_args(argv)
     if args.check is not None:
-        return check_imports(args.check)
+        return check_imports(json.loads(args.check))
     if args.socket is None or args.lifeline is None or args.dump is None:
         parser.error("--socket, --lifeline and --dump are required")
     return run_child(

@@ -17,7 +17,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What the check found: ``errors`` by type (None: imports fine), name ``warnings`` by type."""
+
+    errors: dict[str, str | None]
+    warnings: dict[str, str]
 
 
 class ImportCheck:
@@ -33,9 +42,10 @@ class ImportCheck:
     def __init__(
         self, handlers: Mapping[str, Path], env: Mapping[str, str], deadline: float
     ) -> None:
-        args = [f"{task_type}={path}" for task_type, path in sorted(handlers.items())]
+        # One JSON argument attached with "=": no handler file name can pass for an option.
+        mapping = json.dumps({t: str(p) for t, p in sorted(handlers.items())})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.child", "--check", *args],
+            [sys.executable, "-m", "supervisor.child", f"--check={mapping}"],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -62,15 +72,31 @@ class ImportCheck:
         self._output += data
         return not data
 
-    def report(self, *, timed_out: bool = False) -> dict[str, str | None]:
-        """``{type: import error or None}``; ends the check (and whatever it started) first."""
+    def report(self, *, timed_out: bool = False) -> CheckReport:
+        """Import errors and name warnings by type; ends the check (and whatever it started) first.
+
+        If the check did not finish (a handler called ``os._exit`` at import, or hung),
+        the handler it was importing is named from the last ``{"checking": type}`` line.
+        """
         self.close()
-        try:
-            report: dict[str, str | None] = json.loads(self._output.splitlines()[-1])
-        except (IndexError, ValueError):
-            why = "it ran out of time" if timed_out else f"exit status {self.process.returncode}"
-            return {"*": f"the handler import check did not finish cleanly ({why})"}
-        return report
+        lines = self._output.splitlines()
+        last_checked: str | None = None
+        for line in lines:
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict) and isinstance(parsed.get("errors"), dict):
+                return CheckReport(errors=parsed["errors"], warnings=parsed.get("warnings") or {})
+            if isinstance(parsed, dict) and isinstance(parsed.get("checking"), str):
+                last_checked = parsed["checking"]
+        why = "it ran out of time" if timed_out else f"exit status {self.process.returncode}"
+        if last_checked is not None:
+            problem = f"the handler import check ended while importing this handler ({why})"
+            return CheckReport(errors={last_checked: problem}, warnings={})
+        return CheckReport(
+            errors={"*": f"the handler import check did not finish cleanly ({why})"}, warnings={}
+        )
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -97,11 +123,13 @@ class ImportWatch:
         env: Mapping[str, str],
         report: Callable[[str, str], None],
         *,
+        warn: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._selector = selector
         self._env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         self._report = report
+        self._warn = warn
         self._clock = clock
         self._check: ImportCheck | None = None
 
@@ -132,9 +160,12 @@ class ImportWatch:
         self._selector.unregister(self._check.fileno())
         found = self._check.report(timed_out=timed_out)
         self._check = None
-        for task_type, problem in found.items():
+        for task_type, problem in found.errors.items():
             if problem:
                 self._report(task_type, problem)
+        if self._warn is not None:
+            for task_type, warning in found.warnings.items():
+                self._warn(task_type, warning)
 
     def close(self) -> None:
         if self._check is not None:

@@ -137,7 +137,9 @@ class Supervisor:
             fresh_s=settings.heartbeat_s,
             clock=clock,
         )
-        self.imports = ImportWatch(self.selector, self.child_env, self.import_failed, clock=clock)
+        self.imports = ImportWatch(
+            self.selector, self.child_env, self.import_failed, warn=self.import_warning, clock=clock
+        )
         self.draining = False
         self.drain_deadline: float | None = None
         self.claims_seen = 0
@@ -209,6 +211,9 @@ class Supervisor:
             type=task_type,
             error=problem,
         )
+
+    def import_warning(self, task_type: str, warning: str) -> None:
+        self.log.warning("handler file name clashes with a module", type=task_type, error=warning)
 
     def slot_dead(self, slot: int) -> None:
         """A child exited: its live gauges go, and what it left behind is killed."""

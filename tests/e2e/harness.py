@@ -71,7 +71,8 @@ def is_worker_child(proc: psutil.Process) -> bool:
         alive = proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-    return alive and CHILD_MODULE in cmdline and "--check" not in cmdline
+    checking = any(arg.startswith("--check") for arg in cmdline)  # --check={...}
+    return alive and CHILD_MODULE in cmdline and not checking
 
 
 def clean_env(**extra: str) -> dict[str, str]:
