@@ -67,6 +67,14 @@ INTERRUPTS_AT_IMPORT = """
         pass
 """
 
+# Prints what looks like the check's own report, without a final newline.
+CHATTY_AT_IMPORT = """
+    print('{"errors": {}}', end="")
+
+    def handle(task, progress):
+        pass
+"""
+
 RETURNS = """
     def handle(task, progress):
         pass
@@ -148,3 +156,23 @@ def test_a_handler_file_named_like_an_option_does_not_confuse_the_check(
     assert "x is broken" in report["error"]
     assert not supervisor.events(type="*")
     assert not supervisor.events(type="--help", level="ERROR")
+
+
+def test_a_handler_that_ends_the_check_process_at_import_is_named(launch: Launcher) -> None:
+    """os._exit at import cannot be caught: the check still names the handler it was importing."""
+    launch.handler("aaa_ok", RETURNS)
+    launch.handler("vanishes", "import os\nos._exit(7)\n")
+    supervisor = launch.start_ready()
+    report = supervisor.wait_log(type="vanishes", level="ERROR")
+    assert "exit status 7" in report["error"]
+    assert not supervisor.events(type="*")
+    assert not supervisor.events(type="aaa_ok", level="ERROR")
+
+
+def test_what_a_handler_prints_at_import_does_not_spoil_the_check(launch: Launcher) -> None:
+    launch.handler("chatty", CHATTY_AT_IMPORT)
+    launch.handler("broken", "raise RuntimeError('broken for sure')\n")
+    supervisor = launch.start_ready()
+    report = supervisor.wait_log(type="broken", level="ERROR")
+    assert "broken for sure" in report["error"]
+    assert not supervisor.events(type="chatty", level="ERROR")
