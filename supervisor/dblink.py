@@ -385,10 +385,7 @@ class DatabaseLink:
             return
         held = self._store.renew_leases(self.owner, claims, self._lease_s)
         lost = frozenset(c.id for c in claims if c.id not in held)
-        # Asked before anything is forgotten: if the read fails, the next beat asks again.
-        cancelled = frozenset(
-            self._store.cancelled_claims(self.owner, [c for c in claims if c.id in lost])
-        )
+        cancelled = self._cancelled_among([c for c in claims if c.id in lost])
         with self._lock:  # progress still pending for a lost claim would be written for nothing
             for claim_id in lost:
                 self._progress.pop(claim_id, None)
@@ -477,14 +474,23 @@ class DatabaseLink:
         counts = self._store.counts(live_only=True)
         self._post(DepthSampled(counts=tuple((c.type, c.status.value, c.count) for c in counts)))
 
+    def _cancelled_among(self, lost: list[Claim]) -> frozenset[int]:
+        """Which lost claims an operator cancelled; none if the database cannot say.
+
+        Only the outcome's name depends on it (``cancelled`` or ``lost``), so a
+        failed read must not fail what called it: a claim just made, or a
+        result just written, would otherwise never be reported.
+        """
+        if not lost:
+            return frozenset()
+        try:
+            return frozenset(self._store.cancelled_claims(self.owner, lost))
+        except Exception:  # noqa: BLE001 - a name is not worth an outage
+            return frozenset()
+
     def _recorded(self, result: PendingResult, won: bool) -> None:
-        # A lost fence is rare: only then is the row read, before the result is let go (if
-        # the read fails, the result stays held and its write, fenced, is simply redone).
-        cancelled = (
-            not won
-            and not result.refund
-            and bool(self._store.cancelled_claims(result.claim.owner, [result.claim]))
-        )
+        # A lost fence is rare: only then is the row read.
+        cancelled = not won and not result.refund and bool(self._cancelled_among([result.claim]))
         self._held.remove(result)
         claim = result.claim
         # A late result of a lost attempt must not drop the lease of the task's newer claim.
