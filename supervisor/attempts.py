@@ -335,16 +335,21 @@ class Attempts:
 
     # ------------------------------------------------------------ claims lost, drain
 
-    def leases_lost(self, ids: frozenset[int]) -> None:
-        """A claim no longer ours is someone else's now: kill its child, write nothing."""
+    def leases_lost(self, ids: frozenset[int], cancelled: frozenset[int] = frozenset()) -> None:
+        """A claim no longer ours is someone else's now: kill its child, write nothing.
+
+        ``cancelled`` names those an operator cancelled, counted apart from rescues.
+        """
         for child in self._pool.busy():
             running = child.running
             if running is not None and running.claim.id in ids:
 
                 def lost(r: Running, seconds: float) -> None:
-                    self._telemetry.claim_lost(r.claim, seconds)
+                    self._telemetry.claim_lost(r.claim, seconds, cancelled=r.claim.id in cancelled)
 
-                self.settle(child, lost, kill="lost")
+                self.settle(
+                    child, lost, kill="cancelled" if running.claim.id in cancelled else "lost"
+                )
         kept = [(c, at) for c, at in self.backlog if c.id not in ids]
         self.backlog = collections.deque(kept)
 

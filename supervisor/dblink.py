@@ -70,17 +70,22 @@ class Claimed:
 
 @attrs.frozen(kw_only=True)
 class Recorded:
-    """A result was written; ``won`` is False when its fence lost (the claim was not ours)."""
+    """A result was written; ``won`` is False when its fence lost (the claim was not ours).
+
+    ``cancelled``: the fence lost to an operator's cancel, not to a rescue.
+    """
 
     result: PendingResult
     won: bool
+    cancelled: bool = False
 
 
 @attrs.frozen(kw_only=True)
 class LeasesLost:
-    """Claims the heartbeat could not renew: rescued elsewhere or cancelled."""
+    """Claims the heartbeat could not renew: rescued elsewhere, or ``cancelled`` by an operator."""
 
     ids: frozenset[int]
+    cancelled: frozenset[int] = frozenset()
 
 
 @attrs.frozen(kw_only=True)
@@ -380,6 +385,7 @@ class DatabaseLink:
             return
         held = self._store.renew_leases(self.owner, claims, self._lease_s)
         lost = frozenset(c.id for c in claims if c.id not in held)
+        cancelled = self._cancelled_among([c for c in claims if c.id in lost])
         with self._lock:  # progress still pending for a lost claim would be written for nothing
             for claim_id in lost:
                 self._progress.pop(claim_id, None)
@@ -387,7 +393,7 @@ class DatabaseLink:
             self._leased.pop(claim_id, None)
             self._progress_written.pop(claim_id, None)
         if lost:
-            self._post(LeasesLost(ids=lost))
+            self._post(LeasesLost(ids=lost, cancelled=cancelled))
 
     def _write_progress(self, progress: list[tuple[Claim, int]], now: float) -> None:
         """Write what is due; each value leaves ``progress`` once written (the rest is kept)."""
@@ -468,7 +474,23 @@ class DatabaseLink:
         counts = self._store.counts(live_only=True)
         self._post(DepthSampled(counts=tuple((c.type, c.status.value, c.count) for c in counts)))
 
+    def _cancelled_among(self, lost: list[Claim]) -> frozenset[int]:
+        """Which lost claims an operator cancelled; none if the database cannot say.
+
+        Only the outcome's name depends on it (``cancelled`` or ``lost``), so a
+        failed read must not fail what called it: a claim just made, or a
+        result just written, would otherwise never be reported.
+        """
+        if not lost:
+            return frozenset()
+        try:
+            return frozenset(self._store.cancelled_claims(self.owner, lost))
+        except Exception:  # noqa: BLE001 - a name is not worth an outage
+            return frozenset()
+
     def _recorded(self, result: PendingResult, won: bool) -> None:
+        # A lost fence is rare: only then is the row read.
+        cancelled = not won and not result.refund and bool(self._cancelled_among([result.claim]))
         self._held.remove(result)
         claim = result.claim
         # A late result of a lost attempt must not drop the lease of the task's newer claim.
@@ -476,7 +498,7 @@ class DatabaseLink:
         if leased is not None and leased.attempt == claim.attempt:
             del self._leased[claim.id]
             self._progress_written.pop(claim.id, None)
-        self._post(Recorded(result=result, won=won))
+        self._post(Recorded(result=result, won=won, cancelled=cancelled))
 
     def _failed(self, exc: Exception, progress: list[tuple[Claim, int]]) -> None:
         """Back off (capped at half a heartbeat, so leases survive), and renew at first contact.

@@ -54,11 +54,15 @@ class Failure(enum.StrEnum):
 class Outcome(enum.StrEnum):
     """What happened to one attempt: one vocabulary for rows, metrics and logs.
 
-    ``completed`` and ``retried`` plus every :class:`Failure` kind.
+    ``completed``, ``retried`` and ``cancelled`` plus every :class:`Failure` kind.
+    ``cancelled`` is an operator's decision, not a failure, so it has no
+    :class:`Failure` kind: a running task cancelled by ``cancel`` would
+    otherwise be counted ``lost``, like a task rescued from a dead supervisor.
     """
 
     COMPLETED = "completed"
     RETRIED = "retried"
+    CANCELLED = "cancelled"
     ERROR = "error"
     PANIC = "panic"
     TIMEOUT = "timeout"

@@ -294,7 +294,7 @@ class Supervisor:
     def apply_link_events(self) -> None:
         for event in self.link.take_events():
             if isinstance(event, Recorded):
-                self.telemetry.recorded(event.result, event.won)
+                self.telemetry.recorded(event.result, event.won, cancelled=event.cancelled)
             elif isinstance(event, Claimed):
                 self.claims_seen = event.generation
                 self.telemetry.claimed(event)
@@ -303,7 +303,7 @@ class Supervisor:
                 else:
                     self.attempts.claimed(event.claims, event.claimed_at)
             elif isinstance(event, LeasesLost):
-                self.attempts.leases_lost(event.ids)
+                self.attempts.leases_lost(event.ids, cancelled=event.cancelled)
             elif isinstance(event, Swept):
                 self.telemetry.swept(event)
             elif isinstance(event, DepthSampled):

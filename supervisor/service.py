@@ -1,6 +1,7 @@
 """The supervisor process around the loop: logging, the metrics directory and server, the loop.
 
-Order matters here: ``PROMETHEUS_MULTIPROC_DIR`` must be set before
+Order matters here: the parent hides the database credentials before any
+child can look (:mod:`supervisor.hardening`); ``PROMETHEUS_MULTIPROC_DIR`` must be set before
 prometheus_client is first imported and before any child inherits the
 environment, and the parent's metric files are named before any metric exists.
 """
@@ -11,7 +12,7 @@ import os
 
 from loguru import logger
 
-from supervisor import logs, metrics
+from supervisor import hardening, logs, metrics
 from supervisor.config import Settings
 from supervisor.parent import Supervisor
 
@@ -19,6 +20,9 @@ from supervisor.parent import Supervisor
 def run(settings: Settings) -> int:
     """Run a supervisor until it has drained; the process's exit status."""
     logs.configure(settings.log_format, settings.log_level)
+    # Settings hold the parsed DSN now; before any child exists, nothing in this process's
+    # environment, /proc files or command line may still show it (see supervisor.hardening).
+    hardening.harden_parent()
     directory = None
     if settings.metrics_port:
         # Before prometheus_client is first imported, and before children inherit the environment.

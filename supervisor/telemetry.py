@@ -47,7 +47,7 @@ class Telemetry:
 
     # ------------------------------------------------------------ attempts
 
-    def recorded(self, result: PendingResult, won: bool) -> None:
+    def recorded(self, result: PendingResult, won: bool, *, cancelled: bool = False) -> None:
         claim = result.claim
         outcome = result.decision.outcome
         fields = {**task_fields(claim), "duration_s": round(result.duration_s, 4)}
@@ -59,14 +59,17 @@ class Telemetry:
                 won=won,
             )
             return
+        lost_as = Outcome.CANCELLED if cancelled else Outcome.LOST
         self.metrics.observe_outcome(
-            claim.type, outcome.value if won else Outcome.LOST.value, result.duration_s
+            claim.type, outcome.value if won else lost_as.value, result.duration_s
         )
         if not won:
             self.log.warning(
-                "result discarded: the claim was lost (rescued or cancelled elsewhere)",
+                "result discarded: the task was cancelled by an operator"
+                if cancelled
+                else "result discarded: the claim was lost (rescued or cancelled elsewhere)",
                 **fields,
-                outcome=Outcome.LOST.value,
+                outcome=lost_as.value,
                 would_have_been=outcome.value,
             )
         elif outcome is Outcome.COMPLETED:
@@ -96,7 +99,16 @@ class Telemetry:
             would_have_been=result.decision.outcome.value,
         )
 
-    def claim_lost(self, claim: Claim, duration_s: float) -> None:
+    def claim_lost(self, claim: Claim, duration_s: float, *, cancelled: bool = False) -> None:
+        """A claim the heartbeat could not renew; an operator's cancel counts ``cancelled``."""
+        if cancelled:
+            self.log.info(
+                "task cancelled by an operator; killing the child",
+                **task_fields(claim),
+                outcome=Outcome.CANCELLED.value,
+            )
+            self.metrics.observe_outcome(claim.type, Outcome.CANCELLED.value, duration_s)
+            return
         self.log.warning(
             "claim lost (lease expired and rescued, or cancelled); killing the child",
             **task_fields(claim),

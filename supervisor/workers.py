@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import attrs
 import psutil
 
+from supervisor.hardening import SECRET_ENV
 from supervisor.protocol import RECV_BYTES, LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.records import Claim
@@ -33,7 +34,6 @@ STACK_SIGNAL = signal.SIGUSR1
 REST_MAX_BYTES = 64 * 1024 * 1024  # what is read of an exited child's socket: its longest line
 DUMP_TAIL_BYTES = 64 * 1024  # what is read of a dump file: its last 64 KiB (a handler can fill it)
 # Never handed to a child: it must not be able to reach the database.
-SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD")
 
 
 class ChildState(enum.Enum):

@@ -178,6 +178,15 @@ class Store(abc.ABC):
         """Extend the leases of ``claims``; return the ids still held (the others were lost)."""
 
     @abc.abstractmethod
+    def cancelled_claims(self, owner: str, claims: Sequence[Claim]) -> set[int]:
+        """The ids among ``claims`` (attempts ``owner`` lost) that an operator cancelled.
+
+        A lost claim was either rescued elsewhere or cancelled; metrics and logs
+        tell the two apart (``lost`` versus ``cancelled``), so this read runs
+        only when a fence or a renewal was lost, never on the common path.
+        """
+
+    @abc.abstractmethod
     def rescue_expired(self, limit: int) -> Rescued:
         """Requeue running tasks whose lease ran out; fail them ``lost`` if no attempt is left."""
 

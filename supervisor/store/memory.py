@@ -446,6 +446,24 @@ class MemoryStore(Store):
                     held.add(task.id)
             return held
 
+    def cancelled_claims(self, owner: str, claims: Sequence[Claim]) -> set[int]:
+        """Cancelled rows still naming ``owner`` and the claim's attempt, as the SQL reads them."""
+        with self._call("cancelled_claims", reaches_database=False):
+            if not claims:
+                return set()
+            self._reach()
+            found = set()
+            for claim in claims:
+                task = self._tasks.get(claim.id)
+                if (
+                    task is not None
+                    and task.status is Status.CANCELLED
+                    and task.claimed_by == owner
+                    and task.attempts == claim.attempt
+                ):
+                    found.add(task.id)
+            return found
+
     def rescue_expired(self, limit: int) -> Rescued:
         """Up to ``limit`` lost and, separately, up to ``limit`` requeued, as the SQL does."""
         with self._call("rescue_expired"):

@@ -254,6 +254,11 @@ class MysqlStore(SqlStore):
             return {c.id for c in claims}
         return {int(row["id"]) for row in self._rows("still_held", params)}
 
+    def cancelled_claims(self, owner: str, claims: Sequence[Claim]) -> set[int]:
+        if not claims:
+            return set()
+        return {int(r["id"]) for r in self._rows("cancelled_claims", _fence_params(owner, claims))}
+
     def _sweep(self, name: str, limit: int) -> list[str]:
         """Lock up to ``limit`` matching rows (skipping those others hold), then update them.
 

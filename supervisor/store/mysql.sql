@@ -106,6 +106,13 @@ SELECT id FROM tasks
 WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
   AND (id, attempts) IN %(fences)s
 
+-- name: cancelled_claims
+-- Which of this owner's lost attempts an operator cancelled: cancel keeps claimed_by and
+-- attempts, while a rescue clears claimed_by and a new claim bumps attempts.
+SELECT id FROM tasks
+WHERE id IN %(ids)s AND status = 'cancelled' AND claimed_by = %(owner)s
+  AND (id, attempts) IN %(fences)s
+
 -- name: rescue_lost_select
 SELECT id, type FROM tasks
 WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts >= max_attempts

@@ -129,6 +129,12 @@ class SqliteStore(SqlStore):
         params = {"owner": owner, "fences": fences_json(claims), "lease_s": seconds(lease_s)["s"]}
         return {int(row["id"]) for row in self._rows("renew_leases", params)}
 
+    def cancelled_claims(self, owner: str, claims: Sequence[Claim]) -> set[int]:
+        if not claims:
+            return set()
+        params = {"owner": owner, "fences": fences_json(claims)}
+        return {int(row["id"]) for row in self._rows("cancelled_claims", params)}
+
     def _sweep(self, name: str, limit: int) -> list[str]:
         return [row["type"] for row in self._rows(name, {"limit": limit})]
 

@@ -100,6 +100,15 @@ WHERE status = 'running' AND claimed_by = :owner
   )
 RETURNING id
 
+-- name: cancelled_claims
+-- Which of this owner's lost attempts an operator cancelled: cancel keeps claimed_by and
+-- attempts, while a rescue clears claimed_by and a new claim bumps attempts.
+SELECT id FROM tasks
+WHERE status = 'cancelled' AND claimed_by = :owner
+  AND (id, attempts) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:fences)
+  )
+
 -- name: rescue_lost
 UPDATE tasks
 SET status = 'failed', failure = 'lost',

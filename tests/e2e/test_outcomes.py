@@ -13,6 +13,8 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.lifecycle import Failure, Status
-from tests.e2e.harness import Launcher, gone, wait_until
+from tests.e2e.harness import Launcher, clean_env, gone, wait_until
 
 SECRET = "hunter2-SECRET"
 
@@ -324,6 +326,33 @@ def test_a_busy_child_killed_by_someone_else_is_a_panic_flagged_as_possibly_oom(
     assert row.last_error is not None
     assert "SIGKILL" in row.last_error and "possibly out of memory" in row.last_error
     assert "peak RSS" in row.last_error
+
+
+def test_an_operators_cancel_of_a_running_task_is_logged_cancelled_not_lost(
+    launch: Launcher,
+) -> None:
+    """`python -m supervisor cancel ID` on a running task: child killed, outcome `cancelled`."""
+    launch.handler("hang", WRITES_PID_AND_HANGS)
+    supervisor = launch.start_ready(lease=3)  # a heartbeat every second notices the cancel
+    task_id = launch.enqueue("hang", launch.paths_json(pid="child.pid"))
+    child_pid = launch.read_pid("child.pid")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "cancel", str(task_id)],
+        cwd=launch.workdir,
+        env=clean_env(SUPERVISOR_DSN=launch.dsn),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    event = supervisor.wait_log(task_id=task_id, outcome="cancelled")
+    assert event["message"] == "task cancelled by an operator; killing the child"
+    wait_until(lambda: gone(child_pid), what="the cancelled task's child to be killed")
+    assert not supervisor.events(task_id=task_id, outcome="lost")
+    assert launch.get(task_id).status is Status.CANCELLED
 
 
 def test_a_task_past_its_deadline_is_killed_with_its_whole_tree_and_fails_timeout(

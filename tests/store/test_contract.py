@@ -622,6 +622,24 @@ def test_renew_leases_keeps_a_task_from_being_rescued(store: Store) -> None:
     assert store.complete(claim)
 
 
+def test_cancelled_claims_names_the_lost_attempts_an_operator_cancelled(store: Store) -> None:
+    """A lost claim is ``cancelled`` only if the cancel hit this owner's own attempt."""
+    takeover = take_over(store, "B")
+    assert store.cancel(takeover.current.id).applied  # cancelled under B's attempt, not A's
+    for _ in range(4):
+        enqueue(store)
+    held, done, cancelled, requeued_then_cancelled = store.claim("A", ["t"], 10, LONG_LEASE_S)
+    assert store.complete(done)
+    assert store.cancel(cancelled.id).applied
+    assert store.requeue(requeued_then_cancelled, 0, "again")
+    assert store.cancel(requeued_then_cancelled.id).applied
+    claims = [takeover.stale, held, done, cancelled, requeued_then_cancelled]
+
+    assert store.cancelled_claims("A", claims) == {cancelled.id}
+    assert store.cancelled_claims("B", [takeover.current]) == {takeover.current.id}
+    assert store.cancelled_claims("A", []) == set()
+
+
 def test_rescue_requeues_a_task_whose_lease_ran_out_with_the_attempt_counted(store: Store) -> None:
     task_id = enqueue(store)
     claim_one(store, "host-a", lease_s=SHORT_LEASE_S)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from supervisor.dblink import Claimed, DatabaseLink, LeasesLost, LinkEvent, Recorded
+from supervisor.errors import StoreError
 from supervisor.lifecycle import Status
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import completion
@@ -133,3 +135,31 @@ def test_a_claim_the_loop_never_saw_is_refunded_when_the_link_closes() -> None:
     assert done is not None and done.status is Status.COMPLETED
     back = store.get(done_id)
     assert back is not None and (back.status, back.attempts) == (Status.QUEUED, 0)
+
+
+class CancelReadFails(MemoryStore):
+    """A store whose only broken query is the one naming cancelled claims."""
+
+    def cancelled_claims(self, owner: str, claims: Sequence[Claim]) -> set[int]:
+        raise StoreError("connection lost while reading cancelled claims")
+
+
+def test_a_failed_read_of_cancelled_claims_never_keeps_a_claim_or_result_unreported() -> None:
+    """Whether a lost claim was cancelled only names its outcome: failing to know says lost."""
+    clocks = Clocks()
+    store = CancelReadFails(clock=clocks.db)
+    first_id = store.enqueue(NewTask(type="t"))
+    link = make_link(store, clocks)
+    link.want(1, seen=0)
+    link.turn()
+    [first] = claimed(link.take_events())
+    assert store.cancel(first_id).applied
+    second_id = store.enqueue(NewTask(type="t"))
+
+    link.submit(completion(first, 0.1))  # loses its fence to the cancel, written with a claim
+    link.want(1, seen=1)
+    link.turn()
+    events = link.take_events()
+
+    assert [(e.won, e.cancelled) for e in events if isinstance(e, Recorded)] == [(False, False)]
+    assert [c.id for c in claimed(events)] == [second_id]

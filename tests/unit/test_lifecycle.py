@@ -42,7 +42,9 @@ def test_only_completed_failed_and_cancelled_are_terminal(status: Status, termin
 
 def test_outcomes_are_completed_retried_and_every_failure_kind() -> None:
     """One vocabulary for rows, metrics and logs."""
-    assert {o.value for o in Outcome} == {"completed", "retried"} | {f.value for f in Failure}
+    assert {o.value for o in Outcome} == {"completed", "retried", "cancelled"} | {
+        f.value for f in Failure
+    }
 
 
 def test_failure_kinds_are_the_column_values() -> None:

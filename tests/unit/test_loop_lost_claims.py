@@ -28,8 +28,47 @@ def test_a_heartbeat_that_finds_the_lease_gone_kills_the_child_and_writes_nothin
     assert not WRITES & set(loop.store.log[mark:])
     row = loop.row(task_id)
     assert (row.status, row.last_error) == (Status.CANCELLED, CANCELLED_ERROR)
-    assert loop.metric("tasks_processed_total", type="echo", outcome="lost") == 1
     assert loop.child(0) is not child  # replaced
+
+
+def test_an_operators_cancel_of_a_running_task_is_counted_and_logged_cancelled_not_lost(
+    make_loop: MakeLoop,
+) -> None:
+    """Item 21 of issue 10: a cancel is the operator's decision, not a fault of the fleet."""
+    loop = make_loop(workers=1, lease_s=30)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    loop.store.cancel(task_id)
+
+    loop.advance(10)  # one heartbeat (lease / 3) finds the claim gone
+    loop.turn()
+    loop.step()
+    loop.step()
+
+    assert loop.metric("tasks_processed_total", type="echo", outcome="cancelled") == 1
+    assert loop.metric("tasks_processed_total", type="echo", outcome="lost") == 0
+    [event] = [e for e in loop.logs if e.get("task_id") == task_id and "outcome" in e]
+    assert event["outcome"] == "cancelled"
+
+
+def test_a_result_of_a_task_cancelled_meanwhile_is_discarded_as_cancelled(
+    make_loop: MakeLoop,
+) -> None:
+    """The handler finished before a heartbeat noticed the cancel: its fence lost to the cancel."""
+    loop = make_loop(workers=1, lease_s=30)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    loop.store.cancel(task_id)
+    loop.child(0).say_done()
+    loop.step()
+    loop.turn()
+    loop.step()
+
+    assert loop.row(task_id).status is Status.CANCELLED
+    assert loop.metric("tasks_processed_total", type="echo", outcome="cancelled") == 1
+    assert loop.metric("tasks_processed_total", type="echo", outcome="lost") == 0
+    [event] = [e for e in loop.logs if e.get("task_id") == task_id and "outcome" in e]
+    assert (event["outcome"], event["would_have_been"]) == ("cancelled", "completed")
 
 
 def test_a_claim_rescued_by_another_supervisor_is_given_up(make_loop: MakeLoop) -> None:
@@ -50,6 +89,8 @@ def test_a_claim_rescued_by_another_supervisor_is_given_up(make_loop: MakeLoop) 
     row = loop.row(task_id)
     assert (row.status, row.claimed_by, row.attempts) == (Status.RUNNING, "other-supervisor", 2)
     assert loop.store.complete(theirs)
+    assert loop.metric("tasks_processed_total", type="echo", outcome="lost") == 1
+    assert loop.metric("tasks_processed_total", type="echo", outcome="cancelled") == 0
 
 
 def test_a_result_reported_before_the_loss_was_known_loses_its_fence(make_loop: MakeLoop) -> None:
