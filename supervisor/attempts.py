@@ -30,7 +30,10 @@ from loguru import logger
 from supervisor.dblink import DatabaseLink
 from supervisor.lifecycle import (
     Backoff,
+    Decision,
     Failure,
+    Outcome,
+    Status,
     decide_error,
     exception_type,
     handler_error,
@@ -101,7 +104,16 @@ class Attempts:
     # ------------------------------------------------------------ dispatch
 
     def claimed(self, claims: tuple[Claim, ...], claimed_at: float) -> None:
-        self.backlog.extend((claim, claimed_at) for claim in claims)
+        """Queue the claims for idle children; a row that cannot run fails here, at once.
+
+        Such a row (see ``Claim.defect``) never waits for a child or goes back
+        to the queue: refunded, it would be claimed again forever.
+        """
+        for claim in claims:
+            if claim.defect is not None:
+                self._link.submit(failure_result(claim, Failure.ERROR, claim.defect, 0.0))
+            else:
+                self.backlog.append((claim, claimed_at))
         self.dispatch_backlog()
 
     def dispatch_backlog(self) -> None:
@@ -156,9 +168,11 @@ class Attempts:
             remaining_s=deadline - now,
         )
         if not child.send(message):
-            # The child died between ready and now: the task never started, so it goes back.
+            # The child died between ready and now. The attempt counts (retried after the
+            # backoff, or failed on the last one): refunded, a task whose dispatch kills its
+            # child every time would be claimed again forever and starve the others.
             logger.warning("child vanished at dispatch", pid=child.pid)
-            self.settle(child, lambda running, _s: refund(running.claim), kill="died_idle")
+            self.settle(child, self._undelivered, kill="died_idle")
 
     def expire_backlog(self, now: float) -> None:
         """Prefetched claims no child took in time go back: attempts are not short after all."""
@@ -285,6 +299,21 @@ class Attempts:
             )
 
         return result_for
+
+    @staticmethod
+    def _undelivered(running: Running, duration_s: float) -> PendingResult:
+        """Back to the queue at once with the attempt counted; on the last attempt, a panic."""
+        claim = running.claim
+        error = "the child was gone when this task was sent to it"
+        if claim.attempt >= claim.max_attempts:
+            return failure_result(claim, Failure.PANIC, f"panic: {error}", duration_s)
+        return PendingResult(
+            claim=claim,
+            decision=Decision(outcome=Outcome.RETRIED, status=Status.QUEUED, retry_in_s=0.0),
+            error=error,
+            summary=error,
+            duration_s=duration_s,
+        )
 
     @staticmethod
     def _failed(failure: Failure, error: str) -> ResultFor:

@@ -15,9 +15,14 @@ import attrs
 from supervisor.errors import UsageError
 
 TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The one size limit on task_options, checked at every entry: by producers at enqueue and,
+# for rows a plain-SQL producer wrote, by the claim (the row then fails without reaching a
+# child). Even all escaped (6 bytes a byte), 1 MiB stays far inside the pipe's line limit.
 MAX_OPTIONS_BYTES = 1024 * 1024
 DEFAULT_BUDGET_S = 3600.0
 DEFAULT_MAX_ATTEMPTS = 3
+# The most attempts a task gets. Producers are held to it at enqueue; a row written by plain
+# SQL with more (MySQL's column takes up to 4,294,967,295) is clamped to it at claim.
 MAX_ATTEMPTS_LIMIT = 100
 # Characters, not bytes: at up to 4 UTF-8 bytes each, 16,000 still fit MySQL's TEXT column
 # (65,535 bytes), which rejects the whole write of a longer value in strict mode.
@@ -152,6 +157,43 @@ def validate_options(options: str | None) -> str | None:
     if options is not None and len(options.encode("utf-8")) > MAX_OPTIONS_BYTES:
         raise UsageError(f"task options are larger than {MAX_OPTIONS_BYTES} bytes (1 MiB)")
     return options
+
+
+def clamp_max_attempts(value: int) -> int:
+    """The ``max_attempts`` a claim obeys: at most :data:`MAX_ATTEMPTS_LIMIT`, whatever a row says.
+
+    A plain ``INSERT`` may store any number; without the clamp a task that
+    keeps failing would be retried without end.
+    """
+    return min(value, MAX_ATTEMPTS_LIMIT)
+
+
+def claim_defect(
+    *, type_name: str, options_bytes: int | None, attempt: int, max_attempts: int
+) -> str | None:
+    """Why a claimed row cannot run at all (None: it can), in words safe for ``last_error``.
+
+    Plain SQL is a supported producer, so a row may hold what no producer
+    would write. Such a row is failed by the parent at claim, alone, instead of
+    being sent to a child (or crashing the parent). The text names the type
+    escaped (``repr``) and never echoes the options.
+    """
+    if not TYPE_NAME.fullmatch(type_name):
+        return (
+            f"no handler for type {type_name!r}: a task type is 1-64 characters of letters,"
+            " digits, '_', '.' or '-'"
+        )
+    if options_bytes is not None and options_bytes > MAX_OPTIONS_BYTES:
+        return (
+            f"task_options are {options_bytes} bytes, over the limit of {MAX_OPTIONS_BYTES}"
+            " bytes (1 MiB); the task was not run"
+        )
+    if attempt > max_attempts:
+        return (
+            f"attempt {attempt} is beyond max_attempts {max_attempts}"
+            f" (at most {MAX_ATTEMPTS_LIMIT}); the task was not run again"
+        )
+    return None
 
 
 def validate_max_attempts(value: int) -> int:

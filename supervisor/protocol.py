@@ -136,10 +136,16 @@ def decode(line: bytes) -> Message:
     return cls(**data)
 
 
+# The longest line either side accepts. A task's options are at most MAX_OPTIONS_BYTES (1 MiB,
+# checked at enqueue and again at claim); JSON escapes a byte into at most 6, so every task
+# message the parent sends fits with room to spare (tests/unit/test_protocol.py checks it).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
 class LineBuffer:
     """Reassemble lines from reads of arbitrary size (a pipe read may split a message)."""
 
-    def __init__(self, max_line: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self._pending = bytearray()
         self._max_line = max_line
 

@@ -17,6 +17,11 @@ class Claim:
 
     ``remaining_s`` is the budget left as measured by the database clock when
     the claim was made, so hosts with skewed clocks agree on deadlines.
+
+    ``defect`` says why the row cannot run at all (options over the limit or
+    unreadable, a type no handler can have, attempts used up, a broken
+    deadline): the parent fails such a claim at once, alone, with this text
+    as ``last_error``, and never hands it to a child.
     """
 
     id: int
@@ -26,6 +31,7 @@ class Claim:
     max_attempts: int
     owner: str
     remaining_s: float
+    defect: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -35,6 +35,8 @@ from supervisor.lifecycle import (
     PRIORITY_MIN,
     Failure,
     Status,
+    claim_defect,
+    clamp_max_attempts,
     trim_error,
 )
 from supervisor.store.base import (
@@ -131,6 +133,29 @@ def _holds(task: TaskRow, claim: Claim) -> bool:
         task.status is Status.RUNNING
         and task.claimed_by == claim.owner
         and task.attempts == claim.attempt
+    )
+
+
+def _claim_of(running: TaskRow, owner: str, now: datetime) -> Claim:
+    """The claim of a row just taken, with the SQL backends' checks (``sql.row_to_claim``):
+    ``max_attempts`` clamped, and a row that cannot run marked with its defect."""
+    max_attempts = clamp_max_attempts(running.max_attempts)
+    options_bytes = None if running.options is None else len(running.options.encode("utf-8"))
+    defect = claim_defect(
+        type_name=running.type,
+        options_bytes=options_bytes,
+        attempt=running.attempts,
+        max_attempts=max_attempts,
+    )
+    return Claim(
+        id=running.id,
+        type=running.type,
+        options=None if defect else running.options,
+        attempt=running.attempts,
+        max_attempts=max_attempts,
+        owner=owner,
+        remaining_s=(running.deadline_at - now).total_seconds(),
+        defect=defect,
     )
 
 
@@ -296,17 +321,7 @@ class MemoryStore(Store):
                 started_at=now,
                 lease_expires_at=lease_expires_at,
             )
-            claims.append(
-                Claim(
-                    id=running.id,
-                    type=running.type,
-                    options=running.options,
-                    attempt=running.attempts,
-                    max_attempts=running.max_attempts,
-                    owner=owner,
-                    remaining_s=(running.deadline_at - now).total_seconds(),
-                )
-            )
+            claims.append(_claim_of(running, owner, now))
         return claims
 
     def has_claimable(self, types: Iterable[str]) -> bool:
@@ -472,8 +487,8 @@ class MemoryStore(Store):
                 task
                 for task in self._tasks.values()
                 if task.status is Status.RUNNING
-                and task.lease_expires_at is not None
-                and task.lease_expires_at < now
+                # A row a plain-SQL producer inserted as running, with no lease, is rescued too.
+                and (task.lease_expires_at is None or task.lease_expires_at < now)
             ]
             last = [t for t in expired if t.attempts >= t.max_attempts][: max(limit, 0)]
             more = [t for t in expired if t.attempts < t.max_attempts][: max(limit, 0)]

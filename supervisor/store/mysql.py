@@ -28,6 +28,7 @@ from pymysql.constants import CLIENT
 
 from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries, parse_statements
 from supervisor.store.sql import Params, Row, SqlStore, row_to_claim, seconds
@@ -228,7 +229,10 @@ class MysqlStore(SqlStore):
                     cursor.execute(queries["complete_many"], {**fences, "ids": held})
             rows: list[Row] = []
             if claiming:
-                cursor.execute(queries["claim_select"], {"types": type_list, "limit": limit})
+                cursor.execute(
+                    queries["claim_select"],
+                    {"types": type_list, "limit": limit, "max_options_bytes": MAX_OPTIONS_BYTES},
+                )
                 rows = list(cursor.fetchall())
                 if rows:
                     ids = tuple(int(row["id"]) for row in rows)

@@ -20,11 +20,16 @@ VALUES (
 )
 
 -- name: claim_select
-SELECT id, type, task_options, attempts + 1 AS attempts, max_attempts, priority,
+-- Types compare as bytes: the column's PAD SPACE collation would match 'echo ' to 'echo'.
+-- Options over the size limit are not read at all (the parent fails the row, alone).
+SELECT id, type, OCTET_LENGTH(task_options) AS options_bytes,
+       CASE WHEN OCTET_LENGTH(task_options) <= %(max_options_bytes)s
+            THEN task_options END AS task_options,
+       attempts + 1 AS attempts, max_attempts, priority,
        TIMESTAMPDIFF(MICROSECOND, NOW(6), deadline_at) / 1000000.0 AS remaining_s
 FROM tasks FORCE INDEX (tasks_claim)
 WHERE status = 'queued'
-  AND type IN %(types)s
+  AND CAST(type AS BINARY) IN %(types)s
   AND run_at <= NOW(6)
   AND deadline_at > NOW(6)
 ORDER BY priority, id
@@ -37,7 +42,7 @@ FOR UPDATE SKIP LOCKED
 SELECT 1 AS found
 FROM tasks FORCE INDEX (tasks_claim)
 WHERE status = 'queued'
-  AND type IN %(types)s
+  AND CAST(type AS BINARY) IN %(types)s
   AND run_at <= NOW(6)
   AND deadline_at > NOW(6)
 LIMIT 1
@@ -115,7 +120,7 @@ WHERE id IN %(ids)s AND status = 'cancelled' AND claimed_by = %(owner)s
 
 -- name: rescue_lost_select
 SELECT id, type FROM tasks
-WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts >= max_attempts
+WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) AND attempts >= max_attempts
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
@@ -125,14 +130,14 @@ UPDATE tasks
 SET status = 'failed', failure = 'lost',
     last_error = CONCAT('lease of ', COALESCE(claimed_by, '?'), ' expired on the last attempt'),
     lease_expires_at = NULL, completed_at = NOW(6)
-WHERE id IN %(ids)s AND status = 'running' AND lease_expires_at < NOW(6)
+WHERE id IN %(ids)s AND status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6))
 
 -- name: rescue_requeue
 UPDATE tasks
 SET status = 'queued',
     last_error = CONCAT('lease of ', COALESCE(claimed_by, '?'), ' expired; attempt counted'),
     claimed_by = NULL, lease_expires_at = NULL, run_at = NOW(6)
-WHERE status = 'running' AND lease_expires_at < NOW(6) AND attempts < max_attempts
+WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) AND attempts < max_attempts
 LIMIT %(limit)s
 
 -- name: expire_overdue_select

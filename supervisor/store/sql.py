@@ -17,7 +17,13 @@ from typing import Any
 
 import attrs
 
-from supervisor.lifecycle import Failure, Status, trim_error
+from supervisor.lifecycle import (
+    Failure,
+    Status,
+    claim_defect,
+    clamp_max_attempts,
+    trim_error,
+)
 from supervisor.store.base import (
     Claim,
     NewTask,
@@ -87,15 +93,60 @@ def row_to_task(row: Row) -> TaskRow:
 
 
 def row_to_claim(row: Row, owner: str) -> Claim:
+    """A claimed row as a :class:`Claim`; never raises, whatever the row holds.
+
+    Plain SQL is a supported producer, so a claimed row may hold what no
+    producer writes: options as a BLOB, bytes that are not UTF-8, options over
+    the size limit (the claim then does not even read them: ``task_options``
+    comes back NULL with their size in ``options_bytes``), an unparseable
+    deadline (``remaining_s`` NULL). Raising here would fail the whole claim,
+    and with it every other task, on each retry; instead the row's claim
+    carries a ``defect`` and the parent fails that row alone.
+    """
+    defects: list[str] = []
+    type_name = _decoded(row["type"], "type", defects)
+    options_kind = row.get("options_kind")
+    options: str | None = None
+    if options_kind == "blob":
+        defects.append("task_options is stored as a BLOB, not text; the task was not run")
+    elif row["task_options"] is not None:
+        options = _decoded(row["task_options"], "task_options", defects)
+    remaining = row["remaining_s"]
+    if remaining is None:
+        defects.append("deadline_at is not a valid date; the task was not run")
+    attempt = int(row["attempts"])
+    max_attempts = clamp_max_attempts(int(row["max_attempts"]))
+    options_bytes = row.get("options_bytes")
+    found = claim_defect(
+        type_name=type_name,
+        options_bytes=None if options_bytes is None else int(options_bytes),
+        attempt=attempt,
+        max_attempts=max_attempts,
+    )
+    if found is not None:
+        defects.insert(0, found)
     return Claim(
         id=int(row["id"]),
-        type=row["type"],
-        options=row["task_options"],
-        attempt=int(row["attempts"]),
-        max_attempts=int(row["max_attempts"]),
+        type=type_name,
+        options=None if defects else options,
+        attempt=attempt,
+        max_attempts=max_attempts,
         owner=owner,
-        remaining_s=float(row["remaining_s"]),
+        remaining_s=0.0 if remaining is None else float(remaining),
+        defect="; ".join(defects) if defects else None,
     )
+
+
+def _decoded(value: object, column: str, defects: list[str]) -> str:
+    """Text from a column read as bytes (SQLite's claim casts to BLOB so a bad byte cannot
+    fail the whole fetch); bytes that are not UTF-8 become a defect, shown escaped."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            defects.append(f"{column} is not valid UTF-8 text; the task was not run")
+            return value.decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 class SqlStore(Store):

@@ -16,6 +16,7 @@ from importlib import resources
 
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries
 from supervisor.store.sql import Params, Row, SqlStore, fences_json, row_to_claim, seconds
@@ -103,11 +104,12 @@ class SqliteStore(SqlStore):
             "types": json.dumps(type_list),
             "limit": limit,
             "lease_s": seconds(lease_s)["s"],
+            "max_options_bytes": MAX_OPTIONS_BYTES,
         }
         with self._immediate() as conn:
             rows = conn.execute(self._queries["claim_batch"], params).fetchall()
-        rows.sort(key=lambda row: (row["priority"], row["id"]))
-        return [row_to_claim(row, owner) for row in rows]
+        rows.sort(key=lambda row: (row["priority"] or 0, row["id"]))
+        return [row_to_claim(dict(row), owner) for row in rows]
 
     def has_claimable(self, types: Iterable[str]) -> bool:
         type_list = self._types_list(types)

@@ -30,7 +30,15 @@ WHERE id IN (
     ORDER BY priority, id
     LIMIT :limit
 )
-RETURNING id, type, task_options, attempts, max_attempts, priority,
+-- Rows may hold anything (plain SQL is a supported producer): text is returned as bytes, so
+-- one non-UTF-8 value cannot fail the fetch (and with it every claim); options over the size
+-- limit are not read at all; an unparseable deadline gives remaining_s NULL. The parent
+-- fails such a row alone (sql.row_to_claim).
+RETURNING id, CAST(type AS BLOB) AS type, typeof(task_options) AS options_kind,
+          length(CAST(task_options AS BLOB)) AS options_bytes,
+          CASE WHEN length(CAST(task_options AS BLOB)) <= :max_options_bytes
+               THEN CAST(task_options AS BLOB) END AS task_options,
+          attempts, max_attempts, CAST(priority AS INTEGER) AS priority,
           (julianday(deadline_at) - julianday('now')) * 86400.0 AS remaining_s
 
 -- name: probe
@@ -118,7 +126,8 @@ SET status = 'failed', failure = 'lost',
     updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE status = 'running' AND lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now')
+    WHERE status = 'running'
+      AND (lease_expires_at IS NULL OR lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now'))
       AND attempts >= max_attempts
     LIMIT :limit
 )
@@ -133,7 +142,8 @@ SET status = 'queued',
     updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id IN (
     SELECT id FROM tasks
-    WHERE status = 'running' AND lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now')
+    WHERE status = 'running'
+      AND (lease_expires_at IS NULL OR lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now'))
       AND attempts < max_attempts
     LIMIT :limit
 )

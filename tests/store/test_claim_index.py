@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from supervisor.dsn import parse_dsn
+from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.store import open_store
 from supervisor.store.mysql import MysqlStore
 from supervisor.store.sqlite import SqliteStore
@@ -50,7 +51,8 @@ def test_mysql_claim_walks_the_claim_index_without_filesort(mysql_dsn: str) -> N
             cursor.execute("ANALYZE TABLE tasks")
             cursor.fetchall()
             cursor.execute(
-                "EXPLAIN " + store._queries["claim_select"], {"types": ("a", "b"), "limit": 8}
+                "EXPLAIN " + store._queries["claim_select"],
+                {"types": ("a", "b"), "limit": 8, "max_options_bytes": MAX_OPTIONS_BYTES},
             )
             plan = list(cursor.fetchall())
     finally:
@@ -82,7 +84,12 @@ def test_sqlite_claim_walks_the_claim_index_without_a_sort(sqlite_dsn: str) -> N
         inner_plan = [
             dict(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {inner} LIMIT :limit", params)
         ]
-        whole_params = {**params, "owner": "A", "lease_s": 60.0}
+        whole_params = {
+            **params,
+            "owner": "A",
+            "lease_s": 60.0,
+            "max_options_bytes": MAX_OPTIONS_BYTES,
+        }
         whole_plan = [dict(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {claim}", whole_params)]
     finally:
         store.close()

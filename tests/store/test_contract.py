@@ -26,7 +26,14 @@ import pytest
 import supervisor
 from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
-from supervisor.lifecycle import LAST_ERROR_LIMIT, Failure, Status, trim_error
+from supervisor.lifecycle import (
+    LAST_ERROR_LIMIT,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_OPTIONS_BYTES,
+    Failure,
+    Status,
+    trim_error,
+)
 from supervisor.store import (
     Claim,
     NewTask,
@@ -1159,3 +1166,91 @@ def test_live_counts_leave_out_finished_tasks(store: Store) -> None:
     assert [(c.type, c.status, c.count) for c in live] == [("t", Status.QUEUED, 1)]
     assert row(store, done).status is Status.COMPLETED
     assert {c.status for c in store.counts()} == {Status.QUEUED, Status.COMPLETED}
+
+
+# --- rows a plain-SQL producer wrote: one bad row never fails a claim -----------------------
+
+
+def poke(store: Store, task_id: int, **fields: Any) -> None:
+    """Write fields of a row past every producer check, as a plain ``UPDATE`` could."""
+    if isinstance(store, MemoryStore):
+        with store._lock:
+            store._tasks[task_id] = attrs.evolve(store._tasks[task_id], **fields)
+        return
+
+    def literal(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        return str(int(value)) if isinstance(value, int) else f"'{value}'"
+
+    sets = ", ".join(f"{name} = {literal(value)}" for name, value in fields.items())
+    raw(store, f"UPDATE tasks SET {sets} WHERE id = {task_id}")
+
+
+def test_claim_compares_types_exactly_even_with_a_trailing_space(store: Store) -> None:
+    """MariaDB's PAD SPACE collation matched 'echo ' to 'echo': the claim compares bytes."""
+    enqueue(store, "t ")
+    innocent = enqueue(store, "t")
+    assert [c.id for c in store.claim("A", ["t"], 10, LONG_LEASE_S)] == [innocent]
+    assert store.has_claimable(["t"]) is False
+
+
+def test_claim_marks_options_over_the_limit_without_reading_them(store: Store) -> None:
+    """The one size limit holds for rows written by plain SQL too, checked at claim."""
+    over = enqueue(store, options="\x01" * (MAX_OPTIONS_BYTES + 1))
+    at_limit = enqueue(store, options="x" * MAX_OPTIONS_BYTES)
+    claims = {c.id: c for c in store.claim("A", ["t"], 10, LONG_LEASE_S)}
+    assert claims[over].options is None
+    assert claims[over].defect is not None and "1 MiB" in claims[over].defect
+    assert "\x01" not in claims[over].defect
+    assert claims[at_limit].defect is None
+    assert claims[at_limit].options == "x" * MAX_OPTIONS_BYTES
+
+
+def test_rescue_requeues_a_running_row_that_has_no_lease(store: Store) -> None:
+    """A row inserted as ``running`` with a NULL lease would otherwise stay running forever."""
+    task_id = enqueue(store)
+    poke(store, task_id, status=Status.RUNNING, lease_expires_at=None, claimed_by=None)
+    assert store.rescue_expired(100) == Rescued(requeued=1)
+    assert row(store, task_id).status is Status.QUEUED
+
+
+def test_claim_marks_a_row_whose_attempts_are_used_up(store: Store) -> None:
+    task_id = enqueue(store, max_attempts=3)
+    poke(store, task_id, attempts=5)
+    claim = claim_one(store)
+    assert claim.attempt == 6
+    assert claim.defect is not None and "max_attempts 3" in claim.defect
+
+
+def test_claim_clamps_a_huge_max_attempts(store: Store) -> None:
+    """MySQL's column takes up to 4,294,967,295; a claim obeys at most MAX_ATTEMPTS_LIMIT."""
+    if isinstance(store, SqliteStore):
+        pytest.skip("the SQLite schema refuses max_attempts above the limit")
+    task_id = enqueue(store)
+    poke(store, task_id, max_attempts=4_294_967_295)
+    claim = claim_one(store)
+    assert (claim.max_attempts, claim.defect) == (MAX_ATTEMPTS_LIMIT, None)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [
+        ("task_options", "X'7B7D'", "BLOB"),
+        ("task_options", "CAST(X'FF7B22223A317D' AS TEXT)", "task_options is not valid UTF-8"),
+        ("deadline_at", "'not a date'", "deadline_at is not a valid date"),
+    ],
+)
+def test_sqlite_claim_of_an_unreadable_row_marks_that_row_only(
+    sqlite_dsn: str, column: str, value: str, words: str
+) -> None:
+    """Each of these crashed the parent, or failed every claim (and logged the options)."""
+    with migrated_store(sqlite_dsn) as store:
+        raw(store, "INSERT INTO tasks (type, task_options) VALUES ('t', '{}')")
+        raw(store, f"UPDATE tasks SET {column} = {value} WHERE id = 1")
+        innocent = enqueue(store)
+        claims = {c.id: c for c in store.claim("A", ["t"], 10, LONG_LEASE_S)}
+        assert sorted(claims) == [1, innocent]
+        assert claims[1].defect is not None and words in claims[1].defect
+        assert claims[1].options is None
+        assert claims[innocent].defect is None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.protocol import (
+    MAX_LINE_BYTES,
     DoneMessage,
     ErrorMessage,
     LineBuffer,
@@ -78,3 +80,23 @@ def test_line_buffer_refuses_an_endless_line() -> None:
     buffer = LineBuffer(max_line=10)
     with pytest.raises(ProtocolError):
         buffer.feed(b"x" * 11)
+
+
+def test_a_task_with_options_at_the_limit_fits_the_line_limit_however_escaped() -> None:
+    """The one options limit (1 MiB, checked at enqueue and at claim) keeps every task message
+    inside the child's line limit, even when JSON escapes each byte into six."""
+    options = "\x01" * MAX_OPTIONS_BYTES
+    line = encode(
+        TaskMessage(
+            id=1,
+            type="t",
+            path="/h/t.py",
+            options=options,
+            attempt=1,
+            max_attempts=3,
+            remaining_s=1.0,
+        )
+    )
+    assert len(line) < MAX_LINE_BYTES
+    [got] = LineBuffer().feed(line)
+    assert got == line.rstrip(b"\n")
