@@ -119,9 +119,15 @@ def watch(
     count: int | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Redraw until interrupted (or ``count`` refreshes): live queue and last-minute outcomes."""
+    """Redraw until interrupted (or ``count`` refreshes): live queue and last-minute outcomes.
+
+    Only a terminal is redrawn in place. Into a pipe or a file the clear-screen
+    codes would be garbage, so each refresh is then a plain snapshot, set off
+    from the previous one by two blank lines.
+    """
     history: deque[tuple[float, dict[tuple[str, str], int]]] = deque()
     handled = handled_types(handlers_dir)
+    on_terminal = out.isatty()
     shown = 0
     try:
         while count is None or shown < count:
@@ -131,7 +137,8 @@ def watch(
             history.append((now, snapshot))
             while now - history[0][0] > WINDOW_S:
                 history.popleft()
-            out.write(CLEAR + render_watch(counts, history[0], (now, snapshot), handled))
+            lead = CLEAR if on_terminal else "\n\n" if shown else ""
+            out.write(lead + render_watch(counts, history[0], (now, snapshot), handled))
             out.flush()
             shown += 1
             if count is None or shown < count:

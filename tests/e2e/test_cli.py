@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import sqlite3
 import subprocess
 import sys
@@ -609,7 +610,11 @@ def test_a_bad_run_setting_is_one_line_exit_2_naming_the_flag_or_variable(
 def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
     sqlite_dsn: str, tmp_path: Path
 ) -> None:
-    """--watch redraws (clearing the screen) each refresh; --count bounds it for scripts."""
+    """--watch prints a snapshot each refresh; --count bounds it for scripts.
+
+    Into a pipe (as here) the snapshots follow one another as plain text: no
+    clear-screen codes, which would be garbage in a file or a pager.
+    """
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "resize.py").write_text("def handle(task, progress):\n    pass\n")
     run_cli(tmp_path, "enqueue", "resize", dsn=sqlite_dsn).assert_ok()
@@ -617,8 +622,10 @@ def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
 
     out = run_cli(tmp_path, "status", "--watch", "--count", "2", dsn=sqlite_dsn).assert_ok()
 
-    frames = [frame for frame in out.split("\x1b[H\x1b[2J") if frame]
-    assert len(frames) == 2
+    assert "\x1b" not in out, repr(out)
+    frames = [frame for frame in out.split("\n\n\n") if frame.strip()]
+    assert len(frames) == 2, repr(out)
+    assert all(frame.startswith("supervisor status") for frame in frames)
     header, *rows = frames[-1].strip().splitlines()[2:]
     assert header.split() == [
         "TYPE", "queued", "running", "oldest", "+done", "+failed", "+cancel", "done/s",
@@ -631,3 +638,36 @@ def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
 def test_status_watch_of_an_empty_queue_says_so(sqlite_dsn: str, tmp_path: Path) -> None:
     out = run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=sqlite_dsn).assert_ok()
     assert "no tasks" in out
+
+
+def test_status_watch_on_a_terminal_clears_the_screen_before_each_refresh(
+    sqlite_dsn: str, tmp_path: Path
+) -> None:
+    """On a terminal --watch redraws in place: each refresh starts with the clear-screen code."""
+    run_cli(tmp_path, "enqueue", "resize", dsn=sqlite_dsn).assert_ok()
+    primary, secondary = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "status", "--watch", "--count", "2"],
+            cwd=tmp_path,
+            env=clean_env(SUPERVISOR_DSN=sqlite_dsn),
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+        )
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, err = child.communicate(timeout=60)
+    finally:
+        os.close(primary)
+    out = b"".join(chunks).decode()
+    assert child.returncode == 0, err
+    assert out.count("\x1b[H\x1b[2J") == 2, repr(out)
