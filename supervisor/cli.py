@@ -2,7 +2,8 @@
 
 Every failure is one line on stderr and an exit status: 2 for bad input
 (nothing was written), 1 for a runtime failure such as an unreachable
-database. No traceback reaches the user.
+database. No traceback reaches the user. Output into a pipe whose reader has
+gone (``| head -1``) ends quietly with status 141, as for other Unix tools.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from supervisor.config import add_run_flags, env_name, settings_from
+from supervisor.config import Settings, add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
@@ -28,6 +30,8 @@ from supervisor.status_view import print_status, watch
 from supervisor.store import Store, TaskRow, open_store
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
+EXIT_READER_GONE = 128 + signal.SIGPIPE  # what a shell shows for a tool that SIGPIPE ended
+T = TypeVar("T")
 # Ids are positive and fit SQLite's INTEGER (signed 64-bit); anything else cannot name a task,
 # and would otherwise reach the driver (sqlite3 raises OverflowError, not a database error).
 MAX_TASK_ID = 2**63 - 1
@@ -46,10 +50,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     try:
         if args_list and args_list[0] in SUBCOMMANDS and args_list[0] != "run":
-            return run_subcommand(args_list, env)
+            return until_reader_gone(run_subcommand, args_list, env)
         if args_list and args_list[0] == "run":
             args_list = args_list[1:]
-        return run_supervisor(args_list, env)
+        settings = until_reader_gone(run_settings, args_list, env)
+        from supervisor.service import run
+
+        return run(settings)
     except UsageError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -60,7 +67,34 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 130
 
 
-def run_supervisor(argv: list[str], environ: Mapping[str, str]) -> int:
+def until_reader_gone(
+    step: Callable[[list[str], Mapping[str, str]], T], argv: list[str], env: Mapping[str, str]
+) -> T:
+    """Run ``step``, whose output may go to a reader that stops early (``| head -1``, a pager).
+
+    A closed pipe is how such a reader says it has enough, not an error: the
+    command ends quietly with the status a shell shows for a tool that SIGPIPE
+    ended (141), as ``cat`` or ``ls`` would. SIGPIPE itself stays ignored
+    (Python's default), so a database socket that breaks is still a
+    :class:`StoreError`, not a silent death. Output is flushed here, inside the
+    guard: otherwise the last buffered write fails at interpreter exit, where
+    nothing can catch it. Only these printing steps are guarded, never the
+    supervisor's own loop, whose broken pipes are bugs to see.
+    """
+    try:
+        try:
+            return step(argv, env)
+        finally:
+            sys.stdout.flush()  # also when argparse exits after printing --help
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere, so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise SystemExit(EXIT_READER_GONE) from None
+
+
+def run_settings(argv: list[str], environ: Mapping[str, str]) -> Settings:
     parser = OneLineParser(
         prog="python -m supervisor",
         description=(
@@ -71,10 +105,7 @@ def run_supervisor(argv: list[str], environ: Mapping[str, str]) -> int:
         "HUP reloads handlers; TTIN/TTOU add/remove a worker.",
     )
     add_run_flags(parser, environ)
-    settings = settings_from(parser.parse_args(argv), environ)
-    from supervisor.service import run
-
-    return run(settings)
+    return settings_from(parser.parse_args(argv), environ)
 
 
 def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:

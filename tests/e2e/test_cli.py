@@ -629,7 +629,7 @@ def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
     header, *rows = frames[-1].strip().splitlines()[2:]
     assert header.split() == [
         "TYPE", "queued", "running", "oldest", "+done", "+failed", "+cancel", "done/s",
-    ]
+    ]  # fmt: skip
     by_type = {row.split()[0]: row for row in rows}
     assert by_type["resize"].split()[1:3] == ["1", "0"]
     assert "no handler here" in by_type["orphan"]
@@ -671,3 +671,84 @@ def test_status_watch_on_a_terminal_clears_the_screen_before_each_refresh(
     out = b"".join(chunks).decode()
     assert child.returncode == 0, err
     assert out.count("\x1b[H\x1b[2J") == 2, repr(out)
+
+
+# --- pipes into pagers and head ---------------------------------------------------------------
+
+
+def run_into_closed_pipe(cwd: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI with stdout a pipe whose reader has already gone (``| head`` that is done)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor", *args],
+            cwd=cwd,
+            env=clean_env(SUPERVISOR_DSN=dsn),
+            stdin=subprocess.DEVNULL,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "1"],
+        ["show", "1", "--json"],
+        ["status"],
+        ["status", "--json"],
+        ["status", "--watch", "--count", "2"],
+        ["enqueue", "t"],
+    ],
+    ids="-".join,
+)
+def test_output_into_a_closed_pipe_ends_quietly(
+    dsn: str, store: Store, tmp_path: Path, args: list[str]
+) -> None:
+    """A reader that stops early (`| head -1`, a pager quit) is normal: no traceback, no noise.
+
+    The exit status is 141 (128 + SIGPIPE), what a shell reports for other tools
+    ended by a closed pipe, so `set -o pipefail` scripts still see it.
+    """
+    store.enqueue(NewTask(type="resize"))
+
+    done = run_into_closed_pipe(tmp_path, dsn, *args)
+
+    assert done.stderr == b"", done.stderr.decode()
+    assert done.returncode == 141
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"]], ids="-".join)
+def test_help_into_a_closed_pipe_ends_quietly(
+    sqlite_dsn: str, tmp_path: Path, args: list[str]
+) -> None:
+    """argparse swallows the failed write of its help; the final flush must not fail either."""
+    done = run_into_closed_pipe(tmp_path, sqlite_dsn, *args)
+
+    assert done.stderr == b"", done.stderr.decode()
+    assert done.returncode in (0, 141)
+
+
+def test_status_piped_into_head_prints_one_line_and_no_traceback(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`status | head -1` with a table longer than the pipe buffer: the first line, no error."""
+    store.enqueue_many([NewTask(type=f"type-{n:04d}-{'x' * 40}") for n in range(2000)])
+    env = clean_env(SUPERVISOR_DSN=dsn)
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m supervisor status 2>err.txt | head -1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0
+    assert done.stdout.decode().startswith("TYPE")
+    assert (tmp_path / "err.txt").read_text() == ""
