@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 import attrs
 
 from supervisor.config import Settings, add_run_flags, env_name, settings_from
-from supervisor.dsn import DEFAULT_DSN, Dsn, parse_dsn
+from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
 from supervisor.producer import new_task
@@ -169,7 +169,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
         )
-        print(ready_store(dsn).enqueue(task))
+        print(ready_store(dsn, create=True).enqueue(task))
         return 0
     if args.command == "prune":
         older_than = number(args.older_than, "--older-than")
@@ -178,7 +178,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         store = ready_store(dsn)
         print(f"pruned {store.prune(older_than)} finished tasks")
         return 0
-    store = ready_store(dsn)
+    store = ready_store(dsn, create=args.command == "migrate")
     if args.command == "migrate":
         print(f"schema ready at {dsn.redacted()}")
         return 0
@@ -191,8 +191,20 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
     return operator_transition(store, args.command, args.id)
 
 
-def ready_store(dsn: Dsn) -> Store:
-    """Every subcommand works on a migrated schema (migrating is idempotent)."""
+def ready_store(dsn: Dsn, *, create: bool = False) -> Store:
+    """Every subcommand works on a migrated schema (migrating is idempotent).
+
+    Only the commands that start a queue (``migrate``, ``enqueue``; ``run`` opens
+    its own) may create a missing SQLite file. For the others a missing file is a
+    typo in the DSN: creating it would answer from an empty queue that is not the
+    operator's, and leave a stray file behind. It is bad input, refused before
+    anything is written.
+    """
+    if not create and isinstance(dsn, SqliteDsn) and not os.path.exists(dsn.path):
+        raise UsageError(
+            f"no SQLite database at {os.path.abspath(dsn.path)} (check --dsn or SUPERVISOR_DSN; "
+            "only run, migrate and enqueue create the file)"
+        )
     store = open_store(dsn)
     store.migrate()
     return store

@@ -226,7 +226,9 @@ def test_show_prints_one_field_per_line_and_options_only_on_request(
     assert any(line.split() == ["task_options", "opt-value-42"] for line in full.splitlines())
 
 
-def test_show_of_an_unknown_id_exits_1_with_one_line(dsn: str, tmp_path: Path) -> None:
+def test_show_of_an_unknown_id_exits_1_with_one_line(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
     """An id that names no task is a runtime failure (1), said in one line."""
     message = run_cli(tmp_path, "show", "424242", dsn=dsn).assert_one_line_error(1)
 
@@ -281,7 +283,7 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     assert "no handler" not in rows["resize"]
 
 
-def test_status_of_an_empty_queue(dsn: str, tmp_path: Path) -> None:
+def test_status_of_an_empty_queue(dsn: str, store: Store, tmp_path: Path) -> None:
     """With no tasks and no supervisors, the table says so and the JSON lists nothing."""
     assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n\nsupervisors: 0 alive\n"
     report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
@@ -336,7 +338,7 @@ def test_retrying_a_queued_task_is_refused(dsn: str, store: Store, tmp_path: Pat
     assert store.get(task_id) == before
 
 
-def test_cancelling_an_unknown_id_exits_1(dsn: str, tmp_path: Path) -> None:
+def test_cancelling_an_unknown_id_exits_1(dsn: str, store: Store, tmp_path: Path) -> None:
     """There is nothing to cancel: exit 1, one line naming the id."""
     message = run_cli(tmp_path, "cancel", "777", dsn=dsn).assert_one_line_error(1)
 
@@ -484,6 +486,44 @@ def test_a_malformed_dsn_is_one_line_exit_2_without_the_password(
     assert "DSN" in message
     assert SECRET not in message
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["status", "--watch", "--count", "1"],
+        ["show", "1"],
+        ["retry", "1"],
+        ["cancel", "1"],
+        ["prune", "--older-than", "0"],
+    ],
+    ids="-".join,
+)
+def test_an_operator_command_on_a_missing_sqlite_file_refuses_and_creates_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """A typo in the DSN of a command that only reads or changes tasks names the missing file.
+
+    Before, it created an empty database and answered "no tasks" from it: the
+    operator looked at the wrong queue, and a stray file was left behind.
+    """
+    (tmp_path / "handlers").mkdir()
+    dsn = f"sqlite:///{tmp_path / 'tasks-typo.db'}"
+
+    message = run_cli(tmp_path, *args, dsn=dsn).assert_one_line_error(2)
+
+    assert str(tmp_path / "tasks-typo.db") in message
+    assert [p.name for p in tmp_path.iterdir()] == ["handlers"]
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["enqueue", "t"]], ids="-".join)
+def test_migrate_and_enqueue_create_a_missing_sqlite_file(tmp_path: Path, args: list[str]) -> None:
+    """The commands that start a queue may create its file (so may `run`)."""
+    run_cli(tmp_path, *args, dsn=f"sqlite:///{tmp_path / 'new.db'}").assert_ok()
+
+    assert (tmp_path / "new.db").is_file()
 
 
 @pytest.mark.parametrize(
@@ -636,6 +676,7 @@ def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
 
 
 def test_status_watch_of_an_empty_queue_says_so(sqlite_dsn: str, tmp_path: Path) -> None:
+    run_cli(tmp_path, "migrate", dsn=sqlite_dsn).assert_ok()
     out = run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=sqlite_dsn).assert_ok()
     assert "no tasks" in out
 
