@@ -70,8 +70,10 @@ class TaskRow:
 class StatusCount:
     """One line of ``status``: how many tasks of a type are in a status.
 
-    ``oldest_age_s`` is the age of the oldest such task by the database clock
-    (how long the head of the queue has waited, for ``queued``).
+    ``oldest_age_s`` is the age of the oldest such task by the database clock.
+    For ``queued`` it is how long the head of the queue has waited, counted
+    from ``run_at`` (a delayed task is not waiting before it is due), and 0
+    when no queued task is due yet.
     """
 
     type: str

@@ -241,7 +241,8 @@ def test_show_of_an_unknown_id_exits_1_with_one_line(
 def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     dsn: str, store: Store, tmp_path: Path
 ) -> None:
-    """`status` counts tasks per type and status; the age is that of the oldest *queued* task.
+    """`status` counts tasks per type and status; the age is that of the oldest *queued* task,
+    counted from its run_at (a delayed task that is not due yet has not waited at all).
 
     A type with no handler file in --handlers is flagged in the table and in the JSON.
     """
@@ -253,8 +254,11 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     assert store.cancel(old_cancelled).applied
     store.enqueue(NewTask(type="orphan"))
     finished(store, "mail", "completed")
-    backdate(dsn, old_queued, "created_at", 600)
+    delayed = store.enqueue(NewTask(type="later", delay_s=3600))
+    backdate(dsn, old_queued, "created_at", 900)
+    backdate(dsn, old_queued, "run_at", 600)  # due for 10 minutes: it has waited that long
     backdate(dsn, old_cancelled, "created_at", 1200)
+    backdate(dsn, delayed, "created_at", 1200)  # created long ago, but not due yet: no wait
 
     report = json.loads(
         run_cli(tmp_path, "status", "--json", "--handlers", "handlers", dsn=dsn).assert_ok()
@@ -262,7 +266,7 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     table = run_cli(tmp_path, "status", "--handlers", "handlers", dsn=dsn).assert_ok()
 
     types = report["types"]
-    assert set(types) == {"resize", "orphan", "mail"}
+    assert set(types) == {"resize", "orphan", "mail", "later"}
     zero = {"queued": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
     assert types["resize"]["counts"] == {**zero, "queued": 2, "cancelled": 1}
     assert types["orphan"]["counts"] == {**zero, "queued": 1}
@@ -270,15 +274,17 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     assert 600 <= types["resize"]["oldest_queued_age_s"] < 660
     assert 0 <= types["orphan"]["oldest_queued_age_s"] < 60
     assert types["mail"]["oldest_queued_age_s"] is None
+    assert types["later"]["oldest_queued_age_s"] == 0
     assert types["resize"]["handler_here"] is True
     assert types["orphan"]["handler_here"] is False
 
     header, *lines = table.split("\n\n")[0].splitlines()
     assert header.split()[:6] == ["TYPE", "queued", "running", "completed", "failed", "cancelled"]
     rows = {line.split()[0]: line for line in lines}
-    assert set(rows) == {"resize", "orphan", "mail"}
+    assert set(rows) == {"resize", "orphan", "mail", "later"}
     assert rows["resize"].split()[1:7] == ["2", "0", "0", "0", "1", "10.0m"]
     assert rows["mail"].split()[1:7] == ["0", "0", "1", "0", "0", "-"]
+    assert rows["later"].split()[1:7] == ["1", "0", "0", "0", "0", "0.0s"]
     assert "no handler" in rows["orphan"]
     assert "no handler" not in rows["resize"]
 

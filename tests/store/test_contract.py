@@ -908,6 +908,21 @@ def test_counts_report_the_age_of_the_oldest_task(store: Store) -> None:
     assert 0.5 - CLOCK_STEP_S <= count.oldest_age_s < 0.5 + TOLERANCE_S
 
 
+def test_counts_age_a_queued_task_from_when_it_became_due_not_from_its_creation(
+    store: Store,
+) -> None:
+    """A delayed task is not waiting before its run_at: the head of the queue's wait starts then."""
+    enqueue(store, delay_s=60)
+    elapse(store, 0.5)
+    (not_due,) = store.counts()
+    assert not_due.oldest_age_s == 0.0
+
+    enqueue(store, "due", delay_s=1.0)
+    elapse(store, 1.3)
+    due = next(c for c in store.counts() if c.type == "due")
+    assert 0.3 - CLOCK_STEP_S <= due.oldest_age_s < 1.0  # from creation it would be 1.3 or more
+
+
 def test_get_of_an_unknown_task_is_none(store: Store) -> None:
     assert store.get(424242) is None
 
