@@ -23,10 +23,16 @@ import attrs
 
 from supervisor.config import Settings, add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
-from supervisor.errors import StoreError, UsageError
-from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
+from supervisor.errors import StoreError, UnreadableRow, UsageError
+from supervisor.lifecycle import (
+    MAX_OPTIONS_BYTES,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Failure,
+    Status,
+)
 from supervisor.producer import new_task
-from supervisor.status_view import print_status, watch
+from supervisor.status_view import print_status, printable, watch
 from supervisor.store import Store, TaskRow, open_store
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
@@ -263,19 +269,32 @@ def read_options(options: str | None) -> str | None:
         raise UsageError("task options on standard input are not UTF-8 text") from None
 
 
+# Values that may hold several lines, printed with their newlines; every other is one line.
+MULTI_LINE_FIELDS = ("last_error", "task_options")
+
+
 def print_show(store: Store, task_id: int, *, as_json: bool, with_options: bool) -> int:
-    row = store.get(task_id)
-    if row is None:
-        print(f"supervisor: no task with id {task_id}", file=sys.stderr)
-        return EXIT_RUNTIME
-    record = row_to_dict(row, with_options=with_options)
+    """Print one row; a row holding odd values (empty status, zero dates) is shown as it is.
+
+    Text fields are printed with control characters escaped (JSON escapes them by
+    itself): any producer may have written them, and a terminal must not act on them.
+    """
+    try:
+        row = store.get(task_id)
+    except UnreadableRow as exc:
+        record = raw_to_dict(exc.fields, with_options=with_options)
+    else:
+        if row is None:
+            print(f"supervisor: no task with id {task_id}", file=sys.stderr)
+            return EXIT_RUNTIME
+        record = row_to_dict(row, with_options=with_options)
     if as_json:
         print(json.dumps(record, indent=2))
     else:
         width = max(len(key) for key in record)
         for key, value in record.items():
             text = "" if value is None else str(value)
-            print(f"{key:<{width}}  {text}")
+            print(f"{key:<{width}}  {printable(text, keep_lines=key in MULTI_LINE_FIELDS)}")
     return 0
 
 
@@ -284,13 +303,29 @@ def row_to_dict(row: TaskRow, *, with_options: bool) -> dict[str, Any]:
     for field in attrs.fields(TaskRow):
         if field.name == "options" and not with_options:
             continue
-        value = getattr(row, field.name)
-        if isinstance(value, datetime):
-            value = value.isoformat(sep=" ")
-        elif isinstance(value, Status) or hasattr(value, "value"):
-            value = value.value
-        record["task_options" if field.name == "options" else field.name] = value
+        name = "task_options" if field.name == "options" else field.name
+        record[name] = plain_value(getattr(row, field.name))
     return record
+
+
+def raw_to_dict(fields: Mapping[str, object], *, with_options: bool) -> dict[str, Any]:
+    """The columns as the database returned them, for a row that is no valid ``TaskRow``."""
+    return {
+        name: plain_value(value)
+        for name, value in fields.items()
+        if name != "task_options" or with_options
+    }
+
+
+def plain_value(value: object) -> object:
+    """A value JSON and the text view can print: dates as text, enums as their value."""
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, Status | Failure):
+        return value.value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
 
 
 def operator_transition(store: Store, command: str, task_id: int) -> int:

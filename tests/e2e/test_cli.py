@@ -799,3 +799,113 @@ def test_status_piped_into_head_prints_one_line_and_no_traceback(
     assert done.returncode == 0
     assert done.stdout.decode().startswith("TYPE")
     assert (tmp_path / "err.txt").read_text() == ""
+
+
+# --- odd rows: plain SQL is a supported producer, so rows may hold anything ------------------
+
+ESCAPE = "\x1b"
+ODD_TYPE = "paint\x1b[31m"
+ODD_ERROR = "boom\x1b[2J\x07\rgone"
+ZERO_DATE = "0000-00-00 00:00:00"
+
+
+def execute_sql(dsn: str, statement: str, params: Sequence[object] = ()) -> None:
+    """Run one statement as another producer would; on MariaDB without strict mode.
+
+    Without strict mode MariaDB stores what it cannot refuse: an invalid ENUM
+    value as the empty status, an impossible date as the zero date.
+    ``statement`` uses ``?`` placeholders (turned into ``%s`` for pymysql).
+    """
+    parsed = parse_dsn(dsn)
+    if isinstance(parsed, SqliteDsn):
+        with sqlite3.connect(parsed.path) as conn:
+            conn.execute(statement, tuple(params))
+        conn.close()
+        return
+    assert isinstance(parsed, MysqlDsn)
+    conn = pymysql.connect(
+        host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
+        database=parsed.database, autocommit=True,
+    )  # fmt: skip
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SET SESSION sql_mode = ''")
+            cursor.execute(statement.replace("?", "%s"), tuple(params))
+    finally:
+        conn.close()
+
+
+def test_status_and_show_read_rows_with_zero_dates_and_an_empty_status(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """Rows no lifecycle rule made are still shown as they are, never a traceback.
+
+    On MariaDB a permissive INSERT leaves an empty status and zero dates; SQLite's
+    text columns take the zero date as it is (its CHECK refuses an odd status).
+    """
+    good = store.enqueue(NewTask(type="odd"))
+    backdate(dsn, good, "run_at", 60)
+    odd_status = "'bogus'" if dsn.startswith("mysql") else "'queued'"
+    execute_sql(
+        dsn,
+        "INSERT INTO tasks (type, status, created_at, run_at, deadline_at, updated_at, started_at)"
+        f" VALUES ('odd', {odd_status}, ?, ?, ?, ?, ?)",
+        [ZERO_DATE] * 5,
+    )
+    odd = good + 1
+
+    table = run_cli(tmp_path, "status", dsn=dsn).assert_ok()
+    report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
+    watched = run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=dsn).assert_ok()
+    shown = run_cli(tmp_path, "show", str(odd), dsn=dsn).assert_ok()
+    as_json = json.loads(run_cli(tmp_path, "show", str(odd), "--json", dsn=dsn).assert_ok())
+
+    assert "odd" in table and "odd" in watched
+    # The zero date neither hides the real head of the queue nor makes it 2,000 years old.
+    assert 60 <= report["types"]["odd"]["oldest_queued_age_s"] < 120
+    assert sum(report["types"]["odd"]["counts"].values()) == 2
+    fields = {
+        key: value.strip() for key, _, value in (x.partition(" ") for x in shown.splitlines())
+    }
+    assert fields["id"] == str(odd)
+    assert ZERO_DATE in fields["created_at"]
+    assert ZERO_DATE in as_json["created_at"]
+    if dsn.startswith("mysql"):
+        assert as_json["status"] == ""
+        assert report["types"]["odd"]["counts"]["other"] == 1
+        for command in ("cancel", "retry"):  # neither applies to such a row: one line, exit 1
+            message = run_cli(tmp_path, command, str(odd), dsn=dsn).assert_one_line_error(1)
+            assert "status ''" in message
+
+
+def test_control_characters_in_types_and_errors_are_printed_escaped(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """A type or last_error holding ANSI escapes is shown as visible text, never interpreted.
+
+    Otherwise a row could clear the operator's screen, recolour it or rewrite
+    lines already printed (a carriage return). JSON escapes them by itself.
+    """
+    execute_sql(
+        dsn,
+        "INSERT INTO tasks (type, status, failure, last_error) VALUES (?, 'failed', 'error', ?)",
+        [ODD_TYPE, ODD_ERROR],
+    )
+    (line,) = store.counts()
+    task_id = "1"  # the first row of a fresh table
+
+    outputs = {
+        "status": run_cli(tmp_path, "status", dsn=dsn).assert_ok(),
+        "watch": run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=dsn).assert_ok(),
+        "show": run_cli(tmp_path, "show", task_id, dsn=dsn).assert_ok(),
+        "show --json": run_cli(tmp_path, "show", task_id, "--json", dsn=dsn).assert_ok(),
+        "status --json": run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok(),
+    }
+
+    assert line.type == ODD_TYPE
+    for name, out in outputs.items():
+        assert ESCAPE not in out and "\x07" not in out and "\r" not in out, (name, out)
+    for name in ("status", "watch", "show"):
+        assert "paint\\x1b[31m" in outputs[name], outputs[name]
+    assert "boom\\x1b[2J\\x07\\rgone" in outputs["show"]
+    assert json.loads(outputs["show --json"])["last_error"] == ODD_ERROR
