@@ -139,7 +139,10 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
         help="handlers folder, to flag types that no handler here serves",
     )
     status.add_argument(
-        "--watch", action="store_true", help="refresh a compact view every second (Ctrl-C ends)"
+        "--watch",
+        action="store_true",
+        help="refresh a compact view every second (Ctrl-C ends); redrawn in place on a "
+        "terminal, plain snapshots into a pipe or file",
     )
     status.add_argument(
         "--count", type=int, default=None, help="with --watch: stop after this many refreshes"
