@@ -127,7 +127,7 @@ def enqueue_in_transaction(
     """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
 
     The task becomes visible to supervisors only when the caller commits, and
-    disappears with a rollback.
+    disappears with a rollback. ``options`` is taken as by :meth:`Queue.enqueue`.
     """
     task = new_task(
         type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
