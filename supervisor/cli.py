@@ -2,7 +2,8 @@
 
 Every failure is one line on stderr and an exit status: 2 for bad input
 (nothing was written), 1 for a runtime failure such as an unreachable
-database. No traceback reaches the user.
+database. No traceback reaches the user. Output into a pipe whose reader has
+gone (``| head -1``) ends quietly with status 141, as for other Unix tools.
 """
 
 from __future__ import annotations
@@ -11,23 +12,32 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from supervisor.config import add_run_flags, env_name, settings_from
-from supervisor.dsn import DEFAULT_DSN, Dsn, parse_dsn
-from supervisor.errors import StoreError, UsageError
-from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
+from supervisor.config import Settings, add_run_flags, env_name, settings_from
+from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
+from supervisor.errors import StoreError, UnreadableRow, UsageError
+from supervisor.lifecycle import (
+    MAX_OPTIONS_BYTES,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    Failure,
+    Status,
+)
 from supervisor.producer import new_task
-from supervisor.status_view import print_status, watch
+from supervisor.status_view import print_status, printable, watch
 from supervisor.store import Store, TaskRow, open_store
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
+EXIT_READER_GONE = 128 + signal.SIGPIPE  # what a shell shows for a tool that SIGPIPE ended
+T = TypeVar("T")
 # Ids are positive and fit SQLite's INTEGER (signed 64-bit); anything else cannot name a task,
 # and would otherwise reach the driver (sqlite3 raises OverflowError, not a database error).
 MAX_TASK_ID = 2**63 - 1
@@ -46,10 +56,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     try:
         if args_list and args_list[0] in SUBCOMMANDS and args_list[0] != "run":
-            return run_subcommand(args_list, env)
+            return until_reader_gone(run_subcommand, args_list, env)
         if args_list and args_list[0] == "run":
             args_list = args_list[1:]
-        return run_supervisor(args_list, env)
+        settings = until_reader_gone(run_settings, args_list, env)
+        from supervisor.service import run
+
+        return run(settings)
     except UsageError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -60,7 +73,34 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 130
 
 
-def run_supervisor(argv: list[str], environ: Mapping[str, str]) -> int:
+def until_reader_gone(
+    step: Callable[[list[str], Mapping[str, str]], T], argv: list[str], env: Mapping[str, str]
+) -> T:
+    """Run ``step``, whose output may go to a reader that stops early (``| head -1``, a pager).
+
+    A closed pipe is how such a reader says it has enough, not an error: the
+    command ends quietly with the status a shell shows for a tool that SIGPIPE
+    ended (141), as ``cat`` or ``ls`` would. SIGPIPE itself stays ignored
+    (Python's default), so a database socket that breaks is still a
+    :class:`StoreError`, not a silent death. Output is flushed here, inside the
+    guard: otherwise the last buffered write fails at interpreter exit, where
+    nothing can catch it. Only these printing steps are guarded, never the
+    supervisor's own loop, whose broken pipes are bugs to see.
+    """
+    try:
+        try:
+            return step(argv, env)
+        finally:
+            sys.stdout.flush()  # also when argparse exits after printing --help
+    except BrokenPipeError:
+        # Whatever is still buffered goes nowhere, so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise SystemExit(EXIT_READER_GONE) from None
+
+
+def run_settings(argv: list[str], environ: Mapping[str, str]) -> Settings:
     parser = OneLineParser(
         prog="python -m supervisor",
         description=(
@@ -71,10 +111,7 @@ def run_supervisor(argv: list[str], environ: Mapping[str, str]) -> int:
         "HUP reloads handlers; TTIN/TTOU add/remove a worker.",
     )
     add_run_flags(parser, environ)
-    settings = settings_from(parser.parse_args(argv), environ)
-    from supervisor.service import run
-
-    return run(settings)
+    return settings_from(parser.parse_args(argv), environ)
 
 
 def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
@@ -102,7 +139,10 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
         help="handlers folder, to flag types that no handler here serves",
     )
     status.add_argument(
-        "--watch", action="store_true", help="refresh a compact view every second (Ctrl-C ends)"
+        "--watch",
+        action="store_true",
+        help="refresh a compact view every second (Ctrl-C ends); redrawn in place on a "
+        "terminal, plain snapshots into a pipe or file",
     )
     status.add_argument(
         "--count", type=int, default=None, help="with --watch: stop after this many refreshes"
@@ -138,7 +178,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
         )
-        print(ready_store(dsn).enqueue(task))
+        print(ready_store(dsn, create=True).enqueue(task))
         return 0
     if args.command == "prune":
         older_than = number(args.older_than, "--older-than")
@@ -147,7 +187,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         store = ready_store(dsn)
         print(f"pruned {store.prune(older_than)} finished tasks")
         return 0
-    store = ready_store(dsn)
+    store = ready_store(dsn, create=args.command == "migrate")
     if args.command == "migrate":
         print(f"schema ready at {dsn.redacted()}")
         return 0
@@ -160,8 +200,20 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
     return operator_transition(store, args.command, args.id)
 
 
-def ready_store(dsn: Dsn) -> Store:
-    """Every subcommand works on a migrated schema (migrating is idempotent)."""
+def ready_store(dsn: Dsn, *, create: bool = False) -> Store:
+    """Every subcommand works on a migrated schema (migrating is idempotent).
+
+    Only the commands that start a queue (``migrate``, ``enqueue``; ``run`` opens
+    its own) may create a missing SQLite file. For the others a missing file is a
+    typo in the DSN: creating it would answer from an empty queue that is not the
+    operator's, and leave a stray file behind. It is bad input, refused before
+    anything is written.
+    """
+    if not create and isinstance(dsn, SqliteDsn) and not os.path.exists(dsn.path):
+        raise UsageError(
+            f"no SQLite database at {os.path.abspath(dsn.path)} (check --dsn or SUPERVISOR_DSN; "
+            "only run, migrate and enqueue create the file)"
+        )
     store = open_store(dsn)
     store.migrate()
     return store
@@ -220,19 +272,32 @@ def read_options(options: str | None) -> str | None:
         raise UsageError("task options on standard input are not UTF-8 text") from None
 
 
+# Values that may hold several lines, printed with their newlines; every other is one line.
+MULTI_LINE_FIELDS = ("last_error", "task_options")
+
+
 def print_show(store: Store, task_id: int, *, as_json: bool, with_options: bool) -> int:
-    row = store.get(task_id)
-    if row is None:
-        print(f"supervisor: no task with id {task_id}", file=sys.stderr)
-        return EXIT_RUNTIME
-    record = row_to_dict(row, with_options=with_options)
+    """Print one row; a row holding odd values (empty status, zero dates) is shown as it is.
+
+    Text fields are printed with control characters escaped (JSON escapes them by
+    itself): any producer may have written them, and a terminal must not act on them.
+    """
+    try:
+        row = store.get(task_id)
+    except UnreadableRow as exc:
+        record = raw_to_dict(exc.fields, with_options=with_options)
+    else:
+        if row is None:
+            print(f"supervisor: no task with id {task_id}", file=sys.stderr)
+            return EXIT_RUNTIME
+        record = row_to_dict(row, with_options=with_options)
     if as_json:
         print(json.dumps(record, indent=2))
     else:
         width = max(len(key) for key in record)
         for key, value in record.items():
             text = "" if value is None else str(value)
-            print(f"{key:<{width}}  {text}")
+            print(f"{key:<{width}}  {printable(text, keep_lines=key in MULTI_LINE_FIELDS)}")
     return 0
 
 
@@ -241,13 +306,29 @@ def row_to_dict(row: TaskRow, *, with_options: bool) -> dict[str, Any]:
     for field in attrs.fields(TaskRow):
         if field.name == "options" and not with_options:
             continue
-        value = getattr(row, field.name)
-        if isinstance(value, datetime):
-            value = value.isoformat(sep=" ")
-        elif isinstance(value, Status) or hasattr(value, "value"):
-            value = value.value
-        record["task_options" if field.name == "options" else field.name] = value
+        name = "task_options" if field.name == "options" else field.name
+        record[name] = plain_value(getattr(row, field.name))
     return record
+
+
+def raw_to_dict(fields: Mapping[str, object], *, with_options: bool) -> dict[str, Any]:
+    """The columns as the database returned them, for a row that is no valid ``TaskRow``."""
+    return {
+        name: plain_value(value)
+        for name, value in fields.items()
+        if name != "task_options" or with_options
+    }
+
+
+def plain_value(value: object) -> object:
+    """A value JSON and the text view can print: dates as text, enums as their value."""
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, Status | Failure):
+        return value.value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return value
 
 
 def operator_transition(store: Store, command: str, task_id: int) -> int:

@@ -472,7 +472,7 @@ class DatabaseLink:
     def _sample(self, now: float) -> None:
         self._next_sample = now + SAMPLE_INTERVAL_S
         counts = self._store.counts(live_only=True)
-        self._post(DepthSampled(counts=tuple((c.type, c.status.value, c.count) for c in counts)))
+        self._post(DepthSampled(counts=tuple((c.type, str(c.status), c.count) for c in counts)))
 
     def _cancelled_among(self, lost: list[Claim]) -> frozenset[int]:
         """Which lost claims an operator cancelled; none if the database cannot say.

@@ -20,5 +20,19 @@ class StoreError(Exception):
     """The database refused or failed an operation that retrying will not fix."""
 
 
+class UnreadableRow(StoreError):
+    """A row holds values no lifecycle rule made (an empty status, a zero date).
+
+    Plain SQL is a supported producer, and a permissive MariaDB stores what it
+    cannot refuse. ``fields`` keeps the row as the database returned it, so an
+    operator can still be shown what is there.
+    """
+
+    def __init__(self, task_id: int, fields: dict[str, object], problem: str) -> None:
+        super().__init__(f"task {task_id} holds values outside the lifecycle: {problem}")
+        self.task_id = task_id
+        self.fields = fields
+
+
 class StoreUnavailable(StoreError):
     """The database cannot be reached (refused, reset, gone away); retrying later may work."""

@@ -8,10 +8,12 @@ the application's database.
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import Any
+from typing import Any, TypeAlias
 
 from supervisor.dsn import DEFAULT_DSN, parse_dsn
+from supervisor.errors import UsageError
 from supervisor.lifecycle import (
     DEFAULT_BUDGET_S,
     DEFAULT_MAX_ATTEMPTS,
@@ -26,10 +28,32 @@ from supervisor.store import NewTask, Store, open_store
 from supervisor.store.queries import load_queries
 from supervisor.store.sql import SqlStore
 
+# What a producer may pass as options: the stored string itself, or a structure stored as JSON.
+Options: TypeAlias = str | dict[str, Any] | list[Any] | None
+
+
+def options_text(options: Options) -> str | None:
+    """The options column's text: a string is stored verbatim, a dict or list as JSON.
+
+    Handlers receive a string (``task.options``), so a structure is encoded here,
+    at the producer, where a value JSON cannot hold (NaN, an object) is still the
+    caller's bad input rather than a handler's surprise.
+    """
+    if options is None or isinstance(options, str):
+        return options
+    if not isinstance(options, dict | list):
+        raise UsageError(
+            f"task options must be a string, a dict or a list, not {type(options).__name__}"
+        )
+    try:
+        return json.dumps(options, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"task options cannot be stored as JSON: {exc}") from None
+
 
 def new_task(
     type: str,
-    options: str | None = None,
+    options: Options = None,
     *,
     delay: float = 0,
     budget: float = DEFAULT_BUDGET_S,
@@ -39,7 +63,7 @@ def new_task(
     """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
     return NewTask(
         type=validate_type(type),
-        options=validate_options(options),
+        options=validate_options(options_text(options)),
         delay_s=validate_delay(float(delay)),
         budget_s=validate_budget(float(budget)),
         max_attempts=validate_max_attempts(int(max_attempts)),
@@ -63,14 +87,14 @@ class Queue:
     def enqueue(
         self,
         type: str,
-        options: str | None = None,
+        options: Options = None,
         *,
         delay: float = 0,
         budget: float = DEFAULT_BUDGET_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         priority: int = 0,
     ) -> int:
-        """Insert one task and return its id."""
+        """Insert one task and return its id; ``options`` may be a string, or a dict/list (JSON)."""
         task = new_task(
             type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
         )
@@ -93,7 +117,7 @@ class Queue:
 def enqueue_in_transaction(
     connection: Any,
     type: str,
-    options: str | None = None,
+    options: Options = None,
     *,
     delay: float = 0,
     budget: float = DEFAULT_BUDGET_S,
@@ -103,7 +127,7 @@ def enqueue_in_transaction(
     """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
 
     The task becomes visible to supervisors only when the caller commits, and
-    disappears with a rollback.
+    disappears with a rollback. ``options`` is taken as by :meth:`Queue.enqueue`.
     """
     task = new_task(
         type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority

@@ -8,6 +8,7 @@ shows, next to the live queue, how many tasks finished in the last minute
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -21,9 +22,29 @@ from supervisor.store import StatusCount, Store
 
 WINDOW_S = 60.0
 CLEAR = "\x1b[H\x1b[2J"
+# Rows whose status is outside the lifecycle (the empty status a permissive MariaDB stores).
+OTHER = "other"
+# Characters a terminal acts on rather than shows: C0 and C1 controls, DEL, line and paragraph
+# separators and bidirectional overrides (which reorder what follows them on the line).
+CONTROLS = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+UNSAFE = re.compile(rf"[\x00-\x1f{CONTROLS}]")
+UNSAFE_KEEPING_LINES = re.compile(rf"[\x00-\x08\x0b-\x1f{CONTROLS}]")  # keeps \t and \n
+
+
+def printable(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with every control character shown as an escape (``\\x1b``), not acted on.
+
+    Type names, errors and supervisor ids come from rows any producer may write;
+    printed raw, an ANSI escape in one could clear the operator's screen, recolour
+    it or (with a carriage return) overwrite what was printed before it.
+    ``keep_lines`` keeps newlines and tabs, for multi-line values like tracebacks.
+    """
+    pattern = UNSAFE_KEEPING_LINES if keep_lines else UNSAFE
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def summarize(counts: list[StatusCount], handled: set[str]) -> dict[str, dict[str, Any]]:
+    """Counts per type; rows with a status outside the lifecycle are counted as ``other``."""
     by_type: dict[str, dict[str, Any]] = {}
     for line in counts:
         entry = by_type.setdefault(
@@ -34,8 +55,11 @@ def summarize(counts: list[StatusCount], handled: set[str]) -> dict[str, dict[st
                 "handler_here": line.type in handled,
             },
         )
+        if not isinstance(line.status, Status):
+            entry["counts"][OTHER] = entry["counts"].get(OTHER, 0) + line.count
+            continue
         entry["counts"][line.status.value] = line.count
-        if line.status is Status.QUEUED:
+        if line.status is Status.QUEUED and line.oldest_age_s is not None:
             entry["oldest_queued_age_s"] = round(line.oldest_age_s, 3)
     return by_type
 
@@ -67,7 +91,8 @@ def print_fleet(entries: list[dict[str, Any]], out: TextIO) -> None:
     for entry in entries:
         state = "alive" if entry["alive"] else "gone (no heartbeat)"
         print(
-            f"  {entry['id']}  workers={entry['workers']}  version={entry['version']}  "
+            f"  {printable(entry['id'])}  workers={entry['workers']}  "
+            f"version={printable(entry['version'])}  "
             f"started {entry['started_at']}  last heartbeat {entry['heartbeat_at']}  {state}",
             file=out,
         )
@@ -88,15 +113,18 @@ def print_status(
         print_fleet(supervisors, out)
         return 0
     columns = [s.value for s in Status]
-    width = max(4, *(len(t) for t in by_type))
+    if any(OTHER in entry["counts"] for entry in by_type.values()):
+        columns.append(OTHER)
+    names = {name: printable(name) for name in by_type}
+    width = max(4, *(len(t) for t in names.values()))
     print(
         f"{'TYPE':<{width}}  " + "  ".join(f"{c:>9}" for c in columns) + "  OLDEST QUEUED", file=out
     )
     for name, entry in sorted(by_type.items()):
         age = entry["oldest_queued_age_s"]
         note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
-        cells = "  ".join(f"{entry['counts'][c]:>9}" for c in columns)
-        print(f"{name:<{width}}  {cells}  {format_age(age):>13}{note}", file=out)
+        cells = "  ".join(f"{entry['counts'].get(c, 0):>9}" for c in columns)
+        print(f"{names[name]:<{width}}  {cells}  {format_age(age):>13}{note}", file=out)
     print_fleet(supervisors, out)
     return 0
 
@@ -119,19 +147,26 @@ def watch(
     count: int | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Redraw until interrupted (or ``count`` refreshes): live queue and last-minute outcomes."""
+    """Redraw until interrupted (or ``count`` refreshes): live queue and last-minute outcomes.
+
+    Only a terminal is redrawn in place. Into a pipe or a file the clear-screen
+    codes would be garbage, so each refresh is then a plain snapshot, set off
+    from the previous one by two blank lines.
+    """
     history: deque[tuple[float, dict[tuple[str, str], int]]] = deque()
     handled = handled_types(handlers_dir)
+    on_terminal = out.isatty()
     shown = 0
     try:
         while count is None or shown < count:
             counts = store.counts()
             now = time.monotonic()
-            snapshot = {(c.type, c.status.value): c.count for c in counts}
+            snapshot = {(c.type, str(c.status)): c.count for c in counts}
             history.append((now, snapshot))
             while now - history[0][0] > WINDOW_S:
                 history.popleft()
-            out.write(CLEAR + render_watch(counts, history[0], (now, snapshot), handled))
+            lead = CLEAR if on_terminal else "\n\n" if shown else ""
+            out.write(lead + render_watch(counts, history[0], (now, snapshot), handled))
             out.flush()
             shown += 1
             if count is None or shown < count:
@@ -153,7 +188,8 @@ def render_watch(
     lines = [f"supervisor status  {stamp}  (finished: last {span:.0f} s)", ""]
     if not by_type:
         return "\n".join([*lines, "no tasks", ""])
-    width = max(4, *(len(t) for t in by_type))
+    names = {name: printable(name) for name in by_type}
+    width = max(4, *(len(t) for t in names.values()))
     lines.append(
         f"{'TYPE':<{width}}  {'queued':>8}  {'running':>8}  {'oldest':>8}  "
         f"{'+done':>7}  {'+failed':>7}  {'+cancel':>7}  {'done/s':>7}"
@@ -168,7 +204,8 @@ def render_watch(
         rate = done / span if span > 0 else 0.0
         flag = "" if entry["handler_here"] or not handled else "  (no handler here)"
         lines.append(
-            f"{name:<{width}}  {entry['counts']['queued']:>8}  {entry['counts']['running']:>8}  "
+            f"{names[name]:<{width}}  {entry['counts']['queued']:>8}  "
+            f"{entry['counts']['running']:>8}  "
             f"{format_age(entry['oldest_queued_age_s']):>8}  {done:>7}  "
             f"{delta(Status.FAILED):>7}  {delta(Status.CANCELLED):>7}  {rate:>7.1f}{flag}"
         )

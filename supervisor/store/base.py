@@ -70,14 +70,21 @@ class TaskRow:
 class StatusCount:
     """One line of ``status``: how many tasks of a type are in a status.
 
-    ``oldest_age_s`` is the age of the oldest such task by the database clock
-    (how long the head of the queue has waited, for ``queued``).
+    ``oldest_age_s`` is the age of the oldest such task by the database clock.
+    For ``queued`` it is how long the head of the queue has waited, counted
+    from ``run_at`` (a delayed task is not waiting before it is due), and 0
+    when no queued task is due yet. It is ``None`` when none of the dates can
+    be read (zero dates a permissive MariaDB or a plain INSERT left).
+
+    ``status`` is the raw text for a value outside the lifecycle (the empty
+    status a permissive MariaDB stores for an invalid one): such rows are
+    still counted, so an operator sees them.
     """
 
     type: str
-    status: Status
+    status: Status | str
     count: int
-    oldest_age_s: float
+    oldest_age_s: float | None
 
 
 @attrs.frozen(kw_only=True)

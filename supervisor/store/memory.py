@@ -652,8 +652,10 @@ class MemoryStore(Store):
                     continue
                 key = (task.type, task.status)
                 number[key] += 1
-                if key not in oldest or task.created_at < oldest[key]:
-                    oldest[key] = task.created_at
+                # A queued task waits from its run_at: a delayed one is not waiting yet.
+                since = task.run_at if task.status is Status.QUEUED else task.created_at
+                if key not in oldest or since < oldest[key]:
+                    oldest[key] = since
             return [
                 StatusCount(
                     type=task_type,

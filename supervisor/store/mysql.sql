@@ -179,8 +179,14 @@ WHERE status IN ('completed', 'failed', 'cancelled')
 LIMIT %(limit)s
 
 -- name: counts
+-- A queued task waits from its run_at (a delayed one is not waiting before it is due; the
+-- caller clamps a future run_at to 0); any other from its creation. Zero dates (left by a
+-- permissive INSERT) are skipped: they would make the queue's head 2,000 years old.
 SELECT type, status, COUNT(*) AS count,
-       TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) / 1000000.0 AS oldest_age_s
+       TIMESTAMPDIFF(MICROSECOND,
+                     MIN(CASE WHEN status = 'queued' THEN NULLIF(run_at, '0000-00-00 00:00:00')
+                              ELSE NULLIF(created_at, '0000-00-00 00:00:00') END),
+                     NOW(6)) / 1000000.0 AS oldest_age_s
 FROM tasks
 GROUP BY type, status
 ORDER BY type, status

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from supervisor.errors import UnreadableRow
 from supervisor.lifecycle import (
     Failure,
     Status,
@@ -60,6 +61,15 @@ def to_datetime(value: object) -> datetime:
 
 def to_optional_datetime(value: object) -> datetime | None:
     return None if value is None else to_datetime(value)
+
+
+def status_or_raw(value: object) -> Status | str:
+    """A lifecycle status, or the raw text of one outside it (an empty ENUM value)."""
+    text = str(value)
+    try:
+        return Status(text)
+    except ValueError:
+        return text
 
 
 def count_types(types: list[str]) -> dict[str, int]:
@@ -251,8 +261,11 @@ class SqlStore(Store):
         before = self._rows("status_of", {"id": task_id})
         if not before:
             return Transition(before=None, applied=False)
+        status = status_or_raw(before[0]["status"])
+        if not isinstance(status, Status):  # neither transition applies; say why, in one line
+            raise UnreadableRow(task_id, before[0], f"status {status!r}")
         applied = self._changed(name, {"id": task_id}) == 1
-        return Transition(before=Status(before[0]["status"]), applied=applied)
+        return Transition(before=status, applied=applied)
 
     def prune(self, older_than_s: float, batch: int = 1000) -> int:
         """Delete in batches so a large prune never holds locks for long."""
@@ -266,19 +279,28 @@ class SqlStore(Store):
                 return total
 
     def counts(self, *, live_only: bool = False) -> list[StatusCount]:
+        """Every row counted, odd ones included: a status outside the lifecycle stays raw text."""
         return [
             StatusCount(
                 type=row["type"],
-                status=Status(row["status"]),
+                status=status_or_raw(row["status"]),
                 count=int(row["count"]),
-                oldest_age_s=max(0.0, float(row["oldest_age_s"])),
+                oldest_age_s=(
+                    None if row["oldest_age_s"] is None else max(0.0, float(row["oldest_age_s"]))
+                ),
             )
             for row in self._rows("live_counts" if live_only else "counts")
         ]
 
     def get(self, task_id: int) -> TaskRow | None:
+        """The row, or :class:`UnreadableRow` carrying it raw when it holds odd values."""
         rows = self._rows("get", {"id": task_id})
-        return row_to_task(rows[0]) if rows else None
+        if not rows:
+            return None
+        try:
+            return row_to_task(rows[0])
+        except (ValueError, TypeError) as exc:
+            raise UnreadableRow(task_id, rows[0], str(exc)) from None
 
     def ping(self) -> None:
         self._rows("ping")

@@ -192,8 +192,13 @@ WHERE id IN (
 )
 
 -- name: counts
+-- A queued task waits from its run_at (a delayed one is not waiting before it is due; the
+-- caller clamps a future run_at to 0); any other from its creation. julianday() of text that
+-- is no date (a zero date a plain INSERT left) is NULL, which min() skips.
 SELECT type, status, count(*) AS count,
-       (julianday('now') - julianday(min(created_at))) * 86400.0 AS oldest_age_s
+       (julianday('now')
+        - min(julianday(CASE WHEN status = 'queued' THEN run_at ELSE created_at END)))
+       * 86400.0 AS oldest_age_s
 FROM tasks
 GROUP BY type, status
 ORDER BY type, status

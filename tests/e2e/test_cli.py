@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import sqlite3
 import subprocess
 import sys
@@ -225,7 +226,9 @@ def test_show_prints_one_field_per_line_and_options_only_on_request(
     assert any(line.split() == ["task_options", "opt-value-42"] for line in full.splitlines())
 
 
-def test_show_of_an_unknown_id_exits_1_with_one_line(dsn: str, tmp_path: Path) -> None:
+def test_show_of_an_unknown_id_exits_1_with_one_line(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
     """An id that names no task is a runtime failure (1), said in one line."""
     message = run_cli(tmp_path, "show", "424242", dsn=dsn).assert_one_line_error(1)
 
@@ -238,7 +241,8 @@ def test_show_of_an_unknown_id_exits_1_with_one_line(dsn: str, tmp_path: Path) -
 def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     dsn: str, store: Store, tmp_path: Path
 ) -> None:
-    """`status` counts tasks per type and status; the age is that of the oldest *queued* task.
+    """`status` counts tasks per type and status; the age is that of the oldest *queued* task,
+    counted from its run_at (a delayed task that is not due yet has not waited at all).
 
     A type with no handler file in --handlers is flagged in the table and in the JSON.
     """
@@ -250,8 +254,11 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     assert store.cancel(old_cancelled).applied
     store.enqueue(NewTask(type="orphan"))
     finished(store, "mail", "completed")
-    backdate(dsn, old_queued, "created_at", 600)
+    delayed = store.enqueue(NewTask(type="later", delay_s=3600))
+    backdate(dsn, old_queued, "created_at", 900)
+    backdate(dsn, old_queued, "run_at", 600)  # due for 10 minutes: it has waited that long
     backdate(dsn, old_cancelled, "created_at", 1200)
+    backdate(dsn, delayed, "created_at", 1200)  # created long ago, but not due yet: no wait
 
     report = json.loads(
         run_cli(tmp_path, "status", "--json", "--handlers", "handlers", dsn=dsn).assert_ok()
@@ -259,7 +266,7 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     table = run_cli(tmp_path, "status", "--handlers", "handlers", dsn=dsn).assert_ok()
 
     types = report["types"]
-    assert set(types) == {"resize", "orphan", "mail"}
+    assert set(types) == {"resize", "orphan", "mail", "later"}
     zero = {"queued": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
     assert types["resize"]["counts"] == {**zero, "queued": 2, "cancelled": 1}
     assert types["orphan"]["counts"] == {**zero, "queued": 1}
@@ -267,20 +274,22 @@ def test_status_counts_by_type_and_status_and_ages_the_oldest_queued_task(
     assert 600 <= types["resize"]["oldest_queued_age_s"] < 660
     assert 0 <= types["orphan"]["oldest_queued_age_s"] < 60
     assert types["mail"]["oldest_queued_age_s"] is None
+    assert types["later"]["oldest_queued_age_s"] == 0
     assert types["resize"]["handler_here"] is True
     assert types["orphan"]["handler_here"] is False
 
     header, *lines = table.split("\n\n")[0].splitlines()
     assert header.split()[:6] == ["TYPE", "queued", "running", "completed", "failed", "cancelled"]
     rows = {line.split()[0]: line for line in lines}
-    assert set(rows) == {"resize", "orphan", "mail"}
+    assert set(rows) == {"resize", "orphan", "mail", "later"}
     assert rows["resize"].split()[1:7] == ["2", "0", "0", "0", "1", "10.0m"]
     assert rows["mail"].split()[1:7] == ["0", "0", "1", "0", "0", "-"]
+    assert rows["later"].split()[1:7] == ["1", "0", "0", "0", "0", "0.0s"]
     assert "no handler" in rows["orphan"]
     assert "no handler" not in rows["resize"]
 
 
-def test_status_of_an_empty_queue(dsn: str, tmp_path: Path) -> None:
+def test_status_of_an_empty_queue(dsn: str, store: Store, tmp_path: Path) -> None:
     """With no tasks and no supervisors, the table says so and the JSON lists nothing."""
     assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n\nsupervisors: 0 alive\n"
     report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
@@ -335,7 +344,7 @@ def test_retrying_a_queued_task_is_refused(dsn: str, store: Store, tmp_path: Pat
     assert store.get(task_id) == before
 
 
-def test_cancelling_an_unknown_id_exits_1(dsn: str, tmp_path: Path) -> None:
+def test_cancelling_an_unknown_id_exits_1(dsn: str, store: Store, tmp_path: Path) -> None:
     """There is nothing to cancel: exit 1, one line naming the id."""
     message = run_cli(tmp_path, "cancel", "777", dsn=dsn).assert_one_line_error(1)
 
@@ -486,6 +495,44 @@ def test_a_malformed_dsn_is_one_line_exit_2_without_the_password(
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["status", "--watch", "--count", "1"],
+        ["show", "1"],
+        ["retry", "1"],
+        ["cancel", "1"],
+        ["prune", "--older-than", "0"],
+    ],
+    ids="-".join,
+)
+def test_an_operator_command_on_a_missing_sqlite_file_refuses_and_creates_nothing(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """A typo in the DSN of a command that only reads or changes tasks names the missing file.
+
+    Before, it created an empty database and answered "no tasks" from it: the
+    operator looked at the wrong queue, and a stray file was left behind.
+    """
+    (tmp_path / "handlers").mkdir()
+    dsn = f"sqlite:///{tmp_path / 'tasks-typo.db'}"
+
+    message = run_cli(tmp_path, *args, dsn=dsn).assert_one_line_error(2)
+
+    assert str(tmp_path / "tasks-typo.db") in message
+    assert [p.name for p in tmp_path.iterdir()] == ["handlers"]
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["enqueue", "t"]], ids="-".join)
+def test_migrate_and_enqueue_create_a_missing_sqlite_file(tmp_path: Path, args: list[str]) -> None:
+    """The commands that start a queue may create its file (so may `run`)."""
+    run_cli(tmp_path, *args, dsn=f"sqlite:///{tmp_path / 'new.db'}").assert_ok()
+
+    assert (tmp_path / "new.db").is_file()
+
+
+@pytest.mark.parametrize(
     ("bad_dsn", "env"),
     [
         (f"mysql://root:{SECRET}@127.0.0.1:1/x", {}),
@@ -609,7 +656,11 @@ def test_a_bad_run_setting_is_one_line_exit_2_naming_the_flag_or_variable(
 def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
     sqlite_dsn: str, tmp_path: Path
 ) -> None:
-    """--watch redraws (clearing the screen) each refresh; --count bounds it for scripts."""
+    """--watch prints a snapshot each refresh; --count bounds it for scripts.
+
+    Into a pipe (as here) the snapshots follow one another as plain text: no
+    clear-screen codes, which would be garbage in a file or a pager.
+    """
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "resize.py").write_text("def handle(task, progress):\n    pass\n")
     run_cli(tmp_path, "enqueue", "resize", dsn=sqlite_dsn).assert_ok()
@@ -617,17 +668,244 @@ def test_status_watch_redraws_the_live_queue_with_last_minute_outcomes(
 
     out = run_cli(tmp_path, "status", "--watch", "--count", "2", dsn=sqlite_dsn).assert_ok()
 
-    frames = [frame for frame in out.split("\x1b[H\x1b[2J") if frame]
-    assert len(frames) == 2
+    assert "\x1b" not in out, repr(out)
+    frames = [frame for frame in out.split("\n\n\n") if frame.strip()]
+    assert len(frames) == 2, repr(out)
+    assert all(frame.startswith("supervisor status") for frame in frames)
     header, *rows = frames[-1].strip().splitlines()[2:]
     assert header.split() == [
         "TYPE", "queued", "running", "oldest", "+done", "+failed", "+cancel", "done/s",
-    ]
+    ]  # fmt: skip
     by_type = {row.split()[0]: row for row in rows}
     assert by_type["resize"].split()[1:3] == ["1", "0"]
     assert "no handler here" in by_type["orphan"]
 
 
 def test_status_watch_of_an_empty_queue_says_so(sqlite_dsn: str, tmp_path: Path) -> None:
+    run_cli(tmp_path, "migrate", dsn=sqlite_dsn).assert_ok()
     out = run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=sqlite_dsn).assert_ok()
     assert "no tasks" in out
+
+
+def test_status_watch_on_a_terminal_clears_the_screen_before_each_refresh(
+    sqlite_dsn: str, tmp_path: Path
+) -> None:
+    """On a terminal --watch redraws in place: each refresh starts with the clear-screen code."""
+    run_cli(tmp_path, "enqueue", "resize", dsn=sqlite_dsn).assert_ok()
+    primary, secondary = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "status", "--watch", "--count", "2"],
+            cwd=tmp_path,
+            env=clean_env(SUPERVISOR_DSN=sqlite_dsn),
+            stdin=subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=subprocess.PIPE,
+        )
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, err = child.communicate(timeout=60)
+    finally:
+        os.close(primary)
+    out = b"".join(chunks).decode()
+    assert child.returncode == 0, err
+    assert out.count("\x1b[H\x1b[2J") == 2, repr(out)
+
+
+# --- pipes into pagers and head ---------------------------------------------------------------
+
+
+def run_into_closed_pipe(cwd: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the CLI with stdout a pipe whose reader has already gone (``| head`` that is done)."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor", *args],
+            cwd=cwd,
+            env=clean_env(SUPERVISOR_DSN=dsn),
+            stdin=subprocess.DEVNULL,
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "1"],
+        ["show", "1", "--json"],
+        ["status"],
+        ["status", "--json"],
+        ["status", "--watch", "--count", "2"],
+        ["enqueue", "t"],
+    ],
+    ids="-".join,
+)
+def test_output_into_a_closed_pipe_ends_quietly(
+    dsn: str, store: Store, tmp_path: Path, args: list[str]
+) -> None:
+    """A reader that stops early (`| head -1`, a pager quit) is normal: no traceback, no noise.
+
+    The exit status is 141 (128 + SIGPIPE), what a shell reports for other tools
+    ended by a closed pipe, so `set -o pipefail` scripts still see it.
+    """
+    store.enqueue(NewTask(type="resize"))
+
+    done = run_into_closed_pipe(tmp_path, dsn, *args)
+
+    assert done.stderr == b"", done.stderr.decode()
+    assert done.returncode == 141
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status", "--help"]], ids="-".join)
+def test_help_into_a_closed_pipe_ends_quietly(
+    sqlite_dsn: str, tmp_path: Path, args: list[str]
+) -> None:
+    """argparse swallows the failed write of its help; the final flush must not fail either."""
+    done = run_into_closed_pipe(tmp_path, sqlite_dsn, *args)
+
+    assert done.stderr == b"", done.stderr.decode()
+    assert done.returncode in (0, 141)
+
+
+def test_status_piped_into_head_prints_one_line_and_no_traceback(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """`status | head -1` with a table longer than the pipe buffer: the first line, no error."""
+    store.enqueue_many([NewTask(type=f"type-{n:04d}-{'x' * 40}") for n in range(2000)])
+    env = clean_env(SUPERVISOR_DSN=dsn)
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m supervisor status 2>err.txt | head -1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0
+    assert done.stdout.decode().startswith("TYPE")
+    assert (tmp_path / "err.txt").read_text() == ""
+
+
+# --- odd rows: plain SQL is a supported producer, so rows may hold anything ------------------
+
+ESCAPE = "\x1b"
+ODD_TYPE = "paint\x1b[31m"
+ODD_ERROR = "boom\x1b[2J\x07\rgone"
+ZERO_DATE = "0000-00-00 00:00:00"
+
+
+def execute_sql(dsn: str, statement: str, params: Sequence[object] = ()) -> None:
+    """Run one statement as another producer would; on MariaDB without strict mode.
+
+    Without strict mode MariaDB stores what it cannot refuse: an invalid ENUM
+    value as the empty status, an impossible date as the zero date.
+    ``statement`` uses ``?`` placeholders (turned into ``%s`` for pymysql).
+    """
+    parsed = parse_dsn(dsn)
+    if isinstance(parsed, SqliteDsn):
+        with sqlite3.connect(parsed.path) as conn:
+            conn.execute(statement, tuple(params))
+        conn.close()
+        return
+    assert isinstance(parsed, MysqlDsn)
+    conn = pymysql.connect(
+        host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
+        database=parsed.database, autocommit=True,
+    )  # fmt: skip
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SET SESSION sql_mode = ''")
+            cursor.execute(statement.replace("?", "%s"), tuple(params))
+    finally:
+        conn.close()
+
+
+def test_status_and_show_read_rows_with_zero_dates_and_an_empty_status(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """Rows no lifecycle rule made are still shown as they are, never a traceback.
+
+    On MariaDB a permissive INSERT leaves an empty status and zero dates; SQLite's
+    text columns take the zero date as it is (its CHECK refuses an odd status).
+    """
+    good = store.enqueue(NewTask(type="odd"))
+    backdate(dsn, good, "run_at", 60)
+    odd_status = "'bogus'" if dsn.startswith("mysql") else "'queued'"
+    execute_sql(
+        dsn,
+        "INSERT INTO tasks (type, status, created_at, run_at, deadline_at, updated_at, started_at)"
+        f" VALUES ('odd', {odd_status}, ?, ?, ?, ?, ?)",
+        [ZERO_DATE] * 5,
+    )
+    odd = good + 1
+
+    table = run_cli(tmp_path, "status", dsn=dsn).assert_ok()
+    report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
+    watched = run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=dsn).assert_ok()
+    shown = run_cli(tmp_path, "show", str(odd), dsn=dsn).assert_ok()
+    as_json = json.loads(run_cli(tmp_path, "show", str(odd), "--json", dsn=dsn).assert_ok())
+
+    assert "odd" in table and "odd" in watched
+    # The zero date neither hides the real head of the queue nor makes it 2,000 years old.
+    assert 60 <= report["types"]["odd"]["oldest_queued_age_s"] < 120
+    assert sum(report["types"]["odd"]["counts"].values()) == 2
+    fields = {
+        key: value.strip() for key, _, value in (x.partition(" ") for x in shown.splitlines())
+    }
+    assert fields["id"] == str(odd)
+    assert ZERO_DATE in fields["created_at"]
+    assert ZERO_DATE in as_json["created_at"]
+    if dsn.startswith("mysql"):
+        assert as_json["status"] == ""
+        assert report["types"]["odd"]["counts"]["other"] == 1
+        for command in ("cancel", "retry"):  # neither applies to such a row: one line, exit 1
+            message = run_cli(tmp_path, command, str(odd), dsn=dsn).assert_one_line_error(1)
+            assert "status ''" in message
+
+
+def test_control_characters_in_types_and_errors_are_printed_escaped(
+    dsn: str, store: Store, tmp_path: Path
+) -> None:
+    """A type or last_error holding ANSI escapes is shown as visible text, never interpreted.
+
+    Otherwise a row could clear the operator's screen, recolour it or rewrite
+    lines already printed (a carriage return). JSON escapes them by itself.
+    """
+    execute_sql(
+        dsn,
+        "INSERT INTO tasks (type, status, failure, last_error) VALUES (?, 'failed', 'error', ?)",
+        [ODD_TYPE, ODD_ERROR],
+    )
+    (line,) = store.counts()
+    task_id = "1"  # the first row of a fresh table
+
+    outputs = {
+        "status": run_cli(tmp_path, "status", dsn=dsn).assert_ok(),
+        "watch": run_cli(tmp_path, "status", "--watch", "--count", "1", dsn=dsn).assert_ok(),
+        "show": run_cli(tmp_path, "show", task_id, dsn=dsn).assert_ok(),
+        "show --json": run_cli(tmp_path, "show", task_id, "--json", dsn=dsn).assert_ok(),
+        "status --json": run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok(),
+    }
+
+    assert line.type == ODD_TYPE
+    for name, out in outputs.items():
+        assert ESCAPE not in out and "\x07" not in out and "\r" not in out, (name, out)
+    for name in ("status", "watch", "show"):
+        assert "paint\\x1b[31m" in outputs[name], outputs[name]
+    assert "boom\\x1b[2J\\x07\\rgone" in outputs["show"]
+    assert json.loads(outputs["show --json"])["last_error"] == ODD_ERROR

@@ -25,7 +25,7 @@ import pytest
 
 import supervisor
 from supervisor.dsn import MysqlDsn, parse_dsn
-from supervisor.errors import StoreError, UsageError
+from supervisor.errors import StoreError, UnreadableRow, UsageError
 from supervisor.lifecycle import (
     LAST_ERROR_LIMIT,
     MAX_ATTEMPTS_LIMIT,
@@ -931,6 +931,50 @@ def test_counts_report_the_age_of_the_oldest_task(store: Store) -> None:
     enqueue(store, "a")
     (count,) = store.counts()
     assert 0.5 - CLOCK_STEP_S <= count.oldest_age_s < 0.5 + TOLERANCE_S
+
+
+def test_counts_age_a_queued_task_from_when_it_became_due_not_from_its_creation(
+    store: Store,
+) -> None:
+    """A delayed task is not waiting before its run_at: the head of the queue's wait starts then."""
+    enqueue(store, delay_s=60)
+    elapse(store, 0.5)
+    (not_due,) = store.counts()
+    assert not_due.oldest_age_s == 0.0
+
+    enqueue(store, "due", delay_s=1.0)
+    elapse(store, 1.3)
+    due = next(c for c in store.counts() if c.type == "due")
+    assert 0.3 - CLOCK_STEP_S <= due.oldest_age_s < 1.0  # from creation it would be 1.3 or more
+
+
+def test_counts_and_get_survive_zero_dates_a_plain_insert_left(sql_store: Store) -> None:
+    """Zero dates (a permissive MariaDB's answer to an impossible date, or plain text in
+    SQLite) neither crash nor skew the oldest age; ``get`` hands the row over raw.
+    """
+    store = sql_store
+    if not isinstance(store, SqliteStore):
+        raw(store, "SET SESSION sql_mode = ''")
+    enqueue(store)
+    elapse(store, 0.3)
+    zero = "'0000-00-00 00:00:00'"
+    for task_type in ("t", "z"):
+        raw(
+            store,
+            "INSERT INTO tasks (type, created_at, run_at, deadline_at, updated_at)"
+            f" VALUES ('{task_type}', {zero}, {zero}, {zero}, {zero})",
+        )
+    counts = {c.type: c for c in store.counts()}
+    assert (counts["t"].count, counts["z"].count) == (2, 1)
+    assert counts["t"].oldest_age_s is not None
+    assert 0.3 - CLOCK_STEP_S <= counts["t"].oldest_age_s < 0.3 + TOLERANCE_S
+    assert counts["z"].oldest_age_s is None  # no readable date: unknown, not 2,000 years
+
+    zero_id = max(int(r["id"]) for r in raw(store, "SELECT id FROM tasks"))
+    with pytest.raises(UnreadableRow, match=f"task {zero_id}") as caught:
+        store.get(zero_id)
+    assert caught.value.fields["type"] == "z"
+    assert str(caught.value.fields["created_at"]).startswith("0000-00-00 00:00:00")
 
 
 def test_get_of_an_unknown_task_is_none(store: Store) -> None:

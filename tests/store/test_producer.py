@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from typing import Any
+
 import pytest
 
-from supervisor import Queue
+from supervisor import Queue, enqueue_in_transaction
+from supervisor.dsn import parse_dsn
 from supervisor.errors import UsageError
 from supervisor.lifecycle import Status
 from supervisor.producer import new_task
@@ -46,4 +51,39 @@ def test_queue_refuses_bad_input_before_writing_anything(
         task_type = str(kwargs.pop("type"))
         with pytest.raises(UsageError, match=complaint):
             queue.enqueue(task_type, **kwargs)  # type: ignore[arg-type]
+        assert queue.store.counts() == []
+
+
+@pytest.mark.parametrize("options", [{"a": 1, "é": [True, None]}, [1, "two", {"x": 3.5}]])
+def test_queue_enqueue_stores_a_dict_or_list_as_json_text(
+    dsn: str, options: dict[str, Any] | list[Any]
+) -> None:
+    """Producers naturally pass structured options; the row holds them as JSON text."""
+    with Queue(dsn) as queue:
+        task_id = queue.enqueue("resize", options)
+        row = queue.store.get(task_id)
+    assert row is not None and row.options is not None
+    assert json.loads(row.options) == options
+
+
+def test_enqueue_in_transaction_stores_a_dict_as_json_text(sqlite_dsn: str) -> None:
+    """The in-transaction enqueue accepts the same structured options as Queue.enqueue."""
+    with Queue(sqlite_dsn) as queue:
+        conn = sqlite3.connect(parse_dsn(sqlite_dsn).path)  # type: ignore[union-attr]
+        try:
+            task_id = enqueue_in_transaction(conn, "mail", {"order": 42})
+            conn.commit()
+        finally:
+            conn.close()
+        row = queue.store.get(task_id)
+    assert row is not None and row.options is not None
+    assert json.loads(row.options) == {"order": 42}
+
+
+def test_options_that_are_not_json_serialisable_are_refused_before_writing(
+    sqlite_dsn: str,
+) -> None:
+    with Queue(sqlite_dsn) as queue:
+        with pytest.raises(UsageError, match="JSON"):
+            queue.enqueue("t", {"when": object()})  # type: ignore[arg-type]
         assert queue.store.counts() == []
