@@ -253,6 +253,7 @@ class Supervisor:
         now = self.clock()
         self.imports.check_deadline(now)
         self.attempts.enforce_deadlines(now)
+        self.pool.kill_overdue(now)
         self.pool.respawn_due(now)
         self.attempts.dispatch_backlog()
         self.attempts.expire_backlog(now)
