@@ -8,16 +8,17 @@ socket open after the child exits; that once froze the parent's loop.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from supervisor.lifecycle import Status
 from supervisor.pool import STOP_GRACE_S
+from supervisor.telemetry import DEADLINE_KILL_MESSAGE
 from tests.e2e.harness import Launcher
 
 LEAVES_A_THREAD = """
@@ -63,5 +64,50 @@ def test_drain_with_nothing_in_flight_ends_without_the_drain_timeout(launch: Lau
     assert time.monotonic() - stopped < STOP_GRACE_S + 3
 
 
-def options(**values: object) -> str:
-    return json.dumps(values)
+FORKS_A_HELPER = """
+    import os
+    import time
+
+    def handle(task, progress):
+        if os.fork() == 0:  # a helper in its own session: it keeps every fd, the socket too
+            os.setsid()
+            time.sleep(30)
+            os._exit(0)
+"""
+
+SLEEPS = """
+    import time
+
+    def handle(task, progress):
+        time.sleep(60)
+"""
+
+
+def at(record: dict[str, object]) -> float:
+    return datetime.fromisoformat(str(record["time"])).timestamp()
+
+
+def test_a_helper_holding_the_socket_of_an_exited_child_delays_nothing(launch: Launcher) -> None:
+    """Children exit while their helpers hold the socket; a deadline kill elsewhere is on time.
+
+    Each recycled child leaves a helper holding its end of the socket pair, so
+    the parent never sees the socket close; reading it must not wait (it once
+    froze the loop 5 s per exit).
+    """
+    launch.handler("forks", FORKS_A_HELPER)
+    launch.handler("sleeps", SLEEPS)
+    supervisor = launch.start_ready("--max-tasks-per-child", "1", workers=3)
+    budget = 2.0
+    slow = launch.enqueue("sleeps", budget=budget, max_attempts=1)
+    launch.wait_status(slow, Status.RUNNING)
+    started = time.monotonic()
+    forks = [launch.enqueue("forks") for _ in range(8)]
+    for task_id in forks:
+        launch.wait_status(task_id, Status.COMPLETED)
+    assert time.monotonic() - started < 4.0  # eight exits, none waited on
+
+    launch.wait_terminal(slow)
+    dispatched = supervisor.wait_log(message="task dispatched", task_id=slow)
+    killed = supervisor.wait_log(message=DEADLINE_KILL_MESSAGE, task_id=slow)
+    lateness = at(killed) - at(dispatched) - budget
+    assert lateness < 0.5, lateness
