@@ -222,8 +222,18 @@ class Supervisor:
         for pid in (self.imports.pid, self.factory.template_pid):
             if pid is not None:
                 known.add(pid)
-        if killed := kill_orphans(known):
+        try:
+            killed = kill_orphans(known)
+        except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the loop
+            # Out of fds (idle HTTP clients, a handler's leak), /proc or psutil fail with
+            # plain OSError or worse; the next sweep tries again, the tasks carry on.
+            self.housekeeping_failed(exc)
+            return
+        if killed:
             self.log.warning("killed processes left behind by a dead child", count=killed)
+
+    def housekeeping_failed(self, exc: Exception) -> None:
+        self.log.warning("housekeeping failed; trying again later", error=repr(exc))
 
     # ---------------------------------------------------------------- the loop
 
@@ -263,7 +273,10 @@ class Supervisor:
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
             self.kill_orphans()
-            self.telemetry.sample_rss((c.slot, c.pid) for c in self.pool.children.values())
+            try:
+                self.telemetry.sample_rss((c.slot, c.pid) for c in self.pool.children.values())
+            except Exception as exc:  # noqa: BLE001 - see kill_orphans
+                self.housekeeping_failed(exc)
         self.pool.watch_writes()
         self.state_need()
         self.health.loop_at = time.monotonic()

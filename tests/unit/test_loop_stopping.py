@@ -6,6 +6,12 @@ drain with nothing in flight waited out the whole drain timeout.
 
 from __future__ import annotations
 
+import errno
+from typing import NoReturn
+
+import pytest
+
+from supervisor import parent, telemetry
 from supervisor.pool import STOP_GRACE_S
 from tests.unit.conftest import MakeLoop
 
@@ -61,3 +67,23 @@ def test_hup_replaces_a_child_that_ignores_stop(make_loop: MakeLoop) -> None:
     loop.step()
     [fresh] = loop.children()
     assert fresh is not child
+
+
+def test_housekeeping_errors_never_crash_the_parent(
+    make_loop: MakeLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of fds, psutil and /proc fail with plain OSError; the loop logs and carries on."""
+
+    def out_of_fds(*args: object) -> NoReturn:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    loop = make_loop(workers=1)
+    monkeypatch.setattr(parent, "kill_orphans", out_of_fds)
+    monkeypatch.setattr(telemetry.psutil, "Process", out_of_fds)
+    loop.advance(parent.HOUSEKEEPING_INTERVAL_S + 1)
+    loop.step()
+    [child] = loop.children()
+    child.exit(1)  # a slot's death also sweeps for orphans
+    loop.step()
+    assert loop.logged("housekeeping failed; trying again later")
+    assert len(loop.spawner.spawned) == 2
