@@ -21,7 +21,7 @@ import attrs
 
 from supervisor.config import add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, parse_dsn
-from supervisor.errors import StoreError, UsageError
+from supervisor.errors import StartupError, StoreError, UsageError
 from supervisor.lifecycle import MAX_OPTIONS_BYTES, PRIORITY_MAX, PRIORITY_MIN, Status
 from supervisor.producer import new_task
 from supervisor.status_view import print_status, watch
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except UsageError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except StoreError as exc:
+    except (StoreError, StartupError) as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -49,6 +49,7 @@ from supervisor.dblink import (
     Swept,
     open_link,
 )
+from supervisor.dsn import Dsn, SqliteDsn
 from supervisor.handlers import discover
 from supervisor.health import Health
 from supervisor.importcheck import ImportWatch
@@ -66,6 +67,14 @@ if TYPE_CHECKING:
 HOUSEKEEPING_INTERVAL_S = 5.0  # orphans and child RSS
 SWITCH_INTERVAL_S = 0.0005
 FINAL_FLUSH_TIMEOUT_S = 12.0  # longer than one hung statement (MySQL read timeout, 10 s)
+
+
+def database_name(dsn: Dsn) -> str:
+    """What the start-up line names: a SQLite file as an absolute path (a run from another
+    folder silently made a new, empty one), a server as its redacted DSN."""
+    if isinstance(dsn, SqliteDsn):
+        return str(Path(dsn.path).resolve())
+    return dsn.redacted()
 
 
 def owner_id() -> str:
@@ -160,6 +169,8 @@ class Supervisor:
             "supervisor starting",
             workers=self.pool.target,
             dsn=self.settings.dsn.redacted(),
+            database=database_name(self.settings.dsn),
+            handlers=str(self.settings.handlers_dir.resolve()),
             types=sorted(self.handlers),
         )
         self.pool.start()

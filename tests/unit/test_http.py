@@ -26,7 +26,8 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[in
     monkeypatch.setattr(http.QuietHandler, "timeout", 0.5)
     directory = tmp_path / "metrics"
     directory.mkdir()
-    served = http.serve("127.0.0.1", 0, str(directory), Health(stale_after_s=30.0))
+    health = Health(stale_after_s=30.0, db_ok_at=time.monotonic())
+    served = http.serve("127.0.0.1", 0, str(directory), health)
     try:
         yield served.server_address[1], directory
     finally:
@@ -72,3 +73,11 @@ def test_a_corrupt_file_in_the_metrics_folder_does_not_fail_the_scrape(
     (directory / "gauge_all_json.db").write_bytes(pack("<ii", 8 + len(not_json), 0) + not_json)
     assert get(port) == 200
     assert get(port, "/healthz") == 200
+
+
+def test_healthz_is_503_until_the_database_has_answered_once() -> None:
+    health = Health(stale_after_s=30.0)
+    now = time.monotonic()
+    assert health.problems(now) == ["database has not answered yet"]
+    health.db_ok_at = now
+    assert health.problems(now) == []
