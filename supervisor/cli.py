@@ -23,7 +23,7 @@ import attrs
 
 from supervisor.config import Settings, add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
-from supervisor.errors import StoreError, UnreadableRow, UsageError
+from supervisor.errors import StartupError, StoreError, UnreadableRow, UsageError
 from supervisor.lifecycle import (
     MAX_OPTIONS_BYTES,
     PRIORITY_MAX,
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except UsageError as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except StoreError as exc:
+    except (StoreError, StartupError) as exc:
         print(f"supervisor: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ class Settings:
     poll_interval_s: float = 0.15
     max_tasks_per_child: int = 0
     metrics_port: int = 9191
+    startup_timeout_s: float = 60.0
     metrics_host: str = "127.0.0.1"
     log_format: str = "auto"
     log_level: str = "INFO"
@@ -156,6 +157,13 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
         "a port 0-65535",
         "serve Prometheus /metrics and /healthz on this port (0 = off)",
     ),
+    (
+        "--startup-timeout",
+        _positive_float,
+        "60",
+        "seconds > 0",
+        "how long run retries a database that cannot be reached at start before exiting 1",
+    ),
     ("--metrics-host", str, "127.0.0.1", "a host", "address the metrics server binds to"),
     (
         "--log-format",
@@ -207,6 +215,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         poll_interval_s=values["poll_interval"],
         max_tasks_per_child=values["max_tasks_per_child"],
         metrics_port=values["metrics_port"],
+        startup_timeout_s=values["startup_timeout"],
         metrics_host=values["metrics_host"],
         log_format=values["log_format"],
         log_level=values["log_level"],

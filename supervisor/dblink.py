@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 
 from supervisor.dsn import Dsn
-from supervisor.errors import StoreError
+from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.health import Health
 from supervisor.lifecycle import Status, doubling_delay
 from supervisor.records import Claim, SupervisorInfo
@@ -580,6 +580,59 @@ def open_link(dsn: Dsn, **options: Any) -> DatabaseLink:
     It connects on its own thread, on first use.
     """
     return DatabaseLink(open_store(dsn), **options)
+
+
+STARTUP_RETRY_MIN_S, STARTUP_RETRY_MAX_S = 0.5, 5.0
+
+
+def check_database(
+    dsn: Dsn,
+    timeout_s: float,
+    *,
+    on_retry: Callable[[StoreError, float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Ping the database before ``run`` starts anything; raise :class:`StartupError` if it won't do.
+
+    A configuration error (unknown database, access denied, unknown host) can
+    only be fixed by the operator, so it ends the start at once. A database
+    that is only unreachable may be starting too (a compose file, a reboot):
+    it is retried, backing off, for ``timeout_s``. Once running, every outage
+    is retried without end: by then the supervisor holds work worth keeping.
+    """
+    store = open_store(dsn)
+    try:
+        until = clock() + timeout_s
+        failures = 0
+        while True:
+            try:
+                store.ping()
+                return
+            except StoreMisconfigured as exc:
+                raise StartupError(str(exc)) from None
+            except StoreUnavailable as exc:
+                failures += 1
+                left = until - clock()
+                if left <= 0:
+                    raise StartupError(
+                        f"{exc} (still unavailable after the start-up timeout of {timeout_s:g} s;"
+                        " see --startup-timeout)"
+                    ) from None
+                delay = min(
+                    left,
+                    doubling_delay(
+                        failures, minimum=STARTUP_RETRY_MIN_S, maximum=STARTUP_RETRY_MAX_S
+                    ),
+                )
+                if on_retry is not None:
+                    on_retry(exc, delay)
+                sleep(delay)
+            except StoreError as exc:
+                raise StartupError(str(exc)) from None
+    finally:
+        with contextlib.suppress(Exception):
+            store.close()
 
 
 def write_one(store: Store, result: PendingResult) -> bool:

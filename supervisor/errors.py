@@ -36,3 +36,16 @@ class UnreadableRow(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached (refused, reset, gone away); retrying later may work."""
+
+
+class StoreMisconfigured(StoreUnavailable):
+    """The database refused us for a reason only the operator can fix.
+
+    Unknown database, access denied, an unresolvable host. At start-up this is
+    fatal (one line, exit 1); once running it is treated as an outage like any
+    other, since grants and databases can be restored while we wait.
+    """
+
+
+class StartupError(Exception):
+    """``run`` cannot start (a port in use, a database that never answered): exit status 1."""

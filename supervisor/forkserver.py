@@ -89,6 +89,8 @@ SPAWN_TIMEOUT_S = 1.0
 CLOSE_TIMEOUT_S = 1.0
 MAX_DATAGRAM = 64 * 1024
 MODULE = "supervisor.forkserver"
+# What a child waits, after its last task, for threads a handler left running: then it exits.
+THREAD_GRACE_S = 1.0
 
 
 def is_pid(value: object) -> bool:
@@ -598,10 +600,24 @@ def main(argv: list[str] | None = None) -> int:
     exit_forked(status)
 
 
-def exit_forked(status: int) -> NoReturn:
-    """End a forked child as the interpreter's own shutdown begins, then skip the module teardown.
+def join_threads(grace_s: float) -> None:
+    """Wait for non-daemon threads, as ``Py_FinalizeEx`` would, but at most ``grace_s`` in all.
 
-    Like ``Py_FinalizeEx``: wait for non-daemon threads, run ``atexit`` callbacks
+    A handler that leaves a thread running forever would otherwise keep its
+    child alive after the parent said ``stop``; the parent would then have to
+    kill it at its stop deadline, late, and a drain would wait for that.
+    """
+    main_thread = threading.main_thread()
+    until = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join(max(0.0, until - time.monotonic()))
+
+
+def exit_forked(status: int) -> NoReturn:
+    """End a child as the interpreter's own shutdown begins, then skip the module teardown.
+
+    Like ``Py_FinalizeEx``: wait (a bounded time) for non-daemon threads, run ``atexit`` callbacks
     (coverage.py saves its data there), flush the standard streams. Then
     ``os._exit``, as :mod:`multiprocessing`'s forked processes end: tearing down
     every module the child inherited from the template would write to all of
@@ -609,10 +625,7 @@ def exit_forked(status: int) -> NoReturn:
     more than the fork and the task together. Objects still alive at that point
     are not finalized; Python never promised that they would be.
     """
-    main_thread = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main_thread and not thread.daemon:
-            thread.join()
+    join_threads(THREAD_GRACE_S)
     atexit._run_exitfuncs()  # coverage.py saves its data here: what follows is never measured
     flush_and_exit(status)
 

@@ -25,13 +25,47 @@ from supervisor.health import Health
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
+# Each connection costs the parent a thread and an fd: idle ones once exhausted its fds.
+MAX_CONNECTIONS = 8  # served at once; more are closed unanswered (a scraper retries)
+IDLE_TIMEOUT_S = 5.0  # a connection that sends nothing for this long is closed
+
+
 class QuietHandler(WSGIRequestHandler):
+    timeout = IDLE_TIMEOUT_S  # socket timeout on every read and write of the connection
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not news."""
 
 
 class ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most :data:`MAX_CONNECTIONS` of them."""
+
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    request_queue_size = 64  # the listen backlog: a burst of scrapers is not refused by the kernel
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A timed-out or reset connection is the client's business: no traceback on stderr."""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: never an fd or a thread more
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 COLLECT_ATTEMPTS = 5
@@ -55,9 +89,27 @@ class ChurnTolerantCollector(MultiProcessCollector):
                 return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             except (FileNotFoundError, struct.error):
                 if attempt == COLLECT_ATTEMPTS - 1:
-                    raise
+                    return self._merge_readable(files)
                 time.sleep(0.005)
+            except Exception:  # noqa: BLE001 - a corrupt file: serve the rest
+                return self._merge_readable(files)
         return []
+
+    def _merge_readable(self, files: list[str]) -> Any:
+        """Merge only the files that can be read alone.
+
+        A handler can write anything into the metrics folder (it is in its
+        environment); one corrupt file must not fail every scrape. Only taken
+        when the whole merge failed, so a healthy scrape reads each file once.
+        """
+        readable = []
+        for path in files:
+            try:
+                self.merge([path], accumulate=True)  # type: ignore[no-untyped-call]
+            except Exception:  # noqa: BLE001 - skipped, whatever is wrong with it
+                continue
+            readable.append(path)
+        return self.merge(readable, accumulate=True)  # type: ignore[no-untyped-call]
 
 
 def _non_empty(path: str) -> bool:

@@ -49,6 +49,7 @@ from supervisor.dblink import (
     Swept,
     open_link,
 )
+from supervisor.dsn import Dsn, SqliteDsn
 from supervisor.handlers import discover
 from supervisor.health import Health
 from supervisor.importcheck import ImportWatch
@@ -66,6 +67,14 @@ if TYPE_CHECKING:
 HOUSEKEEPING_INTERVAL_S = 5.0  # orphans and child RSS
 SWITCH_INTERVAL_S = 0.0005
 FINAL_FLUSH_TIMEOUT_S = 12.0  # longer than one hung statement (MySQL read timeout, 10 s)
+
+
+def database_name(dsn: Dsn) -> str:
+    """What the start-up line names: a SQLite file as an absolute path (a run from another
+    folder silently made a new, empty one), a server as its redacted DSN."""
+    if isinstance(dsn, SqliteDsn):
+        return str(Path(dsn.path).resolve())
+    return dsn.redacted()
 
 
 def owner_id() -> str:
@@ -162,6 +171,8 @@ class Supervisor:
             "supervisor starting",
             workers=self.pool.target,
             dsn=self.settings.dsn.redacted(),
+            database=database_name(self.settings.dsn),
+            handlers=str(self.settings.handlers_dir.resolve()),
             types=sorted(self.handlers),
         )
         self.pool.start()
@@ -227,8 +238,18 @@ class Supervisor:
         for pid in (self.imports.pid, self.factory.template_pid):
             if pid is not None:
                 known.add(pid)
-        if killed := kill_orphans(known):
+        try:
+            killed = kill_orphans(known)
+        except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the loop
+            # Out of fds (idle HTTP clients, a handler's leak), /proc or psutil fail with
+            # plain OSError or worse; the next sweep tries again, the tasks carry on.
+            self.housekeeping_failed(exc)
+            return
+        if killed:
             self.log.warning("killed processes left behind by a dead child", count=killed)
+
+    def housekeeping_failed(self, exc: Exception) -> None:
+        self.log.warning("housekeeping failed; trying again later", error=repr(exc))
 
     # ---------------------------------------------------------------- the loop
 
@@ -258,6 +279,7 @@ class Supervisor:
         now = self.clock()
         self.imports.check_deadline(now)
         self.attempts.enforce_deadlines(now)
+        self.pool.kill_overdue(now)
         self.pool.respawn_due(now)
         self.attempts.dispatch_backlog()
         self.attempts.expire_backlog(now)
@@ -267,7 +289,10 @@ class Supervisor:
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL_S
             self.kill_orphans()
-            self.telemetry.sample_rss((c.slot, c.pid) for c in self.pool.children.values())
+            try:
+                self.telemetry.sample_rss((c.slot, c.pid) for c in self.pool.children.values())
+            except Exception as exc:  # noqa: BLE001 - see kill_orphans
+                self.housekeeping_failed(exc)
         self.pool.watch_writes()
         self.state_need()
         self.health.loop_at = time.monotonic()

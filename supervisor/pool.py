@@ -23,6 +23,10 @@ from supervisor.reaping import ExitStatus
 from supervisor.workers import Child, ChildState
 
 SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
+# How long a child told to ``stop`` may take to exit before its tree is killed. A handler
+# that leaves a non-daemon thread keeps its child alive after ``stop``: without this the
+# slot was lost for good and a drain waited out its whole timeout.
+STOP_GRACE_S = 5.0
 
 Spawner = Callable[[int], Child]
 
@@ -51,6 +55,7 @@ class Pool:
         self._spawn_at: dict[int, float] = {}
         self._spawn_failures: dict[int, int] = {}
         self._writing: set[int] = set()  # slots whose socket is watched for writability
+        self._stop_by: dict[Child, float] = {}  # children told to stop: when they are killed
 
     # ------------------------------------------------------------ views
 
@@ -74,7 +79,7 @@ class Pool:
         return {c.pid for c in self.children.values()}
 
     def next_due(self) -> float | None:
-        return min(self._spawn_at.values(), default=None)
+        return min([*self._spawn_at.values(), *self._stop_by.values()], default=None)
 
     # ------------------------------------------------------------ starting
 
@@ -101,6 +106,28 @@ class Pool:
         logger.warning("child failed at start-up; retrying later", slot=slot, delay_s=delay)
         self._spawn_at[slot] = self._clock() + delay
 
+    def _retire(self, child: Child, reason: str) -> None:
+        """Retire ``child``; once it is told to stop, it has :data:`STOP_GRACE_S` to exit."""
+        child.retire(reason)
+        if child.state is ChildState.STOPPING and child not in self._stop_by:
+            self._stop_by[child] = self._clock() + STOP_GRACE_S
+
+    def kill_overdue(self, now: float) -> None:
+        """Kill the tree of each child that was told to stop and has not exited in time.
+
+        Its exit then comes through the pidfd like any other, which refills the slot.
+        """
+        for child, when in list(self._stop_by.items()):
+            if when <= now:
+                del self._stop_by[child]
+                logger.warning(
+                    "child did not exit after stop; killing its tree",
+                    pid=child.pid,
+                    slot=child.slot,
+                    grace_s=STOP_GRACE_S,
+                )
+                child.kill_tree()
+
     def respawn_due(self, now: float) -> None:
         for slot, when in list(self._spawn_at.items()):
             if when <= now and slot not in self.children:
@@ -109,16 +136,16 @@ class Pool:
     def on_ready(self, child: Child) -> None:
         self._spawn_failures.pop(child.slot, None)
         if child.ready() and (self.draining or child.slot >= self.target):
-            child.retire(child.exit_reason)
+            self._retire(child, child.exit_reason)
 
     # ------------------------------------------------------------ after a task, after an exit
 
     def after_task(self, child: Child) -> None:
         """The child is idle again: keep it, or let it go (recycling, reload, scaling, drain)."""
         if should_recycle(child.tasks_done, self._max_tasks_per_child):
-            child.retire("recycled")
+            self._retire(child, "recycled")
         elif self.draining or child.retire_when_idle or child.slot >= self.target:
-            child.retire(child.exit_reason)
+            self._retire(child, child.exit_reason)
 
     def on_exit(self, child: Child, status: ExitStatus) -> None:
         """The child is reaped: forget it and refill its slot if the slot is still wanted."""
@@ -141,6 +168,7 @@ class Pool:
             self._selector.unregister(child.sock)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(child.pidfd)
+        self._stop_by.pop(child, None)
         if self.children.get(child.slot) is child:
             del self.children[child.slot]
             self._writing.discard(child.slot)
@@ -177,12 +205,12 @@ class Pool:
         self._spawn_at.clear()
         for child in list(self.children.values()):
             if child.state in (ChildState.IDLE, ChildState.STARTING):
-                child.retire(child.exit_reason)
+                self._retire(child, child.exit_reason)
 
     def reload(self) -> None:
         """Replace every child, each as soon as it is idle (running tasks finish first)."""
         for child in list(self.children.values()):
-            child.retire("reload")
+            self._retire(child, "reload")
 
     def grow(self) -> None:
         self.target += 1
@@ -200,7 +228,7 @@ class Pool:
         self._spawn_at.pop(self.target, None)
         child = self.children.get(self.target)
         if child is not None:
-            child.retire(child.exit_reason)
+            self._retire(child, child.exit_reason)
         return True
 
     def kill_all(self) -> None:

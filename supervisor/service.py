@@ -14,15 +14,30 @@ from loguru import logger
 
 from supervisor import hardening, logs, metrics
 from supervisor.config import Settings
+from supervisor.dblink import check_database
+from supervisor.errors import StartupError, StoreError, UsageError
 from supervisor.parent import Supervisor
 
 
 def run(settings: Settings) -> int:
-    """Run a supervisor until it has drained; the process's exit status."""
+    """Run a supervisor until it has drained; the process's exit status.
+
+    What a new user can get wrong is checked before anything starts, each as
+    one line and an exit status (raised for the command line to report): a
+    missing handlers folder (2; it used to idle forever on an empty queue), a
+    database that refuses us or never answers within ``--startup-timeout``
+    (1; it used to retry forever), a metrics port in use (1, naming the flag).
+    """
+    handlers = settings.handlers_dir.resolve()
+    if not handlers.is_dir():
+        raise UsageError(
+            f"the handlers folder {handlers} does not exist (--handlers, SUPERVISOR_HANDLERS)"
+        )
     logs.configure(settings.log_format, settings.log_level)
     # Settings hold the parsed DSN now; before any child exists, nothing in this process's
     # environment, /proc files or command line may still show it (see supervisor.hardening).
     hardening.harden_parent()
+    check_database(settings.dsn, settings.startup_timeout_s, on_retry=_database_not_yet)
     directory = None
     if settings.metrics_port:
         # Before prometheus_client is first imported, and before children inherit the environment.
@@ -42,8 +57,11 @@ def run(settings: Settings) -> int:
                     supervisor.health,
                 )
             except OSError as exc:
-                logger.error("cannot serve metrics", port=settings.metrics_port, error=str(exc))
-                return 1
+                raise StartupError(
+                    f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}"
+                    f" ({exc.strerror or exc}); choose another port with --metrics-port"
+                    " (SUPERVISOR_METRICS_PORT), or 0 to serve none"
+                ) from None
         return supervisor.run()
     finally:
         if server is not None:
@@ -52,3 +70,11 @@ def run(settings: Settings) -> int:
         supervisor.cleanup()
         if directory is not None:
             directory.cleanup()
+
+
+def _database_not_yet(error: StoreError, delay_s: float) -> None:
+    logger.warning(
+        "database not reachable yet; retrying until --startup-timeout",
+        error=str(error),
+        retry_in_s=round(delay_s, 2),
+    )

@@ -184,6 +184,6 @@ class Telemetry:
         for slot, pid in pids_by_slot:
             try:
                 rss[slot] = psutil.Process(pid).memory_info().rss
-            except psutil.Error:
+            except (psutil.Error, OSError):  # gone, or out of fds: sampled next time
                 continue
         self.metrics.set_child_rss(rss)

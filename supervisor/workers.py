@@ -324,7 +324,7 @@ class Child:
         self.state = ChildState.STOPPING
         try:
             descendants = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
+        except (psutil.Error, OSError):  # out of fds, say: the group kill still reaches most
             descendants = []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)

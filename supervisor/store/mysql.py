@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
@@ -27,7 +28,7 @@ import pymysql.cursors
 from pymysql.constants import CLIENT
 
 from supervisor.dsn import MysqlDsn
-from supervisor.errors import StoreError, StoreUnavailable
+from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries, parse_statements
@@ -41,6 +42,7 @@ RETRYABLE = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT, RECORD_CHANGED})
 UNREACHABLE = frozenset(
     {
         1040,  # too many connections
+        1044,  # access denied to this database
         1045,  # access denied
         1049,  # unknown database
         1053,  # server shutdown in progress
@@ -55,12 +57,36 @@ UNREACHABLE = frozenset(
         4031,  # disconnected by the server for inactivity (MySQL 8)
     }
 )
+# Among those, the ones only the operator can fix: fatal when ``run`` starts.
+MISCONFIGURED = frozenset(
+    {
+        1044,  # access denied to this database
+        1045,  # access denied (user or password)
+        1049,  # unknown database
+        2005,  # unknown host
+    }
+)
 TRANSACTION_TRIES = 6
 LOCK_WAIT_S = 5
 # A statement that has not answered in this long is treated as a lost connection: the parent's
 # loop is single-threaded, so this bounds how long a database that hangs (rather than refuses)
 # can delay deadline kills. Twice the lock wait leaves room for a lock wait that then succeeds.
 READ_TIMEOUT_S = 2 * LOCK_WAIT_S
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    """PyMySQL reports a host name that does not resolve as 2003 (cannot connect), not 2005.
+
+    Only a definite "no such name" counts: a DNS server that is failing now
+    (``EAI_AGAIN``) is an outage and is retried.
+    """
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME
+
+
+_NO_SUCH_NAME = {
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+}
 
 
 class MysqlStore(SqlStore):
@@ -101,6 +127,8 @@ class MysqlStore(SqlStore):
         where = self.dsn.redacted()
         if isinstance(exc, pymysql.err.InterfaceError | OSError) or code in UNREACHABLE:
             self._drop()
+            if code in MISCONFIGURED or _unknown_host(exc):
+                return StoreMisconfigured(f"MySQL at {where} refused us: ({code}) {message}")
             return StoreUnavailable(f"MySQL at {where} is unavailable: ({code}) {message}")
         return StoreError(f"MySQL at {where} refused the operation: ({code}) {message}")
 

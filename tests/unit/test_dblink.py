@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+import pytest
+
+from supervisor import dblink
 from supervisor.dblink import Claimed, DatabaseLink, LeasesLost, LinkEvent, Recorded
-from supervisor.errors import StoreError
+from supervisor.dsn import parse_dsn
+from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import Status
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import completion
@@ -163,3 +167,43 @@ def test_a_failed_read_of_cancelled_claims_never_keeps_a_claim_or_result_unrepor
 
     assert [(e.won, e.cancelled) for e in events if isinstance(e, Recorded)] == [(False, False)]
     assert [c.id for c in claimed(events)] == [second_id]
+
+
+def test_the_start_up_check_retries_an_unreachable_database_then_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connection refused is retried for the start-up timeout; then one clear StartupError."""
+    now = [0.0]
+    pings: list[float] = []
+
+    class Refusing:
+        def ping(self) -> None:
+            pings.append(now[0])
+            raise StoreUnavailable("MySQL at mysql://x is unavailable: (2003) refused")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(dblink, "open_store", lambda dsn: Refusing())
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(StartupError, match="start-up timeout of 10 s"):
+        dblink.check_database(parse_dsn("sqlite:///x.db"), 10.0, clock=lambda: now[0], sleep=sleep)
+    assert now[0] == 10.0 and len(pings) > 3
+
+
+def test_the_start_up_check_fails_at_once_on_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Denying:
+        def ping(self) -> None:
+            raise StoreMisconfigured("MySQL at mysql://x refused us: (1045) Access denied")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(dblink, "open_store", lambda dsn: Denying())
+    with pytest.raises(StartupError, match="1045"):
+        dblink.check_database(parse_dsn("sqlite:///x.db"), 60.0, sleep=pytest.fail)
