@@ -15,12 +15,29 @@ from typing import TYPE_CHECKING, Any, TextIO
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Message
+    from loguru import Message, Record
 
-TEXT_FORMAT = (
+TEXT_HEAD = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<level>{message}</level> <dim>{extra}</dim>"
+    "<level>{message}</level>"
 )
+
+
+def text_format(record: Record) -> str:
+    """One line per record with its fields as ``key=value``; a field that holds several lines
+    (a traceback, a stack) follows on lines of its own instead of as one line of ``\\n``.
+
+    The values are referenced (``{extra[key]}``), never pasted into the format, so braces
+    or markup in a value are printed as they are.
+    """
+    single: list[str] = []
+    multi: list[str] = []
+    for key, value in record["extra"].items():
+        (multi if isinstance(value, str) and "\n" in value else single).append(key)
+    line = TEXT_HEAD + "".join(f" <dim>{key}={{extra[{key}]}}</dim>" for key in single)
+    for key in multi:
+        line += f"\n  {key}:\n{{extra[{key}]}}"
+    return line + "\n{exception}"
 
 
 def json_sink(stream: TextIO) -> Any:
@@ -61,5 +78,5 @@ def configure(log_format: str, level: str, stream: TextIO | None = None) -> None
         )
     else:
         logger.add(
-            out, level=level, format=TEXT_FORMAT, diagnose=False, backtrace=False, colorize=None
+            out, level=level, format=text_format, diagnose=False, backtrace=False, colorize=None
         )

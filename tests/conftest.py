@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +109,19 @@ def sql_store(dsn: str) -> Iterator[Store]:
 def store(sql_store: Store) -> Store:
     """The store on the same database as ``dsn`` (what the end-to-end tests' CLI runs on)."""
     return sql_store
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop coverage data files that processes killed mid-save left empty.
+
+    The suite SIGKILLs children on purpose (deadlines, panics, kill -9); one
+    killed while coverage.py writes its data leaves a file without the schema,
+    which ``coverage combine`` would warn about and leave behind. Its data is
+    lost either way. Only files that cannot be read as coverage data go.
+    """
+    for path in Path(session.config.rootpath).glob(".coverage.*"):
+        try:
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.execute("SELECT version FROM coverage_schema").fetchone()
+        except sqlite3.Error:
+            path.unlink(missing_ok=True)
