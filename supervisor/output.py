@@ -1,0 +1,121 @@
+"""What children write to stdout and stderr, turned into the supervisor's own log records.
+
+Children used to share the supervisor's stderr, which is its log stream: a
+handler's ``print`` without a final newline was glued to the next JSON record,
+and a handler could print a line that looked exactly like one of the
+supervisor's records (a forged ``task completed``). Now each child's fds 1 and 2
+(and those of whatever it starts) point at a pipe of its own. The parent reads
+the other end without ever blocking, cuts it into lines and logs each one as a
+``handler output`` record tagged with the attempt the child was running: the
+text is a field's value, so it can neither break the JSON lines nor pass for a
+record.
+
+Bounds, since the child is untrusted: a line is cut at :data:`LINE_MAX_BYTES`
+(the rest of it, up to its newline, is dropped and the record says
+``truncated``), and one turn of the loop reads at most :data:`TURN_MAX_BYTES`
+of a child, so a chatty child cannot starve the others; what is left waits for
+the next turn (the selector is level-triggered).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from supervisor.records import Claim
+
+LINE_MAX_BYTES = 8 * 1024
+READ_BYTES = 64 * 1024
+TURN_MAX_BYTES = 256 * 1024
+MESSAGE = "handler output"
+
+
+@attrs.frozen
+class OutputLine:
+    text: str
+    truncated: bool
+
+
+class OutputReader:
+    """The parent's end of one child's output pipe, and the line it is in the middle of."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)  # a grandchild may hold the write end for ever
+        self.fd = fd
+        self.eof = False
+        self._partial = bytearray()
+        self._truncated = False
+
+    def read(self, limit: int = TURN_MAX_BYTES) -> list[OutputLine]:
+        """The complete lines available now, reading at most ``limit`` bytes.
+
+        At end of file (every writer gone) the partial last line comes too and
+        :attr:`eof` is set. Never blocks.
+        """
+        lines: list[OutputLine] = []
+        total = 0
+        while total < limit and not self.eof:
+            try:
+                data = os.read(self.fd, min(READ_BYTES, limit - total))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # closed under us: nothing more will come
+                data = b""
+            if not data:
+                self.eof = True
+                lines.extend(self.flush())
+                break
+            total += len(data)
+            lines.extend(self._feed(data))
+        return lines
+
+    def flush(self) -> list[OutputLine]:
+        """The partial line, if any, as a line of its own (the child exited, its attempt ended)."""
+        if not self._partial and not self._truncated:
+            return []
+        return [self._take()]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _feed(self, data: bytes) -> list[OutputLine]:
+        lines = []
+        start = 0
+        while (newline := data.find(b"\n", start)) >= 0:
+            self._append(data[start:newline])
+            lines.append(self._take())
+            start = newline + 1
+        self._append(data[start:])
+        return lines
+
+    def _append(self, chunk: bytes) -> None:
+        room = LINE_MAX_BYTES - len(self._partial)
+        if len(chunk) > room:
+            self._truncated = True
+            chunk = chunk[:room]
+        self._partial += chunk
+
+    def _take(self) -> OutputLine:
+        line = OutputLine(self._partial.decode("utf-8", errors="replace"), self._truncated)
+        self._partial = bytearray()
+        self._truncated = False
+        return line
+
+
+def record_fields(line: OutputLine, claim: Claim | None) -> dict[str, Any]:
+    """The fields of a ``handler output`` record: the attempt it belongs to (None when idle)."""
+    fields: dict[str, Any] = {
+        "task_id": claim.id if claim else None,
+        "type": claim.type if claim else None,
+        "attempt": claim.attempt if claim else None,
+        "stream": "output",
+        "line": line.text,
+    }
+    if line.truncated:
+        fields["truncated"] = True
+    return fields

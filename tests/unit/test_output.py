@@ -1,0 +1,69 @@
+"""The output reader's bounds: lines are cut, a turn reads a capped amount, nothing blocks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor.output import LINE_MAX_BYTES, OutputLine, OutputReader, record_fields
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[OutputReader, int]]:
+    r, w = os.pipe()
+    reader = OutputReader(r)
+    yield reader, w
+    reader.close()
+    os.close(w)
+
+
+def test_lines_are_split_and_a_partial_line_waits(pipe: tuple[OutputReader, int]) -> None:
+    reader, w = pipe
+    os.write(w, b"one\ntwo\nthr")
+    assert reader.read() == [OutputLine("one", False), OutputLine("two", False)]
+    assert reader.read() == []  # nothing more: returns at once, never blocks
+    os.write(w, b"ee\n\xff\n")
+    assert reader.read() == [OutputLine("three", False), OutputLine("\ufffd", False)]
+    os.write(w, b"tail")
+    reader.read()
+    assert reader.flush() == [OutputLine("tail", False)]
+    assert reader.flush() == []
+
+
+def test_a_long_line_is_cut_and_marked(pipe: tuple[OutputReader, int]) -> None:
+    reader, w = pipe
+    os.write(w, b"x" * (LINE_MAX_BYTES * 3) + b"\nnext\n")
+    lines = reader.read()
+    assert lines == [OutputLine("x" * LINE_MAX_BYTES, True), OutputLine("next", False)]
+
+
+def test_one_turn_reads_at_most_its_limit(pipe: tuple[OutputReader, int]) -> None:
+    reader, w = pipe
+    os.write(w, b"a\n" * 1000)
+    assert len(reader.read(limit=100)) == 50
+    assert len(reader.read()) == 950
+
+
+def test_end_of_file_flushes_the_partial_line() -> None:
+    r, w = os.pipe()
+    reader = OutputReader(r)
+    os.write(w, b"last words")
+    os.close(w)
+    assert reader.read() == [OutputLine("last words", False)]
+    assert reader.eof
+    reader.close()
+    assert reader.fd == -1
+
+
+def test_an_idle_childs_output_carries_no_task() -> None:
+    fields = record_fields(OutputLine("hi", True), None)
+    assert fields == {
+        "task_id": None,
+        "type": None,
+        "attempt": None,
+        "stream": "output",
+        "line": "hi",
+        "truncated": True,
+    }
