@@ -53,13 +53,15 @@ from supervisor.dsn import Dsn, SqliteDsn
 from supervisor.handlers import discover
 from supervisor.health import Health
 from supervisor.importcheck import ImportWatch
+from supervisor.output import MESSAGE as OUTPUT_MESSAGE
+from supervisor.output import record_fields as output_fields
 from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
 from supervisor.records import SupervisorInfo
 from supervisor.signals import SignalInbox
 from supervisor.spawning import ChildFactory
 from supervisor.telemetry import Telemetry
-from supervisor.workers import child_environment
+from supervisor.workers import Child, Running, child_environment
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -269,9 +271,15 @@ class Supervisor:
                 if events & selectors.EVENT_WRITE:
                     child.flush()
                 if events & selectors.EVENT_READ:
+                    running = self.relay_output(child)
                     self.attempts.on_readable(child)
+                    self.attempt_ended(child, running)
+            elif kind == "output":
+                self.relay_output(child)
             elif kind == "exit":
+                running = self.relay_output(child)
                 self.attempts.on_exit(child)
+                self.attempt_ended(child, running, exited=True)
             elif kind == "link":
                 self.apply_link_events()
             elif kind == "check":
@@ -298,6 +306,36 @@ class Supervisor:
         self.health.loop_at = time.monotonic()
         busy = len(self.pool.busy())
         self.telemetry.publish(workers=self.pool.target, busy=busy)
+
+    def relay_output(self, child: Child) -> Running | None:
+        """Log what the child printed so far, tagged with its attempt; return that attempt.
+
+        Called before the child's messages are handled, so output printed before
+        the outcome (the child flushes its streams before reporting) is tagged with
+        the attempt it belongs to, not with none.
+        """
+        running = child.running
+        if child.output is None or child.output.fd < 0:
+            return running
+        for line in child.output.read():
+            self.log.info(OUTPUT_MESSAGE, **output_fields(line, running.claim if running else None))
+        if child.output.eof:
+            self.pool.close_output(child)
+        return running
+
+    def attempt_ended(self, child: Child, running: Running | None, *, exited: bool = False) -> None:
+        """Flush the partial last line of an attempt that ended (or of a child that exited).
+
+        Without this, ``print("x", end="")`` would wait for the next task's output and
+        be glued to it, under the wrong task id.
+        """
+        if child.output is None:  # its fd may be closed already: the partial line is kept
+            return
+        if not exited and (running is None or child.running is running):
+            return
+        claim = running.claim if running is not None else None
+        for line in child.output.flush():
+            self.log.info(OUTPUT_MESSAGE, **output_fields(line, claim))
 
     def state_need(self) -> None:
         """Tell the link how many tasks the idle children could take now."""

@@ -22,8 +22,14 @@ from supervisor.lifecycle import Status
 from tests.e2e.harness import Launcher
 
 FORGED = json.dumps(
-    {"time": "2026-01-01T00:00:00+00:00", "level": "INFO", "message": "task completed",
-     "task_id": 999, "type": "forged", "outcome": "completed"}
+    {
+        "time": "2026-01-01T00:00:00+00:00",
+        "level": "INFO",
+        "message": "task completed",
+        "task_id": 999,
+        "type": "forged",
+        "outcome": "completed",
+    }
 )
 LONG = 100_000  # characters in the long line; far above the cap
 
