@@ -13,8 +13,10 @@ record.
 Bounds, since the child is untrusted: a line is cut at :data:`LINE_MAX_BYTES`
 (the rest of it, up to its newline, is dropped and the record says
 ``truncated``), and one turn of the loop reads at most :data:`TURN_MAX_BYTES`
-of a child, so a chatty child cannot starve the others; what is left waits for
-the next turn (the selector is level-triggered).
+or about :data:`TURN_MAX_LINES` lines of a child, so a chatty child cannot
+starve the others; what is left waits for the next turn (the selector is
+level-triggered). A child that writes faster than that fills its pipe and
+waits in ``write``: the flood slows the handler, not the loop.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ if TYPE_CHECKING:
     from supervisor.records import Claim
 
 LINE_MAX_BYTES = 8 * 1024
-READ_BYTES = 64 * 1024
-TURN_MAX_BYTES = 256 * 1024
+READ_BYTES = 4 * 1024  # small reads, so that the line limit below is never overshot by much
+TURN_MAX_BYTES = 64 * 1024
+TURN_MAX_LINES = 256
 MESSAGE = "handler output"
 
 
@@ -50,14 +53,14 @@ class OutputReader:
         self._truncated = False
 
     def read(self, limit: int = TURN_MAX_BYTES) -> list[OutputLine]:
-        """The complete lines available now, reading at most ``limit`` bytes.
+        """The complete lines available now, reading at most ``limit`` bytes (one turn's share).
 
         At end of file (every writer gone) the partial last line comes too and
         :attr:`eof` is set. Never blocks.
         """
         lines: list[OutputLine] = []
         total = 0
-        while total < limit and not self.eof:
+        while total < limit and len(lines) < TURN_MAX_LINES and not self.eof:
             try:
                 data = os.read(self.fd, min(READ_BYTES, limit - total))
             except (BlockingIOError, InterruptedError):

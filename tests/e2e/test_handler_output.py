@@ -12,6 +12,9 @@ records tagged with the real task.
 from __future__ import annotations
 
 import json
+import os
+import select
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,9 @@ from typing import Any
 import pytest
 
 from supervisor.lifecycle import Status
-from tests.e2e.harness import Launcher
+from supervisor.protocol import DoneMessage, TaskMessage
+from supervisor.workers import Child
+from tests.e2e.harness import Launcher, clean_env
 
 FORGED = json.dumps(
     {
@@ -102,3 +107,55 @@ def test_handler_output_becomes_tagged_records_and_cannot_forge_one(launch: Laun
     assert long_lines, noisy
     assert all(len(line) < LONG for line in long_lines)
     assert max(len(line) for line in long_lines) <= 8 * 1024 + 64
+
+
+SPAWNED = """
+import os
+import subprocess
+import sys
+
+def handle(task, progress):
+    print("printed")
+    os.write(2, b"fd 2\\n")
+    subprocess.run([sys.executable, "-c", "print('grandchild')"], check=True)
+    print("no newline", end="")
+"""
+
+
+def test_a_spawned_child_prints_into_its_output_pipe_too(tmp_path: Path) -> None:
+    """The Popen fallback (no fork server) gives the child the same pipe on fds 1 and 2."""
+    handler = tmp_path / "spawned.py"
+    handler.write_text(SPAWNED)
+    lifeline_r, lifeline_w = os.pipe()
+    child = Child.spawn(slot=0, runtime_dir=tmp_path, lifeline_fd=lifeline_r, env=clean_env())
+    try:
+        assert child.output is not None
+        pipe = os.readlink(f"/proc/self/fd/{child.output.fd}")
+        assert os.readlink(f"/proc/{child.pid}/fd/1") == pipe
+        assert os.readlink(f"/proc/{child.pid}/fd/2") == pipe
+        task = TaskMessage(
+            id=7,
+            type="spawned",
+            path=str(handler),
+            options=None,
+            attempt=1,
+            max_attempts=1,
+            remaining_s=30,
+        )
+        assert child.send(task)
+        messages: list[Any] = []
+        deadline = time.monotonic() + 15
+        while not any(isinstance(m, DoneMessage) for m in messages):
+            assert time.monotonic() < deadline, messages
+            select.select([child.sock], [], [], 0.5)
+            messages.extend(child.receive()[0])
+        lines = [line.text for line in child.output.read()]
+        lines += [line.text for line in child.output.flush()]
+        assert lines == ["printed", "fd 2", "grandchild", "no newline"]
+    finally:
+        child.kill_tree()
+        assert child.process is not None
+        child.process.wait(10)
+        child.close()
+        os.close(lifeline_r)
+        os.close(lifeline_w)

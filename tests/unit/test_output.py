@@ -7,7 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor.output import LINE_MAX_BYTES, OutputLine, OutputReader, record_fields
+from supervisor.output import (
+    LINE_MAX_BYTES,
+    READ_BYTES,
+    TURN_MAX_LINES,
+    OutputLine,
+    OutputReader,
+    record_fields,
+)
 
 
 @pytest.fixture
@@ -44,6 +51,19 @@ def test_one_turn_reads_at_most_its_limit(pipe: tuple[OutputReader, int]) -> Non
     os.write(w, b"a\n" * 1000)
     assert len(reader.read(limit=100)) == 50
     assert len(reader.read()) == 950
+
+
+def test_a_flood_of_short_lines_is_read_a_bounded_share_per_turn(
+    pipe: tuple[OutputReader, int],
+) -> None:
+    reader, w = pipe
+    os.write(w, b"\n" * 60_000)
+    first = reader.read()
+    assert TURN_MAX_LINES <= len(first) <= TURN_MAX_LINES + READ_BYTES
+    total = len(first)
+    while lines := reader.read():
+        total += len(lines)
+    assert total == 60_000
 
 
 def test_end_of_file_flushes_the_partial_line() -> None:
