@@ -21,7 +21,11 @@ waits in ``write``: the flood slows the handler, not the loop.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import termios
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -33,6 +37,9 @@ LINE_MAX_BYTES = 8 * 1024
 READ_BYTES = 4 * 1024  # small reads, so that the line limit below is never overshot by much
 TURN_MAX_BYTES = 64 * 1024
 TURN_MAX_LINES = 256
+# What is read of an exited child's pipe at once: its capacity (64 KiB unless the child raised
+# it; 1 MiB at most by default), so what it printed before exiting is not lost with the fd.
+EXIT_MAX_BYTES = 1024 * 1024
 MESSAGE = "handler output"
 
 
@@ -42,6 +49,14 @@ class OutputLine:
     truncated: bool
 
 
+@attrs.define
+class Tail:
+    """An ended attempt whose output is still in the pipe: the next ``left`` bytes are its."""
+
+    claim: Claim | None
+    left: int
+
+
 class OutputReader:
     """The parent's end of one child's output pipe, and the line it is in the middle of."""
 
@@ -49,18 +64,26 @@ class OutputReader:
         os.set_blocking(fd, False)  # a grandchild may hold the write end for ever
         self.fd = fd
         self.eof = False
+        # Attempts that ended while some of their output was still in the pipe (a turn
+        # reads a bounded share), oldest first: the bytes read next are theirs.
+        self.tails: deque[Tail] = deque()
         self._partial = bytearray()
         self._truncated = False
 
-    def read(self, limit: int = TURN_MAX_BYTES) -> list[OutputLine]:
+    def read(
+        self, limit: int = TURN_MAX_BYTES, max_lines: int = TURN_MAX_LINES
+    ) -> list[OutputLine]:
         """The complete lines available now, reading at most ``limit`` bytes (one turn's share).
 
         At end of file (every writer gone) the partial last line comes too and
-        :attr:`eof` is set. Never blocks.
+        :attr:`eof` is set. Never blocks. While an ended attempt's output is
+        still in the pipe, only its bytes are read (see :meth:`end_attempt`).
         """
         lines: list[OutputLine] = []
         total = 0
-        while total < limit and len(lines) < TURN_MAX_LINES and not self.eof:
+        if self.tails:
+            limit = min(limit, self.tails[0].left)
+        while total < limit and len(lines) < max_lines and not self.eof:
             try:
                 data = os.read(self.fd, min(READ_BYTES, limit - total))
             except (BlockingIOError, InterruptedError):
@@ -73,7 +96,46 @@ class OutputReader:
                 break
             total += len(data)
             lines.extend(self._feed(data))
+        if self.tails:
+            self.tails[0].left -= total
         return lines
+
+    def owner(self, running: Claim | None) -> Claim | None:
+        """Whose output :meth:`read` returns next: the oldest ended attempt's, or ``running``'s."""
+        return self.tails[0].claim if self.tails else running
+
+    def finished_tails(self) -> list[tuple[OutputLine, Claim | None]]:
+        """The last lines of ended attempts whose output has now been read in full."""
+        done: list[tuple[OutputLine, Claim | None]] = []
+        while self.tails and (self.tails[0].left <= 0 or self.eof):
+            tail = self.tails.popleft()
+            done.extend((line, tail.claim) for line in self.flush())
+        return done
+
+    def end_attempt(self, claim: Claim | None) -> list[OutputLine]:
+        """The attempt ended (its child flushed its streams before reporting).
+
+        Everything in the pipe now was written before the outcome, so it is the
+        attempt's: if the pipe is empty its partial last line is complete and is
+        returned; otherwise the bytes still to read are counted and tagged as
+        its when they are read.
+        """
+        pending = self.pending() - sum(t.left for t in self.tails)
+        if self.tails or pending > 0:
+            self.tails.append(Tail(claim, max(0, pending)))
+            return []
+        return self.flush()
+
+    def pending(self) -> int:
+        """Bytes waiting in the pipe (FIONREAD); 0 once it is closed."""
+        if self.fd < 0:
+            return 0
+        count = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.fd, termios.FIONREAD, count)
+        except OSError:
+            return 0
+        return count[0]
 
     def flush(self) -> list[OutputLine]:
         """The partial line, if any, as a line of its own (the child exited, its attempt ended)."""

@@ -159,3 +159,29 @@ def test_a_spawned_child_prints_into_its_output_pipe_too(tmp_path: Path) -> None
         child.close()
         os.close(lifeline_r)
         os.close(lifeline_w)
+
+
+FLOOD = """
+    def handle(task, progress):
+        for i in range(20_000):
+            print("flood", i)
+        print("end", end="")
+"""
+
+
+def test_a_flood_of_output_is_all_logged_under_its_own_task(launch: Launcher) -> None:
+    """More than one turn's share is printed: what is read after the outcome keeps its tag."""
+    launch.handler("flood", FLOOD)
+    launch.handler("glued", GLUED)
+    supervisor = launch.start_ready()
+    flood_id = launch.enqueue("flood")
+    assert launch.wait_terminal(flood_id).status is Status.COMPLETED
+    glued_id = launch.enqueue("glued")
+    assert launch.wait_terminal(glued_id).status is Status.COMPLETED
+    supervisor.wait_log(message="handler output", task_id=glued_id)
+    supervisor.stop()
+
+    output = [r for r in every_line_is_a_record(supervisor.stderr()) if "line" in r]
+    flood = [r["line"] for r in output if r["task_id"] == flood_id]
+    assert flood == [f"flood {i}" for i in range(20_000)] + ["end"]
+    assert [r["line"] for r in output if r["task_id"] != flood_id] == ["glued"]

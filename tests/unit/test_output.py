@@ -87,3 +87,31 @@ def test_an_idle_childs_output_carries_no_task() -> None:
         "line": "hi",
         "truncated": True,
     }
+
+
+def test_output_left_in_the_pipe_at_an_attempts_end_stays_that_attempts() -> None:
+    first, second = object(), object()  # stand-ins for claims: only their identity matters
+    r, w = os.pipe()
+    reader = OutputReader(r)
+    try:
+        os.write(w, b"a\n" * 5000 + b"partial")
+        read = len(reader.read())
+        assert read < 5000  # the turn's share ran out
+        assert reader.end_attempt(first) == []  # type: ignore[arg-type]
+        os.write(w, b"-next\n")  # the next attempt's output, behind the first's in the pipe
+        assert reader.owner(second) is first  # type: ignore[arg-type]
+        while reader.tails[0].left > 0:
+            assert reader.finished_tails() == []
+            rest = reader.read()
+            assert set(rest) == {OutputLine("a", False)}
+            read += len(rest)
+        assert read == 5000
+        assert reader.finished_tails() == [(OutputLine("partial", False), first)]
+        assert reader.owner(second) is second  # type: ignore[arg-type]
+        assert reader.read() == [OutputLine("-next", False)]
+        os.write(w, b"done")
+        reader.read()
+        assert reader.end_attempt(second) == [OutputLine("done", False)]  # type: ignore[arg-type]
+    finally:
+        reader.close()
+        os.close(w)
