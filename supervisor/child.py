@@ -224,6 +224,7 @@ def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> 
         handle(task, progress)
     except BaseException as exc:  # noqa: BLE001 - any exception from a handler is its outcome
         progress.flush()
+        flush_std_streams()
         channel.send(
             ErrorMessage(
                 id=message.id,
@@ -234,7 +235,19 @@ def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> 
         )
         return
     progress.flush()
+    flush_std_streams()
     channel.send(DoneMessage(id=message.id))
+
+
+def flush_std_streams() -> None:
+    """Push what the handler printed into the output pipe before the outcome is reported.
+
+    The parent reads the pipe before the socket, so output flushed now is logged
+    under this attempt's task id rather than under the next one (or none).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def kill_own_tree() -> None:
@@ -352,6 +365,17 @@ def ignore_stop_signals() -> None:
     signal.signal(signal.SIGTERM, _ignore_signal)
 
 
+def line_buffered_std_streams() -> None:
+    """fds 1 and 2 are the output pipe: flush each line as it is written, as on a terminal.
+
+    A pipe makes Python block-buffer stdout, which would hold a handler's lines
+    back until the buffer fills, and then log them late and under another task.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+
+
 def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: str | None) -> int:
     """Everything a child does once it has its socket, lifeline and dump file; its exit status.
 
@@ -359,6 +383,7 @@ def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: s
     the fork server (:mod:`supervisor.forkserver`), so both give the same guarantees.
     """
     ignore_stop_signals()
+    line_buffered_std_streams()
     if metrics_id and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from supervisor.metrics import bind_process_files
 

@@ -15,7 +15,8 @@ Protocol, over a ``SOCK_SEQPACKET`` socket pair (one datagram = one JSON object)
 
     template -> parent   {"ready": pid}                      once, when it can fork
     parent -> template   {"seq", "slot", "dump", "metrics_id"}
-                         + the child's end of its socket pair (SCM_RIGHTS)
+                         + the child's end of its socket pair and, if any, the write
+                           end of its output pipe (SCM_RIGHTS)
     template -> parent   {"seq", "pid", "intermediate"}  or  {"seq", "error"}
 
 Double fork, done ahead of time: the template forks an intermediate process,
@@ -40,9 +41,10 @@ spawned child runs after parsing its arguments (signals, metrics binding,
 subreaper, lifeline thread, faulthandler on its own dump file). Before that it
 closes the template's control socket, joins its own process group, and
 rewrites its command line to ``... -m supervisor.child --forked --slot N`` so
-``ps`` tells it from the template. Its standard input (``/dev/null``) and
-output (the parent's stderr) are the template's, which the parent set up
-like a spawned child's. What a fork could leak is reset by the interpreter's
+``ps`` tells it from the template. Its standard input (``/dev/null``) is the
+template's; its fds 1 and 2 become the output pipe the parent passed with the
+request, as a spawned child's are (the parent re-emits what comes through as
+log records: see :mod:`supervisor.output`). What a fork could leak is reset by the interpreter's
 fork hooks: ``random`` reseeds itself (``os.register_at_fork``), threading
 forgets the template's (non-existent) threads, OpenSSL (imported with
 prometheus_client) reseeds on its own. What cannot be reset is the string
@@ -183,9 +185,19 @@ class Template:
         return self._process.pid
 
     def spawn(
-        self, *, slot: int, sock: socket.socket, dump_path: Path, metrics_id: str | None
+        self,
+        *,
+        slot: int,
+        sock: socket.socket,
+        dump_path: Path,
+        metrics_id: str | None,
+        output_fd: int | None = None,
     ) -> int:
         """Fork a child that serves ``sock`` (the child's end; the caller closes its copy).
+
+        ``output_fd`` (the write end of the child's output pipe; the caller closes
+        its copy) becomes the child's fds 1 and 2; without it the child keeps the
+        template's.
 
         Returns the child's pid; the child is already this process's own child
         (waitable with ``wait4``) and in a process group of its own. Raises
@@ -195,7 +207,7 @@ class Template:
         if self._broken is not None:
             raise OSError(f"the fork server is unusable: {self._broken}")
         try:
-            return self._request(slot, sock, dump_path, metrics_id)
+            return self._request(slot, sock, dump_path, metrics_id, output_fd)
         except OSError as exc:
             self._broken = str(exc) or type(exc).__name__
             raise
@@ -224,14 +236,20 @@ class Template:
             raise OSError(f"the fork server said {reply!r} instead of ready")
 
     def _request(
-        self, slot: int, sock: socket.socket, dump_path: Path, metrics_id: str | None
+        self,
+        slot: int,
+        sock: socket.socket,
+        dump_path: Path,
+        metrics_id: str | None,
+        output_fd: int | None,
     ) -> int:
         self._seq += 1
         seq = self._seq
         request = {"seq": seq, "slot": slot, "dump": str(dump_path), "metrics_id": metrics_id}
         deadline = time.monotonic() + SPAWN_TIMEOUT_S
         self._control.settimeout(SPAWN_TIMEOUT_S)
-        socket.send_fds(self._control, [json.dumps(request).encode()], [sock.fileno()])
+        fds = [sock.fileno(), *([] if output_fd is None else [output_fd])]
+        socket.send_fds(self._control, [json.dumps(request).encode()], fds)
         self._control.settimeout(max(0.001, deadline - time.monotonic()))
         reply = self._receive()
         if reply.get("seq") != seq:
@@ -295,14 +313,24 @@ class Request:
     dump: str
     metrics_id: str | None
     socket_fd: int
+    output_fd: int | None = None  # the write end of the child's output pipe
+
+    @property
+    def fds(self) -> list[int]:
+        """The descriptors that travel with the request."""
+        return [self.socket_fd, *([] if self.output_fd is None else [self.output_fd])]
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
 
 
 def parse_request(data: bytes, fds: list[int], flags: int) -> Request:
     """Validate a request datagram and its passed descriptor; ValueError if it is not one."""
     if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
         raise ValueError("truncated request")
-    if len(fds) != 1:
-        raise ValueError(f"a request carries exactly one descriptor, not {len(fds)}")
+    if len(fds) not in (1, 2):
+        raise ValueError(f"a request carries one or two descriptors, not {len(fds)}")
     raw: Any = json.loads(data)
     if not isinstance(raw, dict):
         raise ValueError("a request is a JSON object")
@@ -311,7 +339,10 @@ def parse_request(data: bytes, fds: list[int], flags: int) -> Request:
         raise ValueError("a request needs an integer seq and slot and a dump path")
     if metrics_id is not None and not isinstance(metrics_id, str):
         raise ValueError("metrics_id is a string or null")
-    return Request(seq=seq, slot=slot, dump=dump, metrics_id=metrics_id, socket_fd=fds[0])
+    output_fd = fds[1] if len(fds) == 2 else None
+    return Request(
+        seq=seq, slot=slot, dump=dump, metrics_id=metrics_id, socket_fd=fds[0], output_fd=output_fd
+    )
 
 
 def encode_request(request: Request) -> bytes:
@@ -344,7 +375,7 @@ class Spare:
         parent waits for it itself. OSError if the spare is gone.
         """
         try:
-            socket.send_fds(self.sock, [encode_request(request)], [request.socket_fd])
+            socket.send_fds(self.sock, [encode_request(request)], request.fds)
         except OSError:
             self.discard()
             raise
@@ -389,7 +420,7 @@ def serve_template(control: socket.socket, lifeline_fd: int) -> Request | None:
         data, fds, flags = b"", list[int](), 0
         if lifeline_fd not in events:  # nobody writes to it: readable means EOF, parent gone
             with contextlib.suppress(OSError):
-                data, fds, flags, _ = socket.recv_fds(control, MAX_DATAGRAM, 1)
+                data, fds, flags, _ = socket.recv_fds(control, MAX_DATAGRAM, 2)
         if not data:
             for fd in fds:
                 os.close(fd)
@@ -415,7 +446,7 @@ def serve_template(control: socket.socket, lifeline_fd: int) -> Request | None:
                 answer = {"seq": request.seq, "pid": spare.pid, "intermediate": spare.intermediate}
                 handed_out = spare
             spare = None
-        os.close(request.socket_fd)
+        request.close_fds()
         answered = reply(control, answer)
         if handed_out is not None:
             handed_out.reap()
@@ -508,7 +539,7 @@ def in_intermediate(report_w: int, release_r: int) -> None:
 def await_request(sock: socket.socket) -> Request | None:
     """In a spare: wait for the request to serve; None if the template went away first."""
     try:
-        data, fds, flags, _ = socket.recv_fds(sock, MAX_DATAGRAM, 1)
+        data, fds, flags, _ = socket.recv_fds(sock, MAX_DATAGRAM, 2)
     except OSError:
         return None
     finally:
@@ -552,12 +583,21 @@ def set_title(title: str) -> None:
 def become_child(request: Request, lifeline_fd: int) -> int:
     """In the new child: shed the template's state, then run as any child does.
 
-    The template's control socket was closed when the spare was forked.
+    The template's control socket was closed when the spare was forked. The
+    output pipe replaces fds 1 and 2, under ``sys.stdout`` and ``sys.stderr``
+    too (they write to those fds), for the child and whatever it execs.
     """
     from supervisor import child
 
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    if request.output_fd is not None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(request.output_fd, 1)
+        os.dup2(request.output_fd, 2)
+        os.close(request.output_fd)
     set_title(f"{sys.executable} -m supervisor.child --forked --slot {request.slot}")
     return child.run_child(
         socket_fd=request.socket_fd,

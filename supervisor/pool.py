@@ -98,6 +98,8 @@ class Pool:
         self.children[slot] = child
         self._selector.register(child.sock, selectors.EVENT_READ, ("socket", child))
         self._selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+        if child.output is not None:
+            self._selector.register(child.output.fd, selectors.EVENT_READ, ("output", child))
 
     def _retry_later(self, slot: int) -> None:
         failures = self._spawn_failures.get(slot, 0) + 1
@@ -168,6 +170,7 @@ class Pool:
             self._selector.unregister(child.sock)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(child.pidfd)
+        self.close_output(child)
         self._stop_by.pop(child, None)
         if self.children.get(child.slot) is child:
             del self.children[child.slot]
@@ -191,6 +194,16 @@ class Pool:
                 self._writing.add(child.slot)
             else:
                 self._writing.discard(child.slot)
+
+    def close_output(self, child: Child) -> None:
+        """Stop watching the child's output pipe (at its end of file, or when it is forgotten).
+
+        Its read end is closed with the child (:meth:`Child.close`): a grandchild that
+        still holds the write end then gets EPIPE, and never blocks the parent.
+        """
+        if child.output is not None and child.output.fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(child.output.fd)
 
     def close_socket(self, child: Child) -> None:
         """The child closed its end: stop watching it (its exit comes through the pidfd)."""

@@ -1,8 +1,10 @@
 """The parent's handle on one child process: spawn, talk, watch, kill, reap.
 
 Each child gets one end of a socket pair for messages, a pidfd the parent
-waits on to learn of its exit the moment it happens, and a dump file for
-faulthandler's stack traces.
+waits on to learn of its exit the moment it happens, a dump file for
+faulthandler's stack traces, and a pipe for its stdout and stderr, whose read
+end the parent keeps (:mod:`supervisor.output`): what a handler prints must
+never reach the supervisor's own log stream as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import attrs
 import psutil
 
 from supervisor.hardening import SECRET_ENV
+from supervisor.output import OutputReader
 from supervisor.protocol import RECV_BYTES, LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.records import Claim
@@ -80,7 +83,9 @@ class Child:
         pidfd: int,
         dump_path: Path,
         process: subprocess.Popen[bytes] | None = None,
+        output_fd: int | None = None,
     ) -> None:
+        """``output_fd`` is the read end of the child's output pipe (None in unit tests)."""
         self.slot = slot
         self.process = process
         self.pid = pid
@@ -98,6 +103,7 @@ class Child:
         self.saw_ready = False
         self.unsent = bytearray()  # written when the socket can take it (see send)
         self._buffer = LineBuffer()
+        self.output = OutputReader(output_fd) if output_fd is not None else None
 
     # ------------------------------------------------------------ transitions
 
@@ -164,6 +170,7 @@ class Child:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         dump_path = runtime_dir / f"child-{slot}.dump"
         dump_path.write_bytes(b"")
+        output_r, output_w = os.pipe()
         try:
             process = subprocess.Popen(
                 [
@@ -181,11 +188,17 @@ class Child:
                 pass_fds=(child_end.fileno(), lifeline_fd),
                 process_group=0,
                 stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno(),
+                stdout=output_w,
+                stderr=output_w,
                 env=dict(env),
             )
+        except BaseException:
+            parent_end.close()
+            os.close(output_r)
+            raise
         finally:
             child_end.close()
+            os.close(output_w)
         parent_end.setblocking(False)  # the loop never waits on a child: see send()
         return cls(
             slot=slot,
@@ -194,6 +207,7 @@ class Child:
             pidfd=os.pidfd_open(process.pid),
             dump_path=dump_path,
             process=process,
+            output_fd=output_r,
         )
 
     @classmethod
@@ -212,18 +226,30 @@ class Child:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         dump_path = runtime_dir / f"child-{slot}.dump"
         dump_path.write_bytes(b"")
+        output_r, output_w = os.pipe()
         try:
             pid = template.spawn(
-                slot=slot, sock=child_end, dump_path=dump_path, metrics_id=metrics_id
+                slot=slot,
+                sock=child_end,
+                dump_path=dump_path,
+                metrics_id=metrics_id,
+                output_fd=output_w,
             )
-        except OSError:
+        except BaseException:
             parent_end.close()
+            os.close(output_r)
             raise
         finally:
             child_end.close()
+            os.close(output_w)
         parent_end.setblocking(False)  # the loop never waits on a child: see send()
         return cls(
-            slot=slot, pid=pid, pidfd=os.pidfd_open(pid), sock=parent_end, dump_path=dump_path
+            slot=slot,
+            pid=pid,
+            pidfd=os.pidfd_open(pid),
+            sock=parent_end,
+            dump_path=dump_path,
+            output_fd=output_r,
         )
 
     def send(self, message: Message) -> bool:
@@ -360,5 +386,7 @@ class Child:
     def close(self) -> None:
         self.sock.close()
         os.close(self.pidfd)
+        if self.output is not None:
+            self.output.close()
         with contextlib.suppress(OSError):
             self.dump_path.unlink()

@@ -56,10 +56,13 @@ def test_a_forked_child_runs_a_task_as_the_subreapers_own_child(tmp_path: Path) 
         # No secret in its environment; no database code inherited from the template.
         assert report["env_secrets"] == []
         assert report["modules"] == []
-        # stdin is /dev/null; besides stdio only its socket, the lifeline and its dump file
-        # (not the template's control socket, nor anything of the intermediate's).
+        # stdin is /dev/null; stdout and stderr are both its own output pipe (the parent
+        # re-emits what comes through as log records); besides stdio only its socket, the
+        # lifeline and its dump file (not the template's control socket, nor anything of
+        # the intermediate's).
         fds = report["fds"]
         assert fds["0"] == "/dev/null"
+        assert fds["1"] == fds["2"] and fds["1"].startswith("pipe:"), fds
         held = sorted(
             target if target.endswith(".dump") else target.split(":")[0]
             for fd, target in fds.items()
