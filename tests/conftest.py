@@ -119,9 +119,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     which ``coverage combine`` would warn about and leave behind. Its data is
     lost either way. Only files that cannot be read as coverage data go.
     """
+    from coverage import CoverageData
+    from coverage.exceptions import CoverageException
+
     for path in Path(session.config.rootpath).glob(".coverage.*"):
         try:
-            with contextlib.closing(sqlite3.connect(path)) as conn:
-                conn.execute("SELECT version FROM coverage_schema").fetchone()
-        except sqlite3.Error:
+            CoverageData(basename=str(path)).read()
+        except (CoverageException, sqlite3.Error):
             path.unlink(missing_ok=True)
