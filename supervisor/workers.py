@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,48 +167,29 @@ class Child:
         env: Mapping[str, str],
         metrics_id: str | None = None,
     ) -> Child:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        dump_path = runtime_dir / f"child-{slot}.dump"
-        dump_path.write_bytes(b"")
-        output_r, output_w = os.pipe()
-        try:
+        """Start the child as a new interpreter (the fallback when the fork server fails)."""
+        with _Ends.open(runtime_dir, slot) as ends:
             process = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "supervisor.child",
                     "--socket",
-                    str(child_end.fileno()),
+                    str(ends.child_sock.fileno()),
                     "--lifeline",
                     str(lifeline_fd),
                     "--dump",
-                    str(dump_path),
+                    str(ends.dump_path),
                     *(["--metrics-id", metrics_id] if metrics_id else []),
                 ],
-                pass_fds=(child_end.fileno(), lifeline_fd),
+                pass_fds=(ends.child_sock.fileno(), lifeline_fd),
                 process_group=0,
                 stdin=subprocess.DEVNULL,
-                stdout=output_w,
-                stderr=output_w,
+                stdout=ends.output_w,
+                stderr=ends.output_w,
                 env=dict(env),
             )
-        except BaseException:
-            parent_end.close()
-            os.close(output_r)
-            raise
-        finally:
-            child_end.close()
-            os.close(output_w)
-        parent_end.setblocking(False)  # the loop never waits on a child: see send()
-        return cls(
-            slot=slot,
-            pid=process.pid,
-            sock=parent_end,
-            pidfd=os.pidfd_open(process.pid),
-            dump_path=dump_path,
-            process=process,
-            output_fd=output_r,
-        )
+        return ends.child(cls, slot=slot, pid=process.pid, process=process)
 
     @classmethod
     def fork(
@@ -223,34 +204,15 @@ class Child:
 
         Raises OSError when the template fails; the caller then falls back to :meth:`spawn`.
         """
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        dump_path = runtime_dir / f"child-{slot}.dump"
-        dump_path.write_bytes(b"")
-        output_r, output_w = os.pipe()
-        try:
+        with _Ends.open(runtime_dir, slot) as ends:
             pid = template.spawn(
                 slot=slot,
-                sock=child_end,
-                dump_path=dump_path,
+                sock=ends.child_sock,
+                dump_path=ends.dump_path,
                 metrics_id=metrics_id,
-                output_fd=output_w,
+                output_fd=ends.output_w,
             )
-        except BaseException:
-            parent_end.close()
-            os.close(output_r)
-            raise
-        finally:
-            child_end.close()
-            os.close(output_w)
-        parent_end.setblocking(False)  # the loop never waits on a child: see send()
-        return cls(
-            slot=slot,
-            pid=pid,
-            pidfd=os.pidfd_open(pid),
-            sock=parent_end,
-            dump_path=dump_path,
-            output_fd=output_r,
-        )
+        return ends.child(cls, slot=slot, pid=pid)
 
     def send(self, message: Message) -> bool:
         """Queue a message for the child; False if the child is gone (its exit comes by pidfd).
@@ -390,3 +352,56 @@ class Child:
             self.output.close()
         with contextlib.suppress(OSError):
             self.dump_path.unlink()
+
+
+@attrs.define
+class _Ends:
+    """What a new child is started with: the two ends of its socket and of its output pipe,
+    and an empty dump file.
+
+    The child's ends are closed in the parent once the child holds its copies;
+    the parent's ends too if the child could not be started.
+    """
+
+    parent_sock: socket.socket
+    child_sock: socket.socket
+    output_r: int
+    output_w: int
+    dump_path: Path
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, runtime_dir: Path, slot: int) -> Iterator[_Ends]:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        dump_path = runtime_dir / f"child-{slot}.dump"
+        dump_path.write_bytes(b"")
+        output_r, output_w = os.pipe()
+        ends = cls(parent_sock, child_sock, output_r, output_w, dump_path)
+        try:
+            yield ends
+        except BaseException:
+            parent_sock.close()
+            os.close(output_r)
+            raise
+        finally:
+            child_sock.close()
+            os.close(output_w)
+
+    def child(
+        self,
+        cls: type[Child],
+        *,
+        slot: int,
+        pid: int,
+        process: subprocess.Popen[bytes] | None = None,
+    ) -> Child:
+        self.parent_sock.setblocking(False)  # the loop never waits on a child: see Child.send
+        return cls(
+            slot=slot,
+            pid=pid,
+            pidfd=os.pidfd_open(pid),
+            sock=self.parent_sock,
+            dump_path=self.dump_path,
+            process=process,
+            output_fd=self.output_r,
+        )
