@@ -37,12 +37,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import attrs
-
 from supervisor.dsn import Dsn
 from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.health import Health
 from supervisor.lifecycle import Status, doubling_delay
+from supervisor.link_events import (
+    Claimed,
+    DbBack,
+    DbFailed,
+    DepthSampled,
+    LeasesLost,
+    LinkEvent,
+    NotRecorded,
+    Recorded,
+    Swept,
+)
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import PendingResult, refund
 from supervisor.store import Store, open_store
@@ -53,77 +62,6 @@ HOUSEKEEPING_BATCH = 500
 SAMPLE_INTERVAL_S = 5.0  # queue depth: sampled, not read per scrape
 FORGET_DEAD_SUPERVISORS_S = 86400.0  # registry entries of dead supervisors, kept a day
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
-
-
-# ---------------------------------------------------------------- events, link -> loop
-
-
-@attrs.frozen(kw_only=True)
-class Claimed:
-    """New claims. ``claimed_at`` (loop clock) was read before the round trip, which eats budget."""
-
-    claims: tuple[Claim, ...]
-    claimed_at: float
-    seconds: float
-    generation: int
-
-
-@attrs.frozen(kw_only=True)
-class Recorded:
-    """A result was written; ``won`` is False when its fence lost (the claim was not ours).
-
-    ``cancelled``: the fence lost to an operator's cancel, not to a rescue.
-    """
-
-    result: PendingResult
-    won: bool
-    cancelled: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class LeasesLost:
-    """Claims the heartbeat could not renew: rescued elsewhere, or ``cancelled`` by an operator."""
-
-    ids: frozenset[int]
-    cancelled: frozenset[int] = frozenset()
-
-
-@attrs.frozen(kw_only=True)
-class Swept:
-    """What housekeeping did: expired queued tasks and lost leases by type, requeued rescues."""
-
-    expired: dict[str, int]
-    lost: dict[str, int]
-    requeued: int
-
-
-@attrs.frozen(kw_only=True)
-class DepthSampled:
-    """Live tasks by ``(type, status, count)``."""
-
-    counts: tuple[tuple[str, str, int], ...]
-
-
-@attrs.frozen(kw_only=True)
-class DbFailed:
-    error: str
-    retry_in_s: float
-    held: int
-
-
-@attrs.frozen(kw_only=True)
-class DbBack:
-    after_failures: int
-
-
-@attrs.frozen(kw_only=True)
-class NotRecorded:
-    """At exit, a result the database did not take; its task will be rescued by lease."""
-
-    result: PendingResult
-
-
-LinkEvent = Claimed | Recorded | LeasesLost | Swept | DepthSampled | DbFailed | DbBack | NotRecorded
 
 
 # ---------------------------------------------------------------- the link

@@ -15,6 +15,7 @@ The rooms:
   panics, lost claims, drain, and the one place an attempt is settled;
 * :class:`~supervisor.dblink.DatabaseLink`: every statement, on its own thread;
 * :class:`~supervisor.telemetry.Telemetry`: metrics and log lines;
+* :class:`~supervisor.relay.OutputRelay`: handler output, tagged, into the log;
 * :class:`~supervisor.importcheck.ImportWatch`: the handler import check;
 * :class:`~supervisor.signals.SignalInbox`: signals, recorded and dispatched here.
 """
@@ -37,9 +38,13 @@ from typing import TYPE_CHECKING
 from supervisor import __version__, metrics
 from supervisor.attempts import Attempts
 from supervisor.config import Settings
-from supervisor.dblink import (
+from supervisor.dblink import DatabaseLink, open_link
+from supervisor.dsn import Dsn, SqliteDsn
+from supervisor.handlers import discover
+from supervisor.health import Health
+from supervisor.importcheck import ImportWatch
+from supervisor.link_events import (
     Claimed,
-    DatabaseLink,
     DbBack,
     DbFailed,
     DepthSampled,
@@ -47,22 +52,15 @@ from supervisor.dblink import (
     NotRecorded,
     Recorded,
     Swept,
-    open_link,
 )
-from supervisor.dsn import Dsn, SqliteDsn
-from supervisor.handlers import discover
-from supervisor.health import Health
-from supervisor.importcheck import ImportWatch
-from supervisor.output import EXIT_MAX_BYTES, OutputLine
-from supervisor.output import MESSAGE as OUTPUT_MESSAGE
-from supervisor.output import record_fields as output_fields
 from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
-from supervisor.records import Claim, SupervisorInfo
+from supervisor.records import SupervisorInfo
+from supervisor.relay import OutputRelay
 from supervisor.signals import SignalInbox
 from supervisor.spawning import ChildFactory
 from supervisor.telemetry import Telemetry
-from supervisor.workers import Child, Running, child_environment
+from supervisor.workers import child_environment
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -149,6 +147,7 @@ class Supervisor:
             fresh_s=settings.heartbeat_s,
             clock=clock,
         )
+        self.output = OutputRelay(self.pool, self.log)
         self.imports = ImportWatch(
             self.selector, self.child_env, self.import_failed, warn=self.import_warning, clock=clock
         )
@@ -272,15 +271,15 @@ class Supervisor:
                 if events & selectors.EVENT_WRITE:
                     child.flush()
                 if events & selectors.EVENT_READ:
-                    running = self.relay_output(child)
+                    running = self.output.relay(child)
                     self.attempts.on_readable(child)
-                    self.attempt_ended(child, running)
+                    self.output.attempt_ended(child, running)
             elif kind == "output":
-                self.relay_output(child)
+                self.output.relay(child)
             elif kind == "exit":
-                running = self.relay_output(child, exiting=True)
+                running = self.output.relay(child, exiting=True)
                 self.attempts.on_exit(child)
-                self.attempt_ended(child, running, exited=True)
+                self.output.attempt_ended(child, running, exited=True)
             elif kind == "link":
                 self.apply_link_events()
             elif kind == "check":
@@ -307,62 +306,6 @@ class Supervisor:
         self.health.loop_at = time.monotonic()
         busy = len(self.pool.busy())
         self.telemetry.publish(workers=self.pool.target, busy=busy)
-
-    def relay_output(self, child: Child, *, exiting: bool = False) -> Running | None:
-        """Log what the child printed so far, tagged with its attempt; return that attempt.
-
-        Called before the child's messages are handled, so output printed before
-        the outcome (the child flushes its streams before reporting) is tagged with
-        the attempt it belongs to, not with none. Output of an attempt that ended
-        before its pipe was drained (a turn reads a bounded share) keeps that
-        attempt's tag (see :meth:`OutputReader.end_attempt`). When the child is
-        ``exiting`` the whole pipe is read: its fd goes with it.
-        """
-        running = child.running
-        output = child.output
-        if output is None:
-            return running
-        while True:  # once more after each ended attempt's output is read in full
-            tails = len(output.tails)
-            if output.fd >= 0:
-                claim = output.owner(running.claim if running is not None else None)
-                if exiting:
-                    lines = output.read(EXIT_MAX_BYTES, max_lines=EXIT_MAX_BYTES)
-                else:
-                    lines = output.read()
-                for line in lines:
-                    self.log_output(line, claim)
-                if output.eof:
-                    self.pool.close_output(child)
-            for line, owner in output.finished_tails():
-                self.log_output(line, owner)
-            if output.fd < 0 or not tails or len(output.tails) == tails:
-                return running
-
-    def attempt_ended(self, child: Child, running: Running | None, *, exited: bool = False) -> None:
-        """Flush the partial last line of an attempt that ended (or of a child that exited).
-
-        Without this, ``print("x", end="")`` would wait for the next task's output and
-        be glued to it, under the wrong task id.
-        """
-        output = child.output
-        if output is None:  # its fd may be closed already: the partial line is kept
-            return
-        if not exited and (running is None or child.running is running):
-            return
-        claim = running.claim if running is not None else None
-        if exited:
-            for line, owner in output.finished_tails():
-                self.log_output(line, owner)
-            for line in output.flush():
-                self.log_output(line, output.owner(claim))
-            output.tails.clear()
-            return
-        for line in output.end_attempt(claim):
-            self.log_output(line, claim)
-
-    def log_output(self, line: OutputLine, claim: Claim | None) -> None:
-        self.log.info(OUTPUT_MESSAGE, **output_fields(line, claim))
 
     def state_need(self) -> None:
         """Tell the link how many tasks the idle children could take now."""

@@ -17,8 +17,8 @@ import psutil
 from loguru import logger
 
 from supervisor import metrics
-from supervisor.dblink import Claimed, DbBack, DbFailed, DepthSampled, Swept
 from supervisor.lifecycle import Outcome
+from supervisor.link_events import Claimed, DbBack, DbFailed, DepthSampled, Swept
 from supervisor.records import Claim
 from supervisor.results import PendingResult
 

@@ -21,7 +21,11 @@ def test_queue_enqueues_with_the_given_options_and_settings(dsn: str) -> None:
         row = queue.store.get(task_id)
     assert row is not None
     assert (row.type, row.options, row.max_attempts, row.priority, row.status) == (
-        "resize", '{"path": "a.png"}', 5, -2, Status.QUEUED,
+        "resize",
+        '{"path": "a.png"}',
+        5,
+        -2,
+        Status.QUEUED,
     )
 
 

@@ -32,9 +32,10 @@ from loguru import logger
 from prometheus_client import CollectorRegistry
 
 from supervisor.config import Settings
-from supervisor.dblink import DatabaseLink, LinkEvent
+from supervisor.dblink import DatabaseLink
 from supervisor.dsn import parse_dsn
 from supervisor.lifecycle import Backoff
+from supervisor.link_events import LinkEvent
 from supervisor.parent import Supervisor
 from supervisor.protocol import (
     DoneMessage,

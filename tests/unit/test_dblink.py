@@ -8,10 +8,11 @@ from datetime import datetime
 import pytest
 
 from supervisor import dblink
-from supervisor.dblink import Claimed, DatabaseLink, LeasesLost, LinkEvent, Recorded
+from supervisor.dblink import DatabaseLink
 from supervisor.dsn import parse_dsn
 from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import Status
+from supervisor.link_events import Claimed, LeasesLost, LinkEvent, Recorded
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import completion
 from supervisor.store import ManualClock, MemoryStore, NewTask

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import select
 
-from supervisor.dblink import DepthSampled, Swept
 from supervisor.lifecycle import Failure, Status
+from supervisor.link_events import DepthSampled, Swept
 from tests.unit.conftest import MakeLoop
 from tests.unit.fakes import OWNER
 

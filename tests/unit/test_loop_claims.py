@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from supervisor.attempts import BACKLOG_WAIT_MAX_S
-from supervisor.dblink import Claimed
 from supervisor.lifecycle import Status
+from supervisor.link_events import Claimed
 from tests.unit.conftest import MakeLoop
 
 

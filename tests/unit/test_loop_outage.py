@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from supervisor.dblink import DB_RETRY_MIN_S, DbBack, DbFailed
+from supervisor.dblink import DB_RETRY_MIN_S
 from supervisor.errors import StoreUnavailable
 from supervisor.lifecycle import Status
+from supervisor.link_events import DbBack, DbFailed
 from tests.unit.conftest import MakeLoop
 
 DOWN = StoreUnavailable("connection refused")

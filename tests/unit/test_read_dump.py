@@ -26,7 +26,7 @@ def test_a_huge_dump_file_is_read_as_a_bounded_tail(tmp_path: Path) -> None:
 
 def test_a_small_dump_is_read_whole(tmp_path: Path) -> None:
     dump = tmp_path / "child.dump"
-    dump.write_text("Thread 0x1:\n  File \"h.py\", line 3 in handle\n")
+    dump.write_text('Thread 0x1:\n  File "h.py", line 3 in handle\n')
     a, b = socket.socketpair()
     with a, b:
         child = Child(slot=0, pid=0, sock=a, pidfd=-1, dump_path=dump)

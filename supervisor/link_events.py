@@ -1,0 +1,81 @@
+"""What the database link tells the loop: frozen records, read by the loop from its selector.
+
+They are the link's whole vocabulary toward the rest of the parent, kept
+apart from the link so that the rooms that act on them (attempts,
+telemetry) need not import the thread that makes them.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from supervisor.records import Claim
+from supervisor.results import PendingResult
+
+
+@attrs.frozen(kw_only=True)
+class Claimed:
+    """New claims. ``claimed_at`` (loop clock) was read before the round trip, which eats budget."""
+
+    claims: tuple[Claim, ...]
+    claimed_at: float
+    seconds: float
+    generation: int
+
+
+@attrs.frozen(kw_only=True)
+class Recorded:
+    """A result was written; ``won`` is False when its fence lost (the claim was not ours).
+
+    ``cancelled``: the fence lost to an operator's cancel, not to a rescue.
+    """
+
+    result: PendingResult
+    won: bool
+    cancelled: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class LeasesLost:
+    """Claims the heartbeat could not renew: rescued elsewhere, or ``cancelled`` by an operator."""
+
+    ids: frozenset[int]
+    cancelled: frozenset[int] = frozenset()
+
+
+@attrs.frozen(kw_only=True)
+class Swept:
+    """What housekeeping did: expired queued tasks and lost leases by type, requeued rescues."""
+
+    expired: dict[str, int]
+    lost: dict[str, int]
+    requeued: int
+
+
+@attrs.frozen(kw_only=True)
+class DepthSampled:
+    """Live tasks by ``(type, status, count)``."""
+
+    counts: tuple[tuple[str, str, int], ...]
+
+
+@attrs.frozen(kw_only=True)
+class DbFailed:
+    error: str
+    retry_in_s: float
+    held: int
+
+
+@attrs.frozen(kw_only=True)
+class DbBack:
+    after_failures: int
+
+
+@attrs.frozen(kw_only=True)
+class NotRecorded:
+    """At exit, a result the database did not take; its task will be rescued by lease."""
+
+    result: PendingResult
+
+
+LinkEvent = Claimed | Recorded | LeasesLost | Swept | DepthSampled | DbFailed | DbBack | NotRecorded
