@@ -79,7 +79,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -136,12 +136,19 @@ class Template:
         self._broken: str | None = None
 
     @classmethod
-    def start(cls, *, env: Mapping[str, str], lifeline_fd: int) -> Template:
+    def start(
+        cls,
+        *,
+        env: Mapping[str, str],
+        lifeline_fd: int,
+        on_process: Callable[[int], None] | None = None,
+    ) -> Template:
         """Start the template and wait until it can fork; OSError if it cannot start.
 
         ``env`` is the children's environment (no secrets), ``lifeline_fd`` the
         read end of the parent's lifeline pipe. Blocks for the template's
-        start-up (about 0.1 s; at most :data:`START_TIMEOUT_S`).
+        start-up (about 0.1 s; at most :data:`START_TIMEOUT_S`). ``on_process(pid)``
+        learns the template's pid as soon as it exists, before that wait.
         """
         if not is_subreaper():
             raise OSError(
@@ -171,6 +178,8 @@ class Template:
             raise
         finally:
             template_end.close()
+        if on_process is not None:
+            on_process(process.pid)
         template = cls(process, parent_end)
         try:
             template._await_ready()

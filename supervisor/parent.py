@@ -237,9 +237,9 @@ class Supervisor:
     def kill_orphans(self) -> None:
         """Kill what a dead child left behind (re-parented to us, the subreaper)."""
         known = self.pool.pids()
-        for pid in (self.imports.pid, self.factory.template_pid):
-            if pid is not None:
-                known.add(pid)
+        known |= self.factory.template_pids
+        if self.imports.pid is not None:
+            known.add(self.imports.pid)
         try:
             killed = kill_orphans(known)
         except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the loop
