@@ -457,16 +457,23 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 def wait_drained(conn: DbConnection, run: Supervised, on_poll: Callable[[int], None]) -> None:
     """Poll the count of unfinished tasks until it is zero; ``on_poll(count)`` after each look."""
+    wait_until_none_left(lambda: pending(conn), run, on_poll, "")
+
+
+def wait_until_none_left(
+    unfinished: Callable[[], int], run: Supervised, on_poll: Callable[[int], None], who: str
+) -> None:
+    """Poll ``unfinished()`` until it is zero; give up when it stops moving for STALL_S."""
     last, changed_at = -1, time.monotonic()
     while True:
-        count = pending(conn)
+        count = unfinished()
         on_poll(count)
         if count == 0:
             return
         if count != last:
             last, changed_at = count, time.monotonic()
         elif time.monotonic() - changed_at > STALL_S:
-            raise BenchError(f"{count} tasks made no progress for {STALL_S:.0f} s")
+            raise BenchError(f"{who}{count} tasks made no progress for {STALL_S:.0f} s")
         run.check_alive()
         time.sleep(POLL_S)
 
@@ -1061,22 +1068,15 @@ def wait_results(
     client: Any, keys: Sequence[str], run: Supervised, on_poll: Callable[[int], None]
 ) -> None:
     """Poll how many results are stored until all are; ``on_poll(unfinished)`` after each look."""
-    last, changed_at = -1, time.monotonic()
-    while True:
+
+    def unfinished() -> int:
         stored = sum(
             int(client.exists(*keys[start : start + PUBLISH_CHUNK]))
             for start in range(0, len(keys), PUBLISH_CHUNK)
         )
-        count = len(keys) - stored
-        on_poll(count)
-        if count == 0:
-            return
-        if count != last:
-            last, changed_at = count, time.monotonic()
-        elif time.monotonic() - changed_at > STALL_S:
-            raise BenchError(f"celery: {count} tasks made no progress for {STALL_S:.0f} s")
-        run.check_alive()
-        time.sleep(POLL_S)
+        return len(keys) - stored
+
+    wait_until_none_left(unfinished, run, on_poll, "celery: ")
 
 
 def delete_prefixed(client: Any, prefix: str) -> None:
