@@ -108,28 +108,18 @@ def parse_time(text: str) -> datetime:
 
 def backdate(dsn: str, task_id: int, column: str, seconds: int) -> None:
     """Move a timestamp of one row into the past, by the database's own clock."""
-    parsed = parse_dsn(dsn)
-    if isinstance(parsed, SqliteDsn):
-        with sqlite3.connect(parsed.path) as conn:
-            conn.execute(
-                f"UPDATE tasks SET {column} = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) WHERE id = ?",
-                (f"-{seconds} seconds", task_id),
-            )
-        conn.close()
-        return
-    assert isinstance(parsed, MysqlDsn)
-    conn = pymysql.connect(
-        host=parsed.host, port=parsed.port, user=parsed.user, password=parsed.password,
-        database=parsed.database, autocommit=True,
-    )  # fmt: skip
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE tasks SET {column} = NOW(6) - INTERVAL %s SECOND WHERE id = %s",
-                (seconds, task_id),
-            )
-    finally:
-        conn.close()
+    if isinstance(parse_dsn(dsn), SqliteDsn):
+        execute_sql(
+            dsn,
+            f"UPDATE tasks SET {column} = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) WHERE id = ?",
+            (f"-{seconds} seconds", task_id),
+        )
+    else:
+        execute_sql(
+            dsn,
+            f"UPDATE tasks SET {column} = NOW(6) - INTERVAL ? SECOND WHERE id = ?",
+            (seconds, task_id),
+        )
 
 
 def finished(store: Store, type_: str, outcome: str) -> int:
