@@ -355,11 +355,9 @@ class MemoryStore(Store):
 
     def progress(self, claim: Claim, pct: int) -> bool:
         with self._call("progress"):
-            task = self._fenced(claim)
-            if task is None:
-                return False
-            self._update(task, self.clock(), progress_pct=max(0, min(100, pct)))
-            return True
+            return self._write_fenced(
+                claim, lambda task, now: {"progress_pct": max(0, min(100, pct))}
+            )
 
     def complete(self, claim: Claim) -> bool:
         with self._call("complete"):
@@ -394,56 +392,55 @@ class MemoryStore(Store):
 
     def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
         with self._call("fail"):
-            task = self._fenced(claim)
-            if task is None:
-                return False
-            now = self.clock()
-            self._update(
-                task,
-                now,
-                status=Status.FAILED,
-                failure=Failure(failure),
-                last_error=trim_error(error),
-                lease_expires_at=None,
-                completed_at=now,
+            return self._write_fenced(
+                claim,
+                lambda task, now: {
+                    "status": Status.FAILED,
+                    "failure": Failure(failure),
+                    "last_error": trim_error(error),
+                    "lease_expires_at": None,
+                    "completed_at": now,
+                },
             )
-            return True
 
     def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
         with self._call("requeue"):
-            task = self._fenced(claim)
-            if task is None:
-                return False
-            now = self.clock()
-            self._update(
-                task,
-                now,
-                status=Status.QUEUED,
-                last_error=trim_error(error),
-                claimed_by=None,
-                lease_expires_at=None,
-                run_at=_later(now, delay_s),
+            return self._write_fenced(
+                claim,
+                lambda task, now: {
+                    "status": Status.QUEUED,
+                    "last_error": trim_error(error),
+                    "claimed_by": None,
+                    "lease_expires_at": None,
+                    "run_at": _later(now, delay_s),
+                },
             )
-            return True
 
     def refund(self, claim: Claim) -> bool:
         with self._call("refund"):
-            task = self._fenced(claim)
-            if task is None:
-                return False
-            now = self.clock()
-            self._update(
-                task,
-                now,
-                status=Status.QUEUED,
-                attempts=task.attempts - 1,
-                claimed_by=None,
-                lease_expires_at=None,
-                started_at=None,
-                progress_pct=0,
-                run_at=now,
+            return self._write_fenced(
+                claim,
+                lambda task, now: {
+                    "status": Status.QUEUED,
+                    "attempts": task.attempts - 1,
+                    "claimed_by": None,
+                    "lease_expires_at": None,
+                    "started_at": None,
+                    "progress_pct": 0,
+                    "run_at": now,
+                },
             )
-            return True
+
+    def _write_fenced(
+        self, claim: Claim, changes: Callable[[TaskRow, datetime], dict[str, Any]]
+    ) -> bool:
+        """One fenced write, as the SQL backends' UPDATE ... WHERE <fence>: True if it won."""
+        task = self._fenced(claim)
+        if task is None:
+            return False
+        now = self.clock()
+        self._update(task, now, **changes(task, now))
+        return True
 
     def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:
         """Fenced on ``owner`` (not each claim's own), as the SQL statements are."""
