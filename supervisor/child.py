@@ -397,6 +397,6 @@ def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: s
 
 if __name__ == "__main__":
     # Ended as a forked child ends: a thread a handler left running must not keep it alive.
-    from supervisor.forkserver import exit_forked
+    from supervisor.template import exit_forked
 
     exit_forked(main())

@@ -151,10 +151,6 @@ class Child:
         running, self.running = self.running, None
         return running
 
-    @property
-    def wants_retirement(self) -> bool:
-        return self.retire_when_idle and self.state is ChildState.IDLE
-
     # ------------------------------------------------------------ the process
 
     @classmethod

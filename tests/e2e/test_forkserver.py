@@ -73,7 +73,7 @@ def test_a_forked_child_runs_a_task_as_the_subreapers_own_child(tmp_path: Path) 
         # ps shows a worker child, not the template.
         assert "supervisor.child" in child["cmdline"]
         assert "--forked" in child["cmdline"]
-    assert "supervisor.forkserver" in result["template_cmdline"]
+    assert "supervisor.template" in result["template_cmdline"]
     assert "supervisor.child" not in result["template_cmdline"]
     assert first["pid"] != template
     # The random module was reseeded in each child (os.register_at_fork).
@@ -143,5 +143,5 @@ def test_the_supervisor_runs_fresh_children_through_the_fork_server(tmp_path: Pa
         assert not [r for r in supervisor.logs() if "fork server" in r["message"]]
         # The template is the supervisor's child too, and not taken for a worker.
         kids = psutil.Process(supervisor.pid).children()
-        assert any("supervisor.forkserver" in p.cmdline() for p in kids)
+        assert any("supervisor.template" in p.cmdline() for p in kids)
         assert os.getpid() not in pids

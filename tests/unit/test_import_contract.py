@@ -69,6 +69,8 @@ PARENT_SIDE = (
     "workers.py",
     "telemetry.py",
     "importcheck.py",
+    "forkserver.py",
+    "template.py",
     "signals.py",
     "results.py",
     "health.py",
