@@ -54,6 +54,7 @@ class Failure(enum.StrEnum):
     TIMEOUT = "timeout"
     EXPIRED = "expired"
     LOST = "lost"
+    ATTEMPT_TIMEOUT = "attempt_timeout"
 
 
 class Outcome(enum.StrEnum):
@@ -73,6 +74,7 @@ class Outcome(enum.StrEnum):
     TIMEOUT = "timeout"
     EXPIRED = "expired"
     LOST = "lost"
+    ATTEMPT_TIMEOUT = "attempt_timeout"
 
 
 @attrs.frozen

@@ -38,7 +38,11 @@ class NewTask:
     options: str | None = None
     delay_s: float = 0.0
     budget_s: float = 3600.0
-    max_attempts: int = 3
+    # None: the handler's MAX_ATTEMPTS / TIMEOUT applies (else 3 attempts, no per-attempt
+    # limit). A value given here is explicit and beats the handler's.
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+    concurrency_key: str | None = None
     priority: int = 0
 
 
@@ -52,7 +56,9 @@ class TaskRow:
     options: str | None = attrs.field(repr=False)
     priority: int
     attempts: int
-    max_attempts: int
+    max_attempts: int | None
+    timeout_s: float | None
+    concurrency_key: str | None
     progress_pct: int
     failure: Failure | None
     last_error: str | None

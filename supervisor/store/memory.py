@@ -39,6 +39,7 @@ from supervisor.lifecycle import (
     clamp_max_attempts,
     trim_error,
 )
+from supervisor.policy import DEFAULT_POLICY, effective_max_attempts
 from supervisor.store.base import (
     Claim,
     NewTask,
@@ -119,7 +120,9 @@ def _check(task: NewTask) -> None:
         problems.append("type must be a string of 1 to 64 characters")
     if options is not None and not isinstance(options, str):
         problems.append("options must be a string or None")
-    if not isinstance(max_attempts, int) or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT:
+    if max_attempts is not None and (
+        not isinstance(max_attempts, int) or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
+    ):
         problems.append(f"max_attempts must be 1 to {MAX_ATTEMPTS_LIMIT}")
     if not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         problems.append("priority must fit a 32-bit integer")
@@ -139,7 +142,7 @@ def _holds(task: TaskRow, claim: Claim) -> bool:
 def _claim_of(running: TaskRow, owner: str, now: datetime) -> Claim:
     """The claim of a row just taken, with the SQL backends' checks (``sql.row_to_claim``):
     ``max_attempts`` clamped, and a row that cannot run marked with its defect."""
-    max_attempts = clamp_max_attempts(running.max_attempts)
+    max_attempts = clamp_max_attempts(effective_max_attempts(running.max_attempts, DEFAULT_POLICY))
     options_bytes = None if running.options is None else len(running.options.encode("utf-8"))
     defect = claim_defect(
         type_name=running.type,
@@ -283,6 +286,8 @@ class MemoryStore(Store):
                 priority=task.priority,
                 attempts=0,
                 max_attempts=task.max_attempts,
+                timeout_s=task.timeout_s,
+                concurrency_key=task.concurrency_key,
                 progress_pct=0,
                 failure=None,
                 last_error=None,
@@ -317,6 +322,7 @@ class MemoryStore(Store):
                 status=Status.RUNNING,
                 attempts=task.attempts + 1,
                 claimed_by=owner,
+                max_attempts=effective_max_attempts(task.max_attempts, DEFAULT_POLICY),
                 progress_pct=0,
                 started_at=now,
                 lease_expires_at=lease_expires_at,
@@ -487,8 +493,8 @@ class MemoryStore(Store):
                 # A row a plain-SQL producer inserted as running, with no lease, is rescued too.
                 and (task.lease_expires_at is None or task.lease_expires_at < now)
             ]
-            last = [t for t in expired if t.attempts >= t.max_attempts][: max(limit, 0)]
-            more = [t for t in expired if t.attempts < t.max_attempts][: max(limit, 0)]
+            last = [t for t in expired if t.attempts >= (t.max_attempts or 3)][: max(limit, 0)]
+            more = [t for t in expired if t.attempts < (t.max_attempts or 3)][: max(limit, 0)]
             lost: Counter[str] = Counter()
             for task in last:
                 self._update(

@@ -20,7 +20,6 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
 import pymysql
@@ -30,8 +29,9 @@ from pymysql.constants import CLIENT
 from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
+from supervisor.store import migrator
 from supervisor.store.base import Claim, NewTask
-from supervisor.store.queries import load_queries, parse_statements
+from supervisor.store.queries import load_queries
 from supervisor.store.sql import Params, Row, SqlStore, row_to_claim, seconds
 
 T = TypeVar("T")
@@ -72,6 +72,8 @@ LOCK_WAIT_S = 5
 # loop is single-threaded, so this bounds how long a database that hangs (rather than refuses)
 # can delay deadline kills. Twice the lock wait leaves room for a lock wait that then succeeds.
 READ_TIMEOUT_S = 2 * LOCK_WAIT_S
+# How long a migration may take, and how long another supervisor waits for it.
+MIGRATION_TIMEOUT_S = 3600
 
 
 def _unknown_host(exc: BaseException) -> bool:
@@ -97,28 +99,32 @@ class MysqlStore(SqlStore):
 
     def _connection(self) -> pymysql.connections.Connection[Any]:
         if self._conn is None:
-            try:
-                self._conn = pymysql.connect(
-                    host=self.dsn.host,
-                    port=self.dsn.port,
-                    user=self.dsn.user,
-                    password=self.dsn.password,
-                    database=self.dsn.database,
-                    unix_socket=self.dsn.unix_socket,
-                    charset="utf8mb4",
-                    autocommit=True,
-                    client_flag=CLIENT.FOUND_ROWS,
-                    connect_timeout=self.dsn.connect_timeout,
-                    read_timeout=READ_TIMEOUT_S,
-                    write_timeout=READ_TIMEOUT_S,
-                    cursorclass=pymysql.cursors.DictCursor,
-                )
-                with self._conn.cursor() as cursor:
-                    for statement in ("session_read_committed", "session_lock_wait"):
-                        cursor.execute(self._queries[statement], {"lock_wait_s": LOCK_WAIT_S})
-            except (pymysql.err.MySQLError, OSError) as exc:
-                raise self._translate(exc) from None
+            self._conn = self._connect(read_timeout_s=READ_TIMEOUT_S)
         return self._conn
+
+    def _connect(self, *, read_timeout_s: float) -> pymysql.connections.Connection[Any]:
+        try:
+            conn = pymysql.connect(
+                host=self.dsn.host,
+                port=self.dsn.port,
+                user=self.dsn.user,
+                password=self.dsn.password,
+                database=self.dsn.database,
+                unix_socket=self.dsn.unix_socket,
+                charset="utf8mb4",
+                autocommit=True,
+                client_flag=CLIENT.FOUND_ROWS,
+                connect_timeout=self.dsn.connect_timeout,
+                read_timeout=read_timeout_s,
+                write_timeout=read_timeout_s,
+                cursorclass=pymysql.cursors.DictCursor,
+            )
+            with conn.cursor() as cursor:
+                for statement in ("session_read_committed", "session_lock_wait"):
+                    cursor.execute(self._queries[statement], {"lock_wait_s": LOCK_WAIT_S})
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise self._translate(exc) from None
+        return conn
 
     def _translate(self, exc: BaseException) -> StoreError:
         """Turn a driver error into one clear line that names the server but not the password."""
@@ -183,16 +189,52 @@ class MysqlStore(SqlStore):
         return self._with_retries(work)
 
     def migrate(self) -> None:
-        script = resources.files("supervisor.store").joinpath("schema.mysql.sql").read_text()
-        for statement in parse_statements(script):
-            self._run_raw(statement)
+        """Apply the pending migrations (see :mod:`supervisor.store.migrator`).
 
-    def _run_raw(self, statement: str) -> None:
-        def work(conn: pymysql.connections.Connection[Any]) -> None:
-            with conn.cursor() as cursor:
-                cursor.execute(statement)
+        The common case, nothing pending, is two reads and no lock. Migrations
+        run on a connection of their own, with no read timeout: an ALTER of a
+        large table may take minutes, which the loop's connection would take
+        for a dead server. ``GET_LOCK`` (released when that connection closes,
+        however it closes) lets one supervisor migrate while the others wait.
+        """
+        applied, has_tasks = self._versions(self._run)
+        if not migrator.pending("mysql", applied, has_tasks_table=has_tasks):
+            return
+        conn = self._connect(read_timeout_s=MIGRATION_TIMEOUT_S)
+        try:
 
-        self._with_retries(work)
+            def run(name: str, params: Params | None = None) -> tuple[int, list[Row]]:
+                with conn.cursor() as cursor:
+                    matched = cursor.execute(self._queries[name], params)
+                    return matched, list(cursor.fetchall())
+
+            got = run("migration_lock", {"wait_s": MIGRATION_TIMEOUT_S})[1]
+            if not got or got[0]["got"] != 1:
+                raise StoreUnavailable("another supervisor held the migration lock too long")
+            run("create_schema_migrations")
+            applied, has_tasks = self._versions(run)  # again: another may have migrated
+            if migrator.to_adopt(applied, has_tasks_table=has_tasks):
+                first = migrator.migrations("mysql")[0]
+                run("record_migration", {"version": 1, "name": first.name})
+            for migration in migrator.pending("mysql", applied, has_tasks_table=has_tasks):
+                with conn.cursor() as cursor:
+                    for statement in migration.statements:
+                        cursor.execute(statement)
+                run("record_migration", {"version": migration.version, "name": migration.name})
+        except pymysql.err.MySQLError as exc:
+            raise self._translate(exc) from None
+        finally:
+            with contextlib.suppress(Exception):  # closing releases the lock in any case
+                conn.close()
+
+    @staticmethod
+    def _versions(run: Callable[..., tuple[int, list[Row]]]) -> tuple[set[int], bool]:
+        """(versions recorded, whether a ``tasks`` table exists)."""
+        tables = {str(row["name"]) for row in run("tables")[1]}
+        applied: set[int] = set()
+        if "schema_migrations" in tables:
+            applied = {int(row["version"]) for row in run("applied_migrations")[1]}
+        return applied, "tasks" in tables
 
     def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
         query = self._queries["enqueue"]

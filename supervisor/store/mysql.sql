@@ -11,10 +11,32 @@ SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED
 -- name: session_lock_wait
 SET SESSION innodb_lock_wait_timeout = %(lock_wait_s)s
 
+-- name: tables
+SELECT table_name AS name FROM information_schema.tables WHERE table_schema = DATABASE()
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations
+
+-- name: migration_lock
+-- Per database: supervisors of two databases on one server do not wait for each other.
+SELECT GET_LOCK(CONCAT('supervisor.migrate.', DATABASE()), %(wait_s)s) AS got
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INT UNSIGNED  NOT NULL,
+    name       VARCHAR(255)  NOT NULL,
+    applied_at DATETIME(6)   NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (version)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)
+
 -- name: enqueue
-INSERT INTO tasks (type, task_options, priority, max_attempts, run_at, deadline_at)
+INSERT INTO tasks (type, task_options, priority, max_attempts, timeout_s, concurrency_key,
+                   run_at, deadline_at)
 VALUES (
-    %(type)s, %(options)s, %(priority)s, %(max_attempts)s,
+    %(type)s, %(options)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(concurrency_key)s,
     NOW(6) + INTERVAL %(delay_us)s MICROSECOND,
     NOW(6) + INTERVAL %(total_us)s MICROSECOND
 )
@@ -52,6 +74,7 @@ UPDATE tasks
 SET status = 'running',
     attempts = attempts + 1,
     claimed_by = %(owner)s,
+    max_attempts = COALESCE(max_attempts, 3),
     progress_pct = 0,
     started_at = NOW(6),
     lease_expires_at = NOW(6) + INTERVAL %(lease_us)s MICROSECOND
@@ -120,7 +143,7 @@ WHERE id IN %(ids)s AND status = 'cancelled' AND claimed_by = %(owner)s
 
 -- name: rescue_lost_select
 SELECT id, type FROM tasks
-WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) AND attempts >= max_attempts
+WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) AND attempts >= COALESCE(max_attempts, 3)
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
@@ -137,7 +160,7 @@ UPDATE tasks
 SET status = 'queued',
     last_error = CONCAT('lease of ', COALESCE(claimed_by, '?'), ' expired; attempt counted'),
     claimed_by = NULL, lease_expires_at = NULL, run_at = NOW(6)
-WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) AND attempts < max_attempts
+WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < NOW(6)) AND attempts < COALESCE(max_attempts, 3)
 LIMIT %(limit)s
 
 -- name: expire_overdue_select

@@ -1,9 +1,12 @@
--- The tasks table for MySQL 8.0.13+ / MariaDB 10.6+ (idempotent: safe to run again).
+-- The complete current schema for MySQL 8.0.13+ / MariaDB 10.6+, for applying by hand
+-- (`mysql app < schema.sql`; idempotent: safe to run again). It equals the result of every
+-- migration under migrations/mysql/ (a test proves it) and records their versions, so a
+-- supervisor finds nothing to migrate. The supervisor itself applies the migrations.
 --
 -- A plain  INSERT INTO tasks (type, task_options) VALUES ('resize', '{"path": "a.png"}')
--- is a complete enqueue: 3 attempts, run now, deadline one hour after creation.
--- Times come from the database clock (NOW(6)) in the server's time zone; every
--- comparison is made by the server, so supervisors on skewed hosts agree.
+-- is a complete enqueue: the handler's policy (else 3 attempts), run now, deadline one
+-- hour after creation. Times come from the database clock (NOW(6)) in the server's time
+-- zone; every comparison is made by the server, so supervisors on skewed hosts agree.
 
 CREATE TABLE IF NOT EXISTS tasks (
     id               BIGINT UNSIGNED  NOT NULL AUTO_INCREMENT,
@@ -13,9 +16,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     task_options     MEDIUMTEXT       NULL,
     priority         INT              NOT NULL DEFAULT 0,
     attempts         INT UNSIGNED     NOT NULL DEFAULT 0,
-    max_attempts     INT UNSIGNED     NOT NULL DEFAULT 3,
+    -- NULL: the handler's MAX_ATTEMPTS, else 3; the claim writes the effective value.
+    max_attempts     INT UNSIGNED     NULL DEFAULT NULL,
+    -- The per-attempt limit in seconds; NULL: the handler's TIMEOUT, else none.
+    timeout_s        DOUBLE           NULL,
+    -- Tasks sharing a key count against their handler's CONCURRENCY_PER_KEY together.
+    concurrency_key  VARCHAR(255)     NULL,
     progress_pct     TINYINT UNSIGNED NOT NULL DEFAULT 0,
-    failure          ENUM('error', 'panic', 'timeout', 'expired', 'lost') NULL,
+    failure          ENUM('error', 'panic', 'timeout', 'expired', 'lost', 'attempt_timeout') NULL,
     last_error       TEXT             NULL,
     claimed_by       VARCHAR(255)     NULL,
     created_at       DATETIME(6)      NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
@@ -34,7 +42,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     KEY tasks_deadline (status, deadline_at),
     KEY tasks_lease (status, lease_expires_at),
     KEY tasks_finished (status, completed_at),
-    KEY tasks_type_status (type, status, created_at)
+    KEY tasks_type_status (type, status, created_at),
+    -- Claims of a type with a concurrency limit count its running tasks (per key) here.
+    KEY tasks_concurrency (type, status, concurrency_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- The registry of supervisors: claimed_by is traced to a host and pid here, and
@@ -52,3 +62,38 @@ CREATE TABLE IF NOT EXISTS supervisors (
     PRIMARY KEY (id),
     KEY supervisors_expires (expires_at)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- What the fleet knows about a task type: whether an operator paused it, and the policy
+-- its handler file declares (written by each supervisor that has the file, at start and
+-- on reload; declared_by names the last one). A claim of a type with a concurrency limit
+-- locks the type's row here, so claims of that type are serialised across the fleet
+-- while every other type claims without it.
+CREATE TABLE IF NOT EXISTS task_types (
+    type                VARCHAR(64)   NOT NULL,
+    paused              TINYINT(1)    NOT NULL DEFAULT 0,
+    paused_at           DATETIME(6)   NULL,
+    max_attempts        INT UNSIGNED  NULL,
+    backoff             VARCHAR(255)  NULL,
+    timeout_s           DOUBLE        NULL,
+    concurrency         INT UNSIGNED  NULL,
+    concurrency_per_key INT UNSIGNED  NULL,
+    declared_by         VARCHAR(255)  NULL,
+    declared_at         DATETIME(6)   NULL,
+    PRIMARY KEY (type)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Which migrations are applied, and when.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INT UNSIGNED  NOT NULL,
+    name       VARCHAR(255)  NOT NULL,
+    applied_at DATETIME(6)   NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (version)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Each version is recorded only when the table really has its shape: applied by hand to a
+-- database an older release made, this file creates nothing there (IF NOT EXISTS), so it
+-- must not claim the newer versions; `migrate` then applies them.
+INSERT IGNORE INTO schema_migrations (version, name) VALUES (1, 'initial');
+INSERT IGNORE INTO schema_migrations (version, name)
+SELECT 2, 'scheduling_control' FROM information_schema.columns
+WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'timeout_s';

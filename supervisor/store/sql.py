@@ -25,6 +25,7 @@ from supervisor.lifecycle import (
     clamp_max_attempts,
     trim_error,
 )
+from supervisor.policy import DEFAULT_POLICY, effective_max_attempts
 from supervisor.store.base import (
     Claim,
     NewTask,
@@ -87,7 +88,9 @@ def row_to_task(row: Row) -> TaskRow:
         options=row["task_options"],
         priority=int(row["priority"]),
         attempts=int(row["attempts"]),
-        max_attempts=int(row["max_attempts"]),
+        max_attempts=None if row["max_attempts"] is None else int(row["max_attempts"]),
+        timeout_s=None if row["timeout_s"] is None else float(row["timeout_s"]),
+        concurrency_key=row["concurrency_key"],
         progress_pct=int(row["progress_pct"]),
         failure=Failure(row["failure"]) if row["failure"] else None,
         last_error=row["last_error"],
@@ -125,7 +128,10 @@ def row_to_claim(row: Row, owner: str) -> Claim:
     if remaining is None:
         defects.append("deadline_at is not a valid date; the task was not run")
     attempt = int(row["attempts"])
-    max_attempts = clamp_max_attempts(int(row["max_attempts"]))
+    raw_max = row["max_attempts"]
+    max_attempts = clamp_max_attempts(
+        effective_max_attempts(None if raw_max is None else int(raw_max), DEFAULT_POLICY)
+    )
     options_bytes = row.get("options_bytes")
     found = claim_defect(
         type_name=type_name,
@@ -181,6 +187,8 @@ class SqlStore(Store):
             "options": task.options,
             "priority": task.priority,
             "max_attempts": task.max_attempts,
+            "timeout_s": task.timeout_s,
+            "concurrency_key": task.concurrency_key,
             "delay_s": delay["s"],
             "delay_us": delay["us"],
             "budget_s": round(task.budget_s, 3),

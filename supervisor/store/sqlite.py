@@ -12,11 +12,11 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from importlib import resources
 
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
+from supervisor.store import migrator
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries
 from supervisor.store.sql import Params, Row, SqlStore, fences_json, row_to_claim, seconds
@@ -82,9 +82,35 @@ class SqliteStore(SqlStore):
             conn.execute("COMMIT")
 
     def migrate(self) -> None:
-        script = resources.files("supervisor.store").joinpath("schema.sqlite.sql").read_text()
-        with self._errors():
-            self._connection().executescript(script)
+        """Apply the pending migrations (see :mod:`supervisor.store.migrator`).
+
+        Nothing pending is two reads. Otherwise the whole run is one immediate
+        transaction: SQLite's DDL is transactional, so a migration applies
+        entirely or not at all, and a second supervisor starting at the same
+        moment waits on the write lock, then finds nothing left to do.
+        """
+        applied, has_tasks = self._versions()
+        if not migrator.pending("sqlite", applied, has_tasks_table=has_tasks):
+            return
+        with self._immediate() as conn:
+            conn.execute(self._queries["create_schema_migrations"])
+            applied, has_tasks = self._versions()
+            if migrator.to_adopt(applied, has_tasks_table=has_tasks):
+                first = migrator.migrations("sqlite")[0]
+                conn.execute(self._queries["record_migration"], {"version": 1, "name": first.name})
+            for migration in migrator.pending("sqlite", applied, has_tasks_table=has_tasks):
+                for statement in migration.statements:
+                    conn.execute(statement)
+                params = {"version": migration.version, "name": migration.name}
+                conn.execute(self._queries["record_migration"], params)
+
+    def _versions(self) -> tuple[set[int], bool]:
+        """(versions recorded, whether a ``tasks`` table exists)."""
+        tables = {str(row["name"]) for row in self._rows("tables")}
+        applied: set[int] = set()
+        if "schema_migrations" in tables:
+            applied = {int(row["version"]) for row in self._rows("applied_migrations")}
+        return applied, "tasks" in tables
 
     def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
         with self._immediate() as conn:

@@ -4,10 +4,27 @@
 -- Fenced writes match only while the attempt is still this owner's:
 --   id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
 
+-- name: tables
+SELECT name FROM sqlite_master WHERE type = 'table'
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations
+
+-- name: create_schema_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    applied_at TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now'))
+)
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name) VALUES (:version, :name)
+
 -- name: enqueue
-INSERT INTO tasks (type, task_options, priority, max_attempts, run_at, deadline_at)
+INSERT INTO tasks (type, task_options, priority, max_attempts, timeout_s, concurrency_key,
+                   run_at, deadline_at)
 VALUES (
-    :type, :options, :priority, :max_attempts,
+    :type, :options, :priority, :max_attempts, :timeout_s, :concurrency_key,
     strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :delay_s || ' seconds'),
     strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || (:delay_s + :budget_s) || ' seconds')
 )
@@ -17,6 +34,7 @@ UPDATE tasks
 SET status = 'running',
     attempts = attempts + 1,
     claimed_by = :owner,
+    max_attempts = COALESCE(max_attempts, 3),
     progress_pct = 0,
     started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
     lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
@@ -128,7 +146,7 @@ WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'running'
       AND (lease_expires_at IS NULL OR lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now'))
-      AND attempts >= max_attempts
+      AND attempts >= COALESCE(max_attempts, 3)
     LIMIT :limit
 )
 RETURNING type
@@ -144,7 +162,7 @@ WHERE id IN (
     SELECT id FROM tasks
     WHERE status = 'running'
       AND (lease_expires_at IS NULL OR lease_expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now'))
-      AND attempts < max_attempts
+      AND attempts < COALESCE(max_attempts, 3)
     LIMIT :limit
 )
 

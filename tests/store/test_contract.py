@@ -180,15 +180,19 @@ FENCED_WRITES: dict[str, FencedWrite] = {
 # --- enqueue -------------------------------------------------------------------------------
 
 
-def test_enqueue_defaults_to_three_attempts_run_now_and_a_one_hour_deadline(store: Store) -> None:
-    """Nothing but a type given: queued, 3 attempts, runnable now, deadline 1 h after creation."""
+def test_enqueue_defaults_to_the_handlers_policy_run_now_and_a_one_hour_deadline(
+    store: Store,
+) -> None:
+    """Nothing but a type given: queued, no explicit max_attempts (the claim decides: the
+    handler's MAX_ATTEMPTS, else 3), runnable now, deadline 1 h after creation."""
     task_id = enqueue(store, "resize", options='{"path": "a.png"}')
     now = db_now(store)
     task = row(store, task_id)
     assert task.type == "resize"
     assert task.options == '{"path": "a.png"}'
     assert task.status is Status.QUEUED
-    assert (task.attempts, task.max_attempts, task.priority, task.progress_pct) == (0, 3, 0, 0)
+    assert (task.attempts, task.max_attempts, task.priority, task.progress_pct) == (0, None, 0, 0)
+    assert task.timeout_s is None and task.concurrency_key is None
     assert task.failure is None and task.last_error is None and task.claimed_by is None
     assert task.started_at is None and task.completed_at is None and task.lease_expires_at is None
     assert abs(secs(task.created_at, now)) < TOLERANCE_S
@@ -264,13 +268,14 @@ def test_plain_sql_insert_is_a_complete_enqueue(sql_store: Store) -> None:
     (task_id,) = [int(r["id"]) for r in raw(store, "SELECT id FROM tasks")]
     task = row(store, task_id)
     assert task.status is Status.QUEUED
-    assert (task.attempts, task.max_attempts, task.priority, task.progress_pct) == (0, 3, 0, 0)
+    assert (task.attempts, task.max_attempts, task.priority, task.progress_pct) == (0, None, 0, 0)
     assert secs(task.created_at, task.deadline_at) == pytest.approx(3600, abs=TOLERANCE_S)
     assert abs(secs(task.created_at, task.run_at)) < TOLERANCE_S
     claim = claim_one(store, types=("resize",))
     assert claim.id == task_id
     assert claim.options == '{"path": "a.png"}'
     assert (claim.attempt, claim.max_attempts) == (1, 3)
+    assert row(store, task_id).max_attempts == 3, "the claim writes the effective value"
     assert claim.remaining_s == pytest.approx(3600, abs=TOLERANCE_S)
 
 

@@ -48,7 +48,14 @@ def test_outcomes_are_completed_retried_and_every_failure_kind() -> None:
 
 
 def test_failure_kinds_are_the_column_values() -> None:
-    assert [f.value for f in Failure] == ["error", "panic", "timeout", "expired", "lost"]
+    assert [f.value for f in Failure] == [
+        "error",
+        "panic",
+        "timeout",
+        "expired",
+        "lost",
+        "attempt_timeout",
+    ]
 
 
 # --- backoff -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
--- The tasks table for the embedded SQLite backend (idempotent).
+-- Version 1: the tasks table and the supervisor registry, as the first release made them.
 -- Timestamps are UTC text 'YYYY-MM-DD HH:MM:SS.SSS' from the database clock, so
 -- they sort as they compare and a plain INSERT gets sound defaults.
 

@@ -1,0 +1,145 @@
+"""How a task type runs, as its handler file declares it with module constants.
+
+A handler module may set::
+
+    MAX_ATTEMPTS = 5               # attempts before failing
+    BACKOFF = (0, 10, 60)          # seconds before attempt 2, 3, ... (the last repeats)
+    TIMEOUT = 120                  # seconds per attempt, then a hard kill (retried)
+    CONCURRENCY = 4                # most tasks of this type running at once, fleet-wide
+    CONCURRENCY_PER_KEY = 1        # the same, per concurrency key
+
+The parent never imports handler code: the import check reads the constants
+in its own process and reports them as JSON; :func:`from_constants` validates
+them here. A bad value is an import-check error, reported like a broken
+handler, and its type is not claimed.
+
+A value the producer set explicitly on the task (``max_attempts``,
+``timeout_s``) beats the handler's; :func:`effective_max_attempts` and
+:func:`effective_timeout` say which applies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import attrs
+
+from supervisor.lifecycle import DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, MAX_SECONDS
+
+# The module constants a handler may set, by the name they have in the handler file.
+CONSTANTS = ("MAX_ATTEMPTS", "BACKOFF", "TIMEOUT", "CONCURRENCY", "CONCURRENCY_PER_KEY")
+# A concurrency limit beyond this is surely a typo; and the limit is an INT UNSIGNED column.
+MAX_CONCURRENCY = 100_000
+
+
+class PolicyError(ValueError):
+    """A handler constant with a value the supervisor cannot obey; the message names it."""
+
+
+@attrs.frozen(kw_only=True)
+class HandlerPolicy:
+    """What one handler file declares; ``None`` where it declares nothing."""
+
+    max_attempts: int | None = None
+    backoff: tuple[float, ...] | None = None
+    timeout_s: float | None = None
+    concurrency: int | None = None
+    concurrency_per_key: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether claims of this type must count its running tasks first."""
+        return self.concurrency is not None or self.concurrency_per_key is not None
+
+    def as_constants(self) -> dict[str, object]:
+        """The declared constants by name, for ``show`` and ``status`` (undeclared left out)."""
+        values: dict[str, object] = {
+            "MAX_ATTEMPTS": self.max_attempts,
+            "BACKOFF": self.backoff,
+            "TIMEOUT": self.timeout_s,
+            "CONCURRENCY": self.concurrency,
+            "CONCURRENCY_PER_KEY": self.concurrency_per_key,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+
+DEFAULT_POLICY = HandlerPolicy()
+
+
+def from_constants(values: Mapping[str, object]) -> HandlerPolicy:
+    """A policy from the constants a handler module set (as JSON values); :class:`PolicyError`.
+
+    Booleans are refused where numbers are meant (``True`` is an ``int`` in
+    Python, and ``CONCURRENCY = True`` is surely a mistake).
+    """
+    unknown = sorted(set(values) - set(CONSTANTS))
+    if unknown:
+        raise PolicyError(f"unknown policy constant {unknown[0]}")
+    return HandlerPolicy(
+        max_attempts=_whole(values, "MAX_ATTEMPTS", 1, MAX_ATTEMPTS_LIMIT),
+        backoff=_backoff(values.get("BACKOFF")),
+        timeout_s=_seconds(values, "TIMEOUT"),
+        concurrency=_whole(values, "CONCURRENCY", 1, MAX_CONCURRENCY),
+        concurrency_per_key=_whole(values, "CONCURRENCY_PER_KEY", 1, MAX_CONCURRENCY),
+    )
+
+
+def _whole(values: Mapping[str, object], name: str, low: int, high: int) -> int | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PolicyError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
+def _seconds(values: Mapping[str, object], name: str) -> float | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_SECONDS
+        or math.isnan(value)
+    ):
+        raise PolicyError(
+            f"{name} must be a number of seconds above 0 and up to {MAX_SECONDS:.0f},"
+            f" got {value!r}"
+        )
+    return float(value)
+
+
+def _backoff(value: object) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise PolicyError(f"BACKOFF must be a tuple of seconds like (0, 30, 300), got {value!r}")
+    delays: list[float] = []
+    for delay in value:
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not 0 <= delay <= MAX_SECONDS
+            or math.isnan(delay)
+        ):
+            raise PolicyError(
+                f"BACKOFF must hold numbers of seconds from 0 to {MAX_SECONDS:.0f}, got {delay!r}"
+            )
+        delays.append(float(delay))
+    return tuple(delays)
+
+
+def effective_max_attempts(explicit: int | None, policy: HandlerPolicy) -> int:
+    """The task's own value, else the handler's, else the default (3)."""
+    if explicit is not None:
+        return explicit
+    return policy.max_attempts if policy.max_attempts is not None else DEFAULT_MAX_ATTEMPTS
+
+
+def effective_timeout(explicit: float | None, policy: HandlerPolicy) -> float | None:
+    """The task's own per-attempt timeout, else the handler's, else none."""
+    return explicit if explicit is not None else policy.timeout_s
