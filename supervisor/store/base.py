@@ -10,12 +10,13 @@ rescued by another) can therefore never overwrite the new owner's state.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
 import attrs
 
 from supervisor.lifecycle import Failure, Status
+from supervisor.policy import HandlerPolicy
 from supervisor.records import Claim, SupervisorInfo
 
 __all__ = [
@@ -135,11 +136,25 @@ class Store(abc.ABC):
         return self.enqueue_many([task])[0]
 
     @abc.abstractmethod
-    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
+    ) -> list[Claim]:
         """Claim up to ``limit`` runnable tasks of ``types`` (priority, then id).
 
         Runnable: ``queued``, ``run_at`` reached, deadline not passed. The claim
         increments ``attempts``, sets the lease, and returns the remaining budget.
+
+        ``policies`` are the claiming supervisor's handler policies by type (a
+        type missing from it has the default policy): they give the effective
+        ``max_attempts`` and per-attempt timeout of a row that sets none
+        (written into the row by the claim), and the concurrency limits the
+        claim must keep, counted across every supervisor on the database.
         """
 
     @abc.abstractmethod
@@ -153,6 +168,8 @@ class Store(abc.ABC):
         types: Iterable[str],
         limit: int,
         lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
     ) -> tuple[set[int], list[Claim]]:
         """Complete ``owner``'s ``completions`` and claim up to ``limit`` more.
 
@@ -160,7 +177,7 @@ class Store(abc.ABC):
         one transaction; this default does them one after the other.
         """
         won = self.complete_many(completions) if completions else set()
-        return won, self.claim(owner, types, limit, lease_s)
+        return won, self.claim(owner, types, limit, lease_s, policies=policies)
 
     @abc.abstractmethod
     def progress(self, claim: Claim, pct: int) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +39,7 @@ from supervisor.lifecycle import (
     clamp_max_attempts,
     trim_error,
 )
-from supervisor.policy import DEFAULT_POLICY, effective_max_attempts
+from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
 from supervisor.store.base import (
     Claim,
     NewTask,
@@ -303,7 +303,15 @@ class MemoryStore(Store):
             ids.append(self._last_id)
         return ids
 
-    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
+    ) -> list[Claim]:
         with self._call("claim", reaches_database=False):
             wanted = set(types)
             if not wanted or limit <= 0:
@@ -345,6 +353,8 @@ class MemoryStore(Store):
         types: Iterable[str],
         limit: int,
         lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
     ) -> tuple[set[int], list[Claim]]:
         """Both in one critical section, as the MySQL backend does both in one transaction."""
         with self._call("complete_and_claim", reaches_database=False):

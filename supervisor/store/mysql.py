@@ -19,7 +19,7 @@ import functools
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pymysql
@@ -29,6 +29,7 @@ from pymysql.constants import CLIENT
 from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
+from supervisor.policy import HandlerPolicy
 from supervisor.store import migrator
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries
@@ -248,7 +249,15 @@ class MysqlStore(SqlStore):
 
         return self._transaction(body)
 
-    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
+    ) -> list[Claim]:
         return self.complete_and_claim((), owner, types, limit, lease_s)[1]
 
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
@@ -265,6 +274,8 @@ class MysqlStore(SqlStore):
         types: Iterable[str],
         limit: int,
         lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
     ) -> tuple[set[int], list[Claim]]:
         """Complete ``completions`` (all ``owner``'s) and claim the next batch in ONE transaction.
 

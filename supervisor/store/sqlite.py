@@ -11,11 +11,12 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
+from supervisor.policy import HandlerPolicy
 from supervisor.store import migrator
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries
@@ -121,7 +122,15 @@ class SqliteStore(SqlStore):
                 ids.append(cursor.lastrowid)
             return ids
 
-    def claim(self, owner: str, types: Iterable[str], limit: int, lease_s: float) -> list[Claim]:
+    def claim(
+        self,
+        owner: str,
+        types: Iterable[str],
+        limit: int,
+        lease_s: float,
+        *,
+        policies: Mapping[str, HandlerPolicy] | None = None,
+    ) -> list[Claim]:
         type_list = self._types_list(types)
         if not type_list or limit <= 0:
             return []
