@@ -130,6 +130,11 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     enqueue.add_argument("--budget", default="3600", help="seconds of wall-clock budget")
     enqueue.add_argument("--max-attempts", default="3", help="1..100 (default 3)")
     enqueue.add_argument("--priority", default="0", help="smaller runs first (default 0)")
+    enqueue.add_argument(
+        "--concurrency-key",
+        help="tasks sharing this key (1-255 characters) count together against the"
+        " handler's CONCURRENCY_PER_KEY",
+    )
 
     status = sub.add_parser("status", parents=[common], help="counts by type and status")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -177,6 +182,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             budget=number(args.budget, "--budget"),
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
+            concurrency_key=args.concurrency_key,
         )
         print(ready_store(dsn, create=True).enqueue(task))
         return 0

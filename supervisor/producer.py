@@ -18,6 +18,7 @@ from supervisor.lifecycle import (
     DEFAULT_BUDGET_S,
     DEFAULT_MAX_ATTEMPTS,
     validate_budget,
+    validate_concurrency_key,
     validate_delay,
     validate_max_attempts,
     validate_options,
@@ -59,8 +60,13 @@ def new_task(
     budget: float = DEFAULT_BUDGET_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
+    concurrency_key: str | None = None,
 ) -> NewTask:
-    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
+    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong.
+
+    ``concurrency_key``: tasks sharing it count together against the handler's
+    ``CONCURRENCY_PER_KEY``; ``None`` (no key) is not limited per key.
+    """
     return NewTask(
         type=validate_type(type),
         options=validate_options(options_text(options)),
@@ -68,6 +74,7 @@ def new_task(
         budget_s=validate_budget(float(budget)),
         max_attempts=validate_max_attempts(int(max_attempts)),
         priority=validate_priority(int(priority)),
+        concurrency_key=validate_concurrency_key(concurrency_key),
     )
 
 
@@ -75,6 +82,8 @@ class Queue:
     """A handle on the ``tasks`` table for producers.
 
     ``priority``: smaller runs first (like ``nice``); the default is 0.
+    ``concurrency_key``: tasks sharing it count together against the handler's
+    ``CONCURRENCY_PER_KEY``; the default (no key) is not limited per key.
     ``budget``: seconds of wall-clock time from when the task becomes runnable
     until it is killed, retries included.
     """
@@ -93,10 +102,17 @@ class Queue:
         budget: float = DEFAULT_BUDGET_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         priority: int = 0,
+        concurrency_key: str | None = None,
     ) -> int:
         """Insert one task and return its id; ``options`` may be a string, or a dict/list (JSON)."""
         task = new_task(
-            type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
+            type,
+            options,
+            delay=delay,
+            budget=budget,
+            max_attempts=max_attempts,
+            priority=priority,
+            concurrency_key=concurrency_key,
         )
         return self.store.enqueue(task)
 
@@ -123,14 +139,22 @@ def enqueue_in_transaction(
     budget: float = DEFAULT_BUDGET_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
+    concurrency_key: str | None = None,
 ) -> int:
     """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
 
     The task becomes visible to supervisors only when the caller commits, and
-    disappears with a rollback. ``options`` is taken as by :meth:`Queue.enqueue`.
+    disappears with a rollback. ``options`` and ``concurrency_key`` are taken as
+    by :meth:`Queue.enqueue`.
     """
     task = new_task(
-        type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
+        type,
+        options,
+        delay=delay,
+        budget=budget,
+        max_attempts=max_attempts,
+        priority=priority,
+        concurrency_key=concurrency_key,
     )
     params = SqlStore.new_task_params(task)
     if isinstance(connection, sqlite3.Connection):
