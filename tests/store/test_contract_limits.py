@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pytest
 
+from supervisor.errors import StoreError
 from supervisor.lifecycle import Failure, Status
 from supervisor.policy import HandlerPolicy
-from supervisor.store import Store
+from supervisor.store import NewTask, Store
 from tests.store import test_contract
 from tests.store.test_contract import LONG_LEASE_S, enqueue, row
 
@@ -170,3 +171,10 @@ def test_has_claimable_still_sees_other_types_beside_a_full_one(store: Store) ->
     assert (
         store.has_claimable(["lim", "free"], policies={"lim": HandlerPolicy(concurrency=1)}) is True
     )
+
+
+def test_a_key_longer_than_the_column_is_refused_and_nothing_is_written(store: Store) -> None:
+    """Producers validate first; a store handed a bad key anyway refuses as the column does."""
+    with pytest.raises(StoreError):
+        store.enqueue_many([NewTask(type="lim"), NewTask(type="lim", concurrency_key="k" * 256)])
+    assert store.counts() == []
