@@ -385,8 +385,18 @@ class MysqlStore(SqlStore):
     def _limited_candidates(
         self, cursor: pymysql.cursors.DictCursor, task_type: str, policy: HandlerPolicy, want: int
     ) -> list[Row]:
-        """Lock the type, count its running tasks, select and keep what fits (locked rows)."""
+        """Lock the type, count its running tasks, select and keep what fits (locked rows).
+
+        A type with nothing runnable is not locked at all: one plain read first, so
+        a supervisor busy with other types does not queue on the lock of an idle
+        limited type, fleet-wide, at every claim. A task enqueued just after that
+        read waits for the next claim, as one enqueued after any claim does.
+        """
         queries = self._queries
+        anything = {"type": task_type, "no_full_keys": True, "full_keys": (b"",)}
+        cursor.execute(queries["probe_limited"], anything)
+        if not cursor.fetchall():
+            return []
         cursor.execute(queries["lock_task_type"], {"type": task_type})
         cursor.execute(queries["running_by_key"], {"type": task_type})
         running = running_of(cursor.fetchall())
