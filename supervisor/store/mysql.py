@@ -10,6 +10,13 @@ Session rules that keep many supervisors from hurting each other:
 * CLIENT_FOUND_ROWS, so a fenced write reports rows *matched*: a progress
   write of an unchanged value is not mistaken for a lost claim.
 * short lock waits, and 1213/1205/1020 retried with jitter.
+
+Concurrency limits (:mod:`supervisor.store.limits`): a claim of a type whose
+handler declares ``CONCURRENCY`` or ``CONCURRENCY_PER_KEY`` locks the type's
+``task_types`` row (types in sorted order), counts the running rows, and claims
+what fits, all in the claim's transaction; under READ COMMITTED the count sees
+every claim committed before the lock was granted. Types without limits claim
+with the plain statements, without that lock.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 WAL lets readers proceed during a write; ``BEGIN IMMEDIATE`` takes the write
 lock up front so two claimers queue on the busy timeout instead of failing on
-a lock upgrade; the claim is one ``UPDATE ... RETURNING`` statement.
+a lock upgrade; the claim is one ``UPDATE ... RETURNING`` statement. When a
+claimed type has a concurrency limit, the claim instead reads the running
+counts and the candidates, then claims the ids that fit: ``BEGIN IMMEDIATE``
+already serialises that against every other writer of the file.
 """
 
 from __future__ import annotations
