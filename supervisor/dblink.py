@@ -531,7 +531,10 @@ def check_database(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Ping the database before ``run`` starts anything; raise :class:`StartupError` if it won't do.
+    """Reach and migrate the database before ``run`` starts anything; :class:`StartupError` if not.
+
+    A schema newer than this code knows (a newer release migrated it) is a
+    configuration error too: this code cannot know what the new columns mean.
 
     A configuration error (unknown database, access denied, unknown host) can
     only be fixed by the operator, so it ends the start at once. A database
@@ -545,7 +548,7 @@ def check_database(
         failures = 0
         while True:
             try:
-                store.ping()
+                store.migrate()  # answers like a ping, and refuses a schema newer than ours
                 return
             except StoreMisconfigured as exc:
                 raise StartupError(str(exc)) from None
