@@ -31,6 +31,7 @@ from supervisor.lifecycle import (
     Failure,
     Status,
 )
+from supervisor.pausing import pause_or_resume
 from supervisor.producer import new_task
 from supervisor.status_view import print_status, printable, watch
 from supervisor.store import Store, TaskRow, open_store
@@ -41,7 +42,18 @@ T = TypeVar("T")
 # Ids are positive and fit SQLite's INTEGER (signed 64-bit); anything else cannot name a task,
 # and would otherwise reach the driver (sqlite3 raises OverflowError, not a database error).
 MAX_TASK_ID = 2**63 - 1
-SUBCOMMANDS = ("run", "enqueue", "status", "show", "retry", "cancel", "migrate", "prune")
+SUBCOMMANDS = (
+    "run",
+    "enqueue",
+    "status",
+    "show",
+    "retry",
+    "cancel",
+    "pause",
+    "resume",
+    "migrate",
+    "prune",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -160,7 +172,16 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
         command = sub.add_parser(name, parents=[common], help=text)
         command.add_argument("id", type=task_id)
 
-    sub.add_parser("migrate", parents=[common], help="create the tasks table (idempotent)")
+    for name, text in (
+        ("pause", "stop claims of a type across the fleet; running tasks finish"),
+        ("resume", "let a paused type be claimed again"),
+    ):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("type", help="task type (it need not have a handler yet)")
+
+    sub.add_parser(
+        "migrate", parents=[common], help="apply the pending schema migrations (idempotent)"
+    )
     prune = sub.add_parser("prune", parents=[common], help="delete old finished tasks")
     prune.add_argument("--older-than", required=True, help="seconds since they finished")
     return parser
@@ -197,6 +218,8 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         return print_status(store, Path(args.handlers), as_json=args.json)
     if args.command == "show":
         return print_show(store, args.id, as_json=args.json, with_options=args.options)
+    if args.command in ("pause", "resume"):
+        return pause_or_resume(store, args.command, args.type)
     return operator_transition(store, args.command, args.id)
 
 

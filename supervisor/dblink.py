@@ -49,6 +49,7 @@ from supervisor.link_events import (
     LeasesLost,
     LinkEvent,
     NotRecorded,
+    PausedChanged,
     Recorded,
     Swept,
 )
@@ -117,6 +118,9 @@ class DatabaseLink:
         self._failures = 0
         self._migrated = False
         self._ran_dry = False
+        self._paused: frozenset[str] = frozenset()
+        self._paused_known = False
+        self._next_pause_read = now
         self._thread: threading.Thread | None = None
         self._posted = False
 
@@ -360,10 +364,14 @@ class DatabaseLink:
         cheap non-locking look, and open a claim transaction only on a hit.
         """
         done = [r for r in self._held if r.is_completion]
-        if self._ran_dry and not self._store.has_claimable(types):
-            self._next_poll = now + self._poll_interval_s
-            if done:
-                self._complete()
+        ours_paused = not self._paused.isdisjoint(types)
+        if self._ran_dry and not ours_paused and not self._store.has_claimable(types):
+            self._idle(now, done)
+            return
+        self._read_paused(now)
+        types = [t for t in types if t not in self._paused]
+        if not types or (self._ran_dry and ours_paused and not self._store.has_claimable(types)):
+            self._idle(now, done)
             return
         claimed_at = self._clock()
         started = time.perf_counter()
@@ -398,6 +406,29 @@ class DatabaseLink:
             )
             self._announce()  # at once: housekeeping may take a while, and claims go stale
 
+    def _idle(self, now: float, done: list[PendingResult]) -> None:
+        """Nothing to claim now: poll again in one interval; held completions go alone."""
+        self._next_poll = now + self._poll_interval_s
+        if done:
+            self._complete()
+
+    def _read_paused(self, now: float) -> None:
+        """Learn which types operators paused, at most once per poll interval.
+
+        Read before a claim (never on an idle poll that finds no work, unless
+        one of our types is paused: then its resume must be seen), so a pause
+        stops this supervisor's claims within one poll interval, and an idle
+        supervisor with nothing paused pays only the read that refreshes the
+        pause gauge with the queue-depth sample.
+        """
+        if now < self._next_pause_read:
+            return
+        self._next_pause_read = now + self._poll_interval_s
+        paused = self._store.paused_types()
+        if paused != self._paused or not self._paused_known:
+            self._paused, self._paused_known = paused, True
+            self._post(PausedChanged(paused=paused))
+
     def _sweep(self, now: float) -> None:
         """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
         self._next_housekeeping = now + min(HOUSEKEEPING_INTERVAL_S, self._heartbeat_s)
@@ -411,6 +442,7 @@ class DatabaseLink:
         self._next_sample = now + SAMPLE_INTERVAL_S
         counts = self._store.counts(live_only=True)
         self._post(DepthSampled(counts=tuple((c.type, str(c.status), c.count) for c in counts)))
+        self._read_paused(now)  # an idle supervisor reads no pauses to claim; its gauge still does
 
     def _cancelled_among(self, lost: list[Claim]) -> frozenset[int]:
         """Which lost claims an operator cancelled; none if the database cannot say.

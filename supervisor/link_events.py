@@ -60,6 +60,13 @@ class DepthSampled:
 
 
 @attrs.frozen(kw_only=True)
+class PausedChanged:
+    """The types operators have paused now, fleet-wide (ours or not): claims skip ours."""
+
+    paused: frozenset[str]
+
+
+@attrs.frozen(kw_only=True)
 class DbFailed:
     error: str
     retry_in_s: float
@@ -78,4 +85,14 @@ class NotRecorded:
     result: PendingResult
 
 
-LinkEvent = Claimed | Recorded | LeasesLost | Swept | DepthSampled | DbFailed | DbBack | NotRecorded
+LinkEvent = (
+    Claimed
+    | Recorded
+    | LeasesLost
+    | Swept
+    | DepthSampled
+    | PausedChanged
+    | DbFailed
+    | DbBack
+    | NotRecorded
+)

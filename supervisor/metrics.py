@@ -182,6 +182,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=to,
         )
+        self.paused = Gauge(
+            "supervisor_type_paused",
+            "1 while an operator has paused claims of this handled type, else 0.",
+            ["type"],
+            multiprocess_mode="livemax",
+            registry=to,
+        )
         self._depth_labels: set[tuple[str, str]] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._rss_slots: set[str] = set()
@@ -223,6 +230,11 @@ class Metrics:
         for (label, status), count in totals.items():
             self.queue_depth.labels(type=label, status=status).set(count)
         self._depth_labels = set(totals)
+
+    def set_paused(self, paused: Container[str], handled: Iterable[str]) -> None:
+        """One series per handled type (other types would let a producer create series)."""
+        for task_type in handled:
+            self.paused.labels(type=task_type).set(1 if task_type in paused else 0)
 
     def set_child_rss(self, rss_by_slot: dict[int, int]) -> None:
         current = {str(slot): rss for slot, rss in rss_by_slot.items()}

@@ -50,6 +50,7 @@ from supervisor.link_events import (
     DepthSampled,
     LeasesLost,
     NotRecorded,
+    PausedChanged,
     Recorded,
     Swept,
 )
@@ -341,6 +342,8 @@ class Supervisor:
                 self.telemetry.swept(event)
             elif isinstance(event, DepthSampled):
                 self.telemetry.depth(event)
+            elif isinstance(event, PausedChanged):
+                self.telemetry.paused(event, self.handlers)
             elif isinstance(event, DbFailed):
                 self.telemetry.db_failed(event)
             elif isinstance(event, DbBack):

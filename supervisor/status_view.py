@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from supervisor.handlers import discover
 from supervisor.lifecycle import Status
+from supervisor.pausing import paused_entries
 from supervisor.store import StatusCount, Store
 
 WINDOW_S = 60.0
@@ -104,12 +105,14 @@ def print_status(
     handled = handled_types(handlers_dir)
     by_type = summarize(store.counts(), handled)
     supervisors = fleet(store)
+    paused = paused_entries(store.type_infos(), handled)
     if as_json:
-        document = {"types": by_type, "supervisors": supervisors}
+        document = {"types": by_type, "supervisors": supervisors, "paused": paused}
         print(json.dumps(document, indent=2, sort_keys=True), file=out)
         return 0
     if not by_type:
         print("no tasks", file=out)
+        print_paused(paused, out)
         print_fleet(supervisors, out)
         return 0
     columns = [s.value for s in Status]
@@ -125,8 +128,18 @@ def print_status(
         note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
         cells = "  ".join(f"{entry['counts'].get(c, 0):>9}" for c in columns)
         print(f"{names[name]:<{width}}  {cells}  {format_age(age):>13}{note}", file=out)
+    print_paused(paused, out)
     print_fleet(supervisors, out)
     return 0
+
+
+def print_paused(entries: list[dict[str, Any]], out: TextIO) -> None:
+    if not entries:
+        return
+    print(f"\npaused: {len(entries)} (not claimed anywhere until resumed)", file=out)
+    for entry in entries:
+        note = "" if entry["handler"] else "  (no handler exists for it)"
+        print(f"  {printable(entry['type'])}  since {entry['paused_at']}{note}", file=out)
 
 
 def format_age(age: float | None) -> str:

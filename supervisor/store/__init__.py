@@ -16,6 +16,7 @@ from supervisor.store.base import (
     SupervisorInfo,
     TaskRow,
     Transition,
+    TypeInfo,
 )
 from supervisor.store.memory import ManualClock, MemoryStore
 
@@ -43,5 +44,6 @@ __all__ = [
     "SupervisorInfo",
     "TaskRow",
     "Transition",
+    "TypeInfo",
     "open_store",
 ]

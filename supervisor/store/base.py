@@ -28,6 +28,7 @@ __all__ = [
     "SupervisorInfo",
     "TaskRow",
     "Transition",
+    "TypeInfo",
 ]
 
 
@@ -92,6 +93,24 @@ class StatusCount:
     status: Status | str
     count: int
     oldest_age_s: float | None
+
+
+@attrs.frozen(kw_only=True)
+class TypeInfo:
+    """What the fleet knows about a task type (the ``task_types`` table).
+
+    ``paused``: an operator paused it; no supervisor claims it until resumed.
+    ``policy``: what the handler file declares, as the last supervisor that has
+    the file wrote it (``declared_by``); None when no supervisor ever declared
+    one, which is how ``status`` knows that no handler exists for a paused type.
+    """
+
+    type: str
+    paused: bool
+    paused_at: datetime | None
+    policy: HandlerPolicy | None
+    declared_by: str | None
+    declared_at: datetime | None
 
 
 @attrs.frozen(kw_only=True)
@@ -242,6 +261,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def forget_supervisors(self, dead_for_s: float) -> int:
         """Drop registry entries of supervisors silent for longer than ``dead_for_s``."""
+
+    @abc.abstractmethod
+    def set_paused(self, task_type: str, paused: bool) -> bool:
+        """Pause or resume claims of ``task_type`` fleet-wide; True if that changed its state.
+
+        A type no supervisor knows may be paused: its producer may come first.
+        """
+
+    @abc.abstractmethod
+    def paused_types(self) -> frozenset[str]:
+        """The types paused now: one small read, made by each claiming supervisor every poll."""
+
+    @abc.abstractmethod
+    def type_infos(self) -> list[TypeInfo]:
+        """Every type the fleet knows of: paused ones, and ones whose policy was declared."""
 
     @abc.abstractmethod
     def cancel(self, task_id: int) -> Transition:

@@ -49,6 +49,7 @@ from supervisor.store.base import (
     SupervisorInfo,
     TaskRow,
     Transition,
+    TypeInfo,
 )
 
 Clock = Callable[[], datetime]
@@ -183,6 +184,7 @@ class MemoryStore(Store):
         self._tasks: dict[int, TaskRow] = {}
         self._last_id = 0
         self._supervisors: dict[str, _Registration] = {}
+        self._types: dict[str, TypeInfo] = {}
         self._calls: Counter[str] = Counter()
         self._fault: StoreError | None = None
 
@@ -594,6 +596,28 @@ class MemoryStore(Store):
             for key in dead:
                 del self._supervisors[key]
             return len(dead)
+
+    def set_paused(self, task_type: str, paused: bool) -> bool:
+        with self._call("set_paused"):
+            known = self._types.get(task_type) or TypeInfo(
+                type=task_type,
+                paused=False,
+                paused_at=None,
+                policy=None,
+                declared_by=None,
+                declared_at=None,
+            )
+            paused_at = (known.paused_at if known.paused else self.clock()) if paused else None
+            self._types[task_type] = attrs.evolve(known, paused=paused, paused_at=paused_at)
+            return known.paused != paused
+
+    def paused_types(self) -> frozenset[str]:
+        with self._call("paused_types"):
+            return frozenset(name for name, info in self._types.items() if info.paused)
+
+    def type_infos(self) -> list[TypeInfo]:
+        with self._call("type_infos"):
+            return [self._types[name] for name in sorted(self._types)]
 
     def cancel(self, task_id: int) -> Transition:
         with self._call("cancel"):

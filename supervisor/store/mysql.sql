@@ -176,6 +176,27 @@ SET status = 'failed', failure = 'expired',
     completed_at = NOW(6)
 WHERE id IN %(ids)s AND status = 'queued' AND deadline_at <= NOW(6)
 
+-- name: type_paused
+SELECT paused FROM task_types WHERE type = %(type)s
+
+-- name: set_paused
+-- SET runs left to right: paused_at reads the old paused, so a second pause keeps the first's
+-- time, and a resume clears it.
+INSERT INTO task_types (type, paused, paused_at)
+VALUES (%(type)s, %(paused)s, IF(%(paused)s, NOW(6), NULL))
+ON DUPLICATE KEY UPDATE
+    paused_at = IF(VALUES(paused), IF(paused, paused_at, NOW(6)), NULL),
+    paused = VALUES(paused)
+
+-- name: paused_types
+SELECT type FROM task_types WHERE paused = 1
+
+-- name: type_infos
+SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
+       concurrency_per_key, declared_by, declared_at
+FROM task_types
+ORDER BY type
+
 -- name: status_of
 SELECT status FROM tasks WHERE id = %(id)s
 

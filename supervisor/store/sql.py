@@ -25,7 +25,7 @@ from supervisor.lifecycle import (
     clamp_max_attempts,
     trim_error,
 )
-from supervisor.policy import DEFAULT_POLICY, effective_max_attempts
+from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
 from supervisor.store.base import (
     Claim,
     NewTask,
@@ -35,6 +35,7 @@ from supervisor.store.base import (
     SupervisorInfo,
     TaskRow,
     Transition,
+    TypeInfo,
 )
 
 Row = dict[str, Any]
@@ -103,6 +104,33 @@ def row_to_task(row: Row) -> TaskRow:
         lease_expires_at=to_optional_datetime(row["lease_expires_at"]),
         updated_at=to_datetime(row["updated_at"]),
     )
+
+
+def row_to_type_info(row: Row) -> TypeInfo:
+    """A ``task_types`` row; the policy columns are None until a supervisor declared them."""
+    declared = row["declared_at"] is not None
+    policy = None
+    if declared:
+        backoff = row["backoff"]
+        policy = HandlerPolicy(
+            max_attempts=_optional_int(row["max_attempts"]),
+            backoff=tuple(float(d) for d in str(backoff).split(",")) if backoff else None,
+            timeout_s=None if row["timeout_s"] is None else float(row["timeout_s"]),
+            concurrency=_optional_int(row["concurrency"]),
+            concurrency_per_key=_optional_int(row["concurrency_per_key"]),
+        )
+    return TypeInfo(
+        type=str(row["type"]),
+        paused=bool(row["paused"]),
+        paused_at=to_optional_datetime(row["paused_at"]),
+        policy=policy,
+        declared_by=row["declared_by"],
+        declared_at=to_optional_datetime(row["declared_at"]),
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def row_to_claim(row: Row, owner: str) -> Claim:
@@ -257,6 +285,18 @@ class SqlStore(Store):
     def forget_supervisors(self, dead_for_s: float) -> int:
         dead = seconds(dead_for_s)
         return self._changed("forget_supervisors", {"dead_s": dead["s"], "dead_us": dead["us"]})
+
+    def set_paused(self, task_type: str, paused: bool) -> bool:
+        before = self._rows("type_paused", {"type": task_type})
+        was_paused = bool(before and before[0]["paused"])
+        self._changed("set_paused", {"type": task_type, "paused": int(paused)})
+        return was_paused != paused
+
+    def paused_types(self) -> frozenset[str]:
+        return frozenset(str(row["type"]) for row in self._rows("paused_types"))
+
+    def type_infos(self) -> list[TypeInfo]:
+        return [row_to_type_info(row) for row in self._rows("type_infos")]
 
     def cancel(self, task_id: int) -> Transition:
         return self._transition("cancel", task_id)

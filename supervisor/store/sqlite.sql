@@ -179,6 +179,28 @@ WHERE id IN (
 )
 RETURNING type
 
+-- name: type_paused
+SELECT paused FROM task_types WHERE type = :type
+
+-- name: set_paused
+-- Every SET expression reads the old row: a second pause keeps the first's time.
+INSERT INTO task_types (type, paused, paused_at)
+VALUES (:type, :paused, CASE WHEN :paused THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END)
+ON CONFLICT (type) DO UPDATE SET
+    paused_at = CASE WHEN excluded.paused
+                     THEN CASE WHEN paused THEN paused_at
+                               ELSE strftime('%Y-%m-%d %H:%M:%f', 'now') END END,
+    paused = excluded.paused
+
+-- name: paused_types
+SELECT type FROM task_types WHERE paused = 1
+
+-- name: type_infos
+SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
+       concurrency_per_key, declared_by, declared_at
+FROM task_types
+ORDER BY type
+
 -- name: status_of
 SELECT status FROM tasks WHERE id = :id
 

@@ -1101,6 +1101,45 @@ def test_enqueue_in_transaction_validates_before_writing(sqlite_dsn: str) -> Non
         store.close()
 
 
+# --- pause and resume: the fleet's switch per type -----------------------------------------
+
+
+def test_a_type_nobody_knows_can_be_paused_and_resumed(store: Store) -> None:
+    """The producer may come first: pausing an unknown type records it, with no policy."""
+    assert store.paused_types() == frozenset()
+    assert store.set_paused("later", True) is True
+    assert store.paused_types() == {"later"}
+    (info,) = store.type_infos()
+    assert (info.type, info.paused, info.policy, info.declared_by) == ("later", True, None, None)
+    assert info.paused_at is not None and abs(secs(info.paused_at, db_now(store))) < TOLERANCE_S
+    assert store.set_paused("later", False) is True
+    assert store.paused_types() == frozenset()
+    (info,) = store.type_infos()
+    assert (info.paused, info.paused_at) == (False, None)
+
+
+def test_pausing_twice_changes_nothing_and_keeps_the_first_pause_time(store: Store) -> None:
+    assert store.set_paused("t", True) is True
+    first = store.type_infos()[0].paused_at
+    elapse(store, 0.01)
+    assert store.set_paused("t", True) is False
+    assert store.type_infos()[0].paused_at == first
+    assert store.set_paused("u", False) is False, "resuming a type never paused is no change"
+    assert store.paused_types() == {"t"}
+
+
+def test_pause_changes_no_task_and_running_ones_finish(store: Store) -> None:
+    """Pausing is a switch the claimers read: rows keep their status, a running task completes."""
+    enqueue(store, "t")
+    running = claim_one(store, types=("t",))
+    waiting = enqueue(store, "t")
+    store.set_paused("t", True)
+    assert row(store, running.id).status is Status.RUNNING
+    assert row(store, waiting).status is Status.QUEUED
+    assert store.complete(running)
+    assert store.paused_types() == {"t"}
+
+
 # --- the supervisor registry ----------------------------------------------------------------
 
 
