@@ -142,6 +142,12 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     enqueue.add_argument("--budget", default="3600", help="seconds of wall-clock budget")
     enqueue.add_argument("--max-attempts", default="3", help="1..100 (default 3)")
     enqueue.add_argument("--priority", default="0", help="smaller runs first (default 0)")
+    enqueue.add_argument(
+        "--unique-key",
+        default=None,
+        help="at most one live (queued or running) task of this type per key: a duplicate "
+        "creates nothing and prints the live task's id",
+    )
 
     status = sub.add_parser("status", parents=[common], help="counts by type and status")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -198,8 +204,16 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             budget=number(args.budget, "--budget"),
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
+            unique_key=args.unique_key,
         )
-        print(ready_store(dsn, create=True).enqueue(task))
+        enqueued = ready_store(dsn, create=True).enqueue(task)
+        print(int(enqueued))
+        if enqueued.existed:  # exit 0 all the same: the task the caller asked for exists
+            print(
+                f"supervisor: task {int(enqueued)} of type {printable(task.type)} already exists "
+                f"with this unique key and is live; nothing was enqueued",
+                file=sys.stderr,
+            )
         return 0
     if args.command == "prune":
         older_than = number(args.older_than, "--older-than")
@@ -358,6 +372,13 @@ def operator_transition(store: Store, command: str, task_id: int) -> int:
     result = store.cancel(task_id) if command == "cancel" else store.retry(task_id)
     if result.before is None:
         print(f"supervisor: no task with id {task_id}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if result.blocked_by is not None:
+        print(
+            f"supervisor: task {task_id} cannot be retried: task {result.blocked_by} of the same "
+            "type is live with its unique key",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
     if not result.applied:
         allowed = "queued or running" if command == "cancel" else "failed or cancelled"

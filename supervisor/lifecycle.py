@@ -204,6 +204,22 @@ def validate_max_attempts(value: int) -> int:
     return value
 
 
+MAX_KEY_CHARS = 255
+
+
+def validate_key(value: str | None, what: str) -> str | None:
+    """A unique or concurrency key: 1-255 characters of text (the columns' VARCHAR(255))."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_CHARS:
+        raise UsageError(f"a {what} must be 1 to {MAX_KEY_CHARS} characters of text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"a {what} must be UTF-8 text") from None
+    return value
+
+
 def validate_budget(value: float) -> float:
     if not 0 < value <= MAX_SECONDS:
         raise UsageError(

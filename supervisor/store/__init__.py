@@ -9,6 +9,7 @@ from __future__ import annotations
 from supervisor.dsn import Dsn, MysqlDsn, SqliteDsn
 from supervisor.store.base import (
     Claim,
+    Enqueued,
     NewTask,
     Rescued,
     StatusCount,
@@ -35,6 +36,7 @@ def open_store(dsn: Dsn) -> Store:
 
 __all__ = [
     "Claim",
+    "Enqueued",
     "ManualClock",
     "MemoryStore",
     "NewTask",

@@ -21,6 +21,7 @@ from supervisor.records import Claim, SupervisorInfo
 
 __all__ = [
     "Claim",
+    "Enqueued",
     "NewTask",
     "Rescued",
     "StatusCount",
@@ -45,7 +46,26 @@ class NewTask:
     max_attempts: int | None = None
     timeout_s: float | None = None
     concurrency_key: str | None = None
+    # At most one live (queued or running) task per (type, unique_key): a duplicate
+    # creates nothing, and the enqueue answers with the live task's id.
+    unique_key: str | None = None
     priority: int = 0
+
+
+class Enqueued(int):
+    """A task id that says whether the enqueue created the task (``existed`` False) or
+    found a live one with the same type and unique key (``existed`` True).
+
+    It is an ``int`` that prints as the id, so callers that only want the id
+    use it as before.
+    """
+
+    existed: bool
+
+    def __new__(cls, task_id: int, *, existed: bool = False) -> Enqueued:
+        made = super().__new__(cls, task_id)
+        made.existed = existed
+        return made
 
 
 @attrs.frozen(kw_only=True)
@@ -61,6 +81,7 @@ class TaskRow:
     max_attempts: int | None
     timeout_s: float | None
     concurrency_key: str | None
+    unique_key: str | None
     progress_pct: int
     failure: Failure | None
     last_error: str | None
@@ -115,10 +136,15 @@ class TypeInfo:
 
 @attrs.frozen(kw_only=True)
 class Transition:
-    """The result of an operator's cancel or retry: the status found, and whether it applied."""
+    """The result of an operator's cancel or retry: the status found, and whether it applied.
+
+    ``blocked_by``: a retry that did not apply because another live task holds
+    the same type and unique key (two would break the key's promise).
+    """
 
     before: Status | None
     applied: bool
+    blocked_by: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -148,10 +174,14 @@ class Store(abc.ABC):
         """Create the table and indexes if missing (idempotent)."""
 
     @abc.abstractmethod
-    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
-        """Insert tasks in one transaction; return their ids in order."""
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
+        """Insert tasks in one transaction; return their ids in order.
 
-    def enqueue(self, task: NewTask) -> int:
+        A task whose (type, unique key) a live task holds already is not
+        inserted: its entry is that task's id, marked ``existed``.
+        """
+
+    def enqueue(self, task: NewTask) -> Enqueued:
         return self.enqueue_many([task])[0]
 
     @abc.abstractmethod

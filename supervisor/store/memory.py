@@ -42,6 +42,7 @@ from supervisor.lifecycle import (
 from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
 from supervisor.store.base import (
     Claim,
+    Enqueued,
     NewTask,
     Rescued,
     StatusCount,
@@ -260,15 +261,28 @@ class MemoryStore(Store):
         with self._call("migrate"):
             pass
 
-    def enqueue(self, task: NewTask) -> int:
+    def enqueue(self, task: NewTask) -> Enqueued:
         with self._call("enqueue"):
             return self._insert([task])[0]
 
-    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         with self._call("enqueue_many"):
             return self._insert(tasks)
 
-    def _insert(self, tasks: Sequence[NewTask]) -> list[int]:
+    def _live_holder(self, task_type: str, unique_key: str | None) -> int | None:
+        """The live task holding (type, unique key), as the unique index finds it."""
+        if unique_key is None:
+            return None
+        for task in self._tasks.values():
+            if (
+                task.type == task_type
+                and task.unique_key == unique_key
+                and task.status in (Status.QUEUED, Status.RUNNING)
+            ):
+                return task.id
+        return None
+
+    def _insert(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         """All or nothing: every task is checked and its times computed before any is stored."""
         now = self.clock()
         rows = []
@@ -277,8 +291,12 @@ class MemoryStore(Store):
             run_at = _later(now, task.delay_s)
             deadline_at = _later(now, task.delay_s + task.budget_s)
             rows.append((task, run_at, deadline_at))
-        ids = []
+        ids: list[Enqueued] = []
         for task, run_at, deadline_at in rows:
+            holder = self._live_holder(task.type, task.unique_key)
+            if holder is not None:
+                ids.append(Enqueued(holder, existed=True))
+                continue
             self._last_id += 1  # AUTOINCREMENT: an id is never reused, even after a prune
             self._tasks[self._last_id] = TaskRow(
                 id=self._last_id,
@@ -290,6 +308,7 @@ class MemoryStore(Store):
                 max_attempts=task.max_attempts,
                 timeout_s=task.timeout_s,
                 concurrency_key=task.concurrency_key,
+                unique_key=task.unique_key,
                 progress_pct=0,
                 failure=None,
                 last_error=None,
@@ -302,7 +321,7 @@ class MemoryStore(Store):
                 lease_expires_at=None,
                 updated_at=now,
             )
-            ids.append(self._last_id)
+            ids.append(Enqueued(self._last_id))
         return ids
 
     def claim(
@@ -646,6 +665,9 @@ class MemoryStore(Store):
                 return Transition(before=None, applied=False)
             if task.status not in (Status.FAILED, Status.CANCELLED):
                 return Transition(before=task.status, applied=False)
+            holder = self._live_holder(task.type, task.unique_key)
+            if holder is not None:
+                return Transition(before=task.status, applied=False, blocked_by=holder)
             now = self.clock()
             self._update(
                 task,

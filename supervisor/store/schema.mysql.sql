@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     timeout_s        DOUBLE           NULL,
     -- Tasks sharing a key count against their handler's CONCURRENCY_PER_KEY together.
     concurrency_key  VARCHAR(255)     NULL,
+    -- At most one live (queued or running) task per (type, unique_key): live_unique_key
+    -- holds the key only while the task is live, and a unique index admits many NULLs.
+    unique_key       VARCHAR(255)     NULL,
+    live_unique_key  VARCHAR(255)
+        GENERATED ALWAYS AS (IF(status IN ('queued', 'running'), unique_key, NULL)) VIRTUAL,
     progress_pct     TINYINT UNSIGNED NOT NULL DEFAULT 0,
     failure          ENUM('error', 'panic', 'timeout', 'expired', 'lost', 'attempt_timeout') NULL,
     last_error       TEXT             NULL,
@@ -44,7 +49,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     KEY tasks_finished (status, completed_at),
     KEY tasks_type_status (type, status, created_at),
     -- Claims of a type with a concurrency limit count its running tasks (per key) here.
-    KEY tasks_concurrency (type, status, concurrency_key)
+    KEY tasks_concurrency (type, status, concurrency_key),
+    UNIQUE KEY tasks_unique_live (type, live_unique_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- The registry of supervisors: claimed_by is traced to a host and pid here, and
@@ -97,3 +103,6 @@ INSERT IGNORE INTO schema_migrations (version, name) VALUES (1, 'initial');
 INSERT IGNORE INTO schema_migrations (version, name)
 SELECT 2, 'scheduling_control' FROM information_schema.columns
 WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'timeout_s';
+INSERT IGNORE INTO schema_migrations (version, name)
+SELECT 3, 'unique_keys' FROM information_schema.columns
+WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'unique_key';

@@ -92,6 +92,7 @@ def row_to_task(row: Row) -> TaskRow:
         max_attempts=None if row["max_attempts"] is None else int(row["max_attempts"]),
         timeout_s=None if row["timeout_s"] is None else float(row["timeout_s"]),
         concurrency_key=row["concurrency_key"],
+        unique_key=row["unique_key"],
         progress_pct=int(row["progress_pct"]),
         failure=Failure(row["failure"]) if row["failure"] else None,
         last_error=row["last_error"],
@@ -217,6 +218,7 @@ class SqlStore(Store):
             "max_attempts": task.max_attempts,
             "timeout_s": task.timeout_s,
             "concurrency_key": task.concurrency_key,
+            "unique_key": task.unique_key,
             "delay_s": delay["s"],
             "delay_us": delay["us"],
             "budget_s": round(task.budget_s, 3),
@@ -302,6 +304,17 @@ class SqlStore(Store):
         return self._transition("cancel", task_id)
 
     def retry(self, task_id: int) -> Transition:
+        """A task whose unique key another live task holds stays as it is (``blocked_by``).
+
+        The read first only explains the refusal: the unique index decides, and
+        a holder that appears in between makes the update fail as a StoreError.
+        """
+        holder = self._rows("unique_holder", {"id": task_id})
+        if holder:
+            before = self._rows("status_of", {"id": task_id})
+            status = status_or_raw(before[0]["status"]) if before else None
+            if isinstance(status, Status):
+                return Transition(before=status, applied=False, blocked_by=int(holder[0]["id"]))
         return self._transition("retry", task_id)
 
     def _transition(self, name: str, task_id: int) -> Transition:

@@ -22,12 +22,19 @@ INSERT INTO schema_migrations (version, name) VALUES (:version, :name)
 
 -- name: enqueue
 INSERT INTO tasks (type, task_options, priority, max_attempts, timeout_s, concurrency_key,
-                   run_at, deadline_at)
+                   unique_key, run_at, deadline_at)
 VALUES (
-    :type, :options, :priority, :max_attempts, :timeout_s, :concurrency_key,
+    :type, :options, :priority, :max_attempts, :timeout_s, :concurrency_key, :unique_key,
     strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :delay_s || ' seconds'),
     strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || (:delay_s + :budget_s) || ' seconds')
 )
+-- A live task holding the same (type, unique_key) makes this insert nothing (the partial
+-- unique index tasks_unique_live); the caller then reads that task's id (live_unique).
+ON CONFLICT DO NOTHING
+
+-- name: live_unique
+SELECT id FROM tasks
+WHERE type = :type AND unique_key = :unique_key AND status IN ('queued', 'running')
 
 -- name: claim_batch
 UPDATE tasks
@@ -200,6 +207,13 @@ SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
        concurrency_per_key, declared_by, declared_at
 FROM task_types
 ORDER BY type
+
+-- name: unique_holder
+-- Another live task with the same type and unique key: a retry of this one would break it.
+SELECT holder.id FROM tasks task
+JOIN tasks holder
+  ON holder.type = task.type AND holder.unique_key = task.unique_key AND holder.id <> task.id
+WHERE task.id = :id AND holder.status IN ('queued', 'running')
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = :id
