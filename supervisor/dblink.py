@@ -35,12 +35,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from supervisor.dsn import Dsn
 from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.health import Health
-from supervisor.lifecycle import Status, doubling_delay
+from supervisor.lifecycle import DEFAULT_BUDGET_S, Status, doubling_delay
 from supervisor.link_events import (
     Claimed,
     DbBack,
@@ -51,11 +52,13 @@ from supervisor.link_events import (
     NotRecorded,
     PausedChanged,
     Recorded,
+    ScheduleFired,
     Swept,
 )
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import PendingResult, refund
-from supervisor.store import Store, open_store
+from supervisor.schedules import Schedule, latest_slot, next_slot, slot_key
+from supervisor.store import NewTask, Store, open_store
 
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
 HOUSEKEEPING_INTERVAL_S = 5.0
@@ -63,6 +66,8 @@ HOUSEKEEPING_BATCH = 500
 SAMPLE_INTERVAL_S = 5.0  # queue depth: sampled, not read per scrape
 FORGET_DEAD_SUPERVISORS_S = 86400.0  # registry entries of dead supervisors, kept a day
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
+SCHEDULE_RECHECK_S = 60.0  # at most this long between schedule checks, whatever the cron says
+SCHEDULE_SLACK_S = 0.001  # wake just after the slot, so the database clock has reached it
 
 
 # ---------------------------------------------------------------- the link
@@ -119,6 +124,9 @@ class DatabaseLink:
         self._migrated = False
         self._ran_dry = False
         self._paused: frozenset[str] = frozenset()
+        self._schedules: tuple[Schedule, ...] = ()
+        self._next_schedule_check = now
+        self._fired: dict[str, datetime] = {}
         self._paused_known = False
         self._next_pause_read = now
         self._thread: threading.Thread | None = None
@@ -158,6 +166,13 @@ class DatabaseLink:
     def set_types(self, types: Iterable[str]) -> None:
         with self._lock:
             self._types = tuple(sorted(types))
+            self._wake.notify()
+
+    def set_schedules(self, schedules: Iterable[Schedule]) -> None:
+        """The handlers' schedules (at start and on reload): checked at once, then slot by slot."""
+        with self._lock:
+            self._schedules = tuple(schedules)
+            self._next_schedule_check = self._clock()
             self._wake.notify()
 
     def take_events(self) -> list[LinkEvent]:
@@ -242,6 +257,8 @@ class DatabaseLink:
         if now < self._retry_at:
             return self._retry_at
         due = [self._next_heartbeat, self._next_housekeeping, self._next_sample]
+        if self._schedules:
+            due.append(self._next_schedule_check)
         if self._results_due_locked():
             due.append(now)
         if self._claim_wanted_locked():
@@ -287,6 +304,7 @@ class DatabaseLink:
             need = self._need if self._claim_wanted_locked() else 0
             completions_wait = self._awaiting_loop_locked()
             types = self._types
+            schedules = self._schedules if now >= self._next_schedule_check else ()
         try:
             if not self._migrated:
                 self._store.migrate()
@@ -299,6 +317,8 @@ class DatabaseLink:
                 self._complete_and_claim(now, need, types)
             elif not completions_wait and any(r.is_completion for r in self._held):
                 self._complete()
+            if schedules:
+                self._fire_schedules(now, schedules)
             if now >= self._next_housekeeping:
                 self._sweep(now)
             if now >= self._next_sample:
@@ -405,6 +425,35 @@ class DatabaseLink:
                 )
             )
             self._announce()  # at once: housekeeping may take a while, and claims go stale
+
+    def _fire_schedules(self, now: float, schedules: Sequence[Schedule]) -> None:
+        """Fire each schedule's latest slot that this link has not seen fired, then sleep until
+        the next slot (by the database's UTC clock, mapped onto ours).
+
+        A slot another supervisor fired costs one short transaction here, once: the
+        outcome is remembered per type. The wait is capped, so a clock that drifts from
+        the database's is corrected at least once a minute.
+        """
+        db_now = self._store.utc_now()
+        for schedule in schedules:
+            slot = latest_slot(schedule.cron, db_now)
+            if self._fired.get(schedule.type, datetime.min) >= slot:
+                continue
+            budget = DEFAULT_BUDGET_S - (db_now - slot).total_seconds()
+            if budget > 0:
+                task = NewTask(
+                    type=schedule.type,
+                    options=schedule.options,
+                    budget_s=budget,
+                    unique_key=slot_key(slot),
+                )
+                enqueued = self._store.fire_slot(task, schedule.cron, slot)
+                if enqueued is not None:
+                    self._post(ScheduleFired(type=schedule.type, slot=slot, task_id=int(enqueued)))
+            self._fired[schedule.type] = slot
+        upcoming = min(next_slot(s.cron, db_now) for s in schedules)
+        wait = min((upcoming - db_now).total_seconds(), SCHEDULE_RECHECK_S)
+        self._next_schedule_check = now + max(wait, 0.0) + SCHEDULE_SLACK_S
 
     def _idle(self, now: float, done: list[PendingResult]) -> None:
         """Nothing to claim now: poll again in one interval; held completions go alone."""

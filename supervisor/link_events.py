@@ -7,6 +7,8 @@ telemetry) need not import the thread that makes them.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import attrs
 
 from supervisor.records import Claim
@@ -67,6 +69,15 @@ class PausedChanged:
 
 
 @attrs.frozen(kw_only=True)
+class ScheduleFired:
+    """This supervisor fired a schedule's slot (UTC): task ``task_id`` was enqueued for it."""
+
+    type: str
+    slot: datetime
+    task_id: int
+
+
+@attrs.frozen(kw_only=True)
 class DbFailed:
     error: str
     retry_in_s: float
@@ -92,6 +103,7 @@ LinkEvent = (
     | Swept
     | DepthSampled
     | PausedChanged
+    | ScheduleFired
     | DbFailed
     | DbBack
     | NotRecorded

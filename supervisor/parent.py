@@ -52,6 +52,7 @@ from supervisor.link_events import (
     NotRecorded,
     PausedChanged,
     Recorded,
+    ScheduleFired,
     Swept,
 )
 from supervisor.pool import Pool, Spawner
@@ -344,6 +345,8 @@ class Supervisor:
                 self.telemetry.depth(event)
             elif isinstance(event, PausedChanged):
                 self.telemetry.paused(event, self.handlers)
+            elif isinstance(event, ScheduleFired):
+                self.telemetry.schedule_fired(event)
             elif isinstance(event, DbFailed):
                 self.telemetry.db_failed(event)
             elif isinstance(event, DbBack):

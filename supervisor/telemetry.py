@@ -18,7 +18,15 @@ from loguru import logger
 
 from supervisor import metrics
 from supervisor.lifecycle import Outcome
-from supervisor.link_events import Claimed, DbBack, DbFailed, DepthSampled, PausedChanged, Swept
+from supervisor.link_events import (
+    Claimed,
+    DbBack,
+    DbFailed,
+    DepthSampled,
+    PausedChanged,
+    ScheduleFired,
+    Swept,
+)
 from supervisor.records import Claim
 from supervisor.results import PendingResult
 
@@ -161,6 +169,14 @@ class Telemetry:
             self.log.info("paused types changed; these are not claimed", paused=ours)
             self._paused_ours = ours
         self.metrics.set_paused(event.paused, handled)
+
+    def schedule_fired(self, event: ScheduleFired) -> None:
+        self.log.info(
+            "schedule fired",
+            type=event.type,
+            slot=event.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            task_id=event.task_id,
+        )
 
     def db_failed(self, event: DbFailed) -> None:
         self.metrics.db_errors.inc()

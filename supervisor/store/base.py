@@ -132,6 +132,8 @@ class TypeInfo:
     policy: HandlerPolicy | None
     declared_by: str | None
     declared_at: datetime | None
+    schedule: str | None = None
+    schedule_last_slot: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -306,6 +308,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def type_infos(self) -> list[TypeInfo]:
         """Every type the fleet knows of: paused ones, and ones whose policy was declared."""
+
+    @abc.abstractmethod
+    def utc_now(self) -> datetime:
+        """The database clock in UTC (naive): schedules are cron in UTC, read off one clock."""
+
+    @abc.abstractmethod
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        """Fire ``slot`` of ``task.type``'s schedule unless another supervisor did; one transaction.
+
+        Under the lock of the type's ``task_types`` row: a schedule seen for the
+        first time records ``slot`` as fired without enqueueing (None); a mark
+        at or past ``slot`` means it fired already (None); otherwise the mark
+        moves to ``slot`` and ``task`` is enqueued (with its unique key).
+        """
 
     @abc.abstractmethod
     def cancel(self, task_id: int) -> Transition:

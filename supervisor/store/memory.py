@@ -618,17 +618,35 @@ class MemoryStore(Store):
 
     def set_paused(self, task_type: str, paused: bool) -> bool:
         with self._call("set_paused"):
-            known = self._types.get(task_type) or TypeInfo(
-                type=task_type,
-                paused=False,
-                paused_at=None,
-                policy=None,
-                declared_by=None,
-                declared_at=None,
-            )
+            known = self._type_info(task_type)
             paused_at = (known.paused_at if known.paused else self.clock()) if paused else None
             self._types[task_type] = attrs.evolve(known, paused=paused, paused_at=paused_at)
             return known.paused != paused
+
+    def _type_info(self, task_type: str) -> TypeInfo:
+        """The type's ``task_types`` row, or the blank one an upsert would create."""
+        return self._types.get(task_type) or TypeInfo(
+            type=task_type,
+            paused=False,
+            paused_at=None,
+            policy=None,
+            declared_by=None,
+            declared_at=None,
+        )
+
+    def utc_now(self) -> datetime:
+        with self._call("utc_now"):
+            return self.clock()
+
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        with self._call("fire_slot"):
+            known = self._type_info(task.type)
+            mark = known.schedule_last_slot
+            fires = mark is not None and mark < slot
+            if mark is None or fires:
+                mark = slot
+            self._types[task.type] = attrs.evolve(known, schedule=schedule, schedule_last_slot=mark)
+            return self._insert([task])[0] if fires else None
 
     def paused_types(self) -> frozenset[str]:
         with self._call("paused_types"):

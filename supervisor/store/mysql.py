@@ -20,6 +20,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pymysql
@@ -271,6 +272,22 @@ class MysqlStore(SqlStore):
     def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         def body(cursor: pymysql.cursors.DictCursor) -> list[Enqueued]:
             return [insert_task(cursor, self.new_task_params(task)) for task in tasks]
+
+        return self._transaction(body)
+
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        params = self.slot_params(task, schedule, slot)
+        queries = self._queries
+
+        def body(cursor: pymysql.cursors.DictCursor) -> Enqueued | None:
+            cursor.execute(queries["schedule_row"], params)
+            cursor.execute(queries["schedule_mark"], params)
+            found = cursor.fetchone()
+            mark = None if found is None else found["schedule_last_slot"]
+            fires = self.slot_decision(mark, slot)
+            if mark is None or fires:
+                cursor.execute(queries["schedule_advance"], params)
+            return insert_task(cursor, self.new_task_params(task)) if fires else None
 
         return self._transaction(body)
 

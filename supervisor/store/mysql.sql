@@ -184,6 +184,19 @@ SET status = 'failed', failure = 'expired',
     completed_at = NOW(6)
 WHERE id IN %(ids)s AND status = 'queued' AND deadline_at <= NOW(6)
 
+-- name: utc_now
+SELECT UTC_TIMESTAMP(6) AS now
+
+-- name: schedule_row
+INSERT INTO task_types (type, schedule) VALUES (%(type)s, %(schedule)s)
+ON DUPLICATE KEY UPDATE schedule = VALUES(schedule)
+
+-- name: schedule_mark
+SELECT schedule_last_slot FROM task_types WHERE type = %(type)s FOR UPDATE
+
+-- name: schedule_advance
+UPDATE task_types SET schedule_last_slot = %(slot)s WHERE type = %(type)s
+
 -- name: type_paused
 SELECT paused FROM task_types WHERE type = %(type)s
 
@@ -201,7 +214,7 @@ SELECT type FROM task_types WHERE paused = 1
 
 -- name: type_infos
 SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
-       concurrency_per_key, declared_by, declared_at
+       concurrency_per_key, declared_by, declared_at, schedule, schedule_last_slot
 FROM task_types
 ORDER BY type
 

@@ -127,6 +127,8 @@ def row_to_type_info(row: Row) -> TypeInfo:
         policy=policy,
         declared_by=row["declared_by"],
         declared_at=to_optional_datetime(row["declared_at"]),
+        schedule=row["schedule"],
+        schedule_last_slot=to_optional_datetime(row["schedule_last_slot"]),
     )
 
 
@@ -299,6 +301,21 @@ class SqlStore(Store):
 
     def type_infos(self) -> list[TypeInfo]:
         return [row_to_type_info(row) for row in self._rows("type_infos")]
+
+    def utc_now(self) -> datetime:
+        return to_datetime(self._rows("utc_now")[0]["now"])
+
+    @staticmethod
+    def slot_params(task: NewTask, schedule: str, slot: datetime) -> Params:
+        return {"type": task.type, "schedule": schedule, "slot": slot.isoformat(sep=" ")}
+
+    @staticmethod
+    def slot_decision(mark: object, slot: datetime) -> bool:
+        """Whether this transaction fires ``slot``, given the mark it read (under the lock).
+
+        No mark: the schedule is new here; its latest slot is recorded, not fired.
+        """
+        return mark is not None and to_datetime(mark) < slot
 
     def cancel(self, task_id: int) -> Transition:
         return self._transition("cancel", task_id)

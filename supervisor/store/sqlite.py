@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
@@ -132,6 +133,16 @@ class SqliteStore(SqlStore):
     def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         with self._immediate() as conn:
             return [insert_task(conn, self.new_task_params(task)) for task in tasks]
+
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        params = self.slot_params(task, schedule, slot)
+        with self._immediate() as conn:  # the write lock is the row lock here
+            conn.execute(self._queries["schedule_row"], params)
+            (mark,) = conn.execute(self._queries["schedule_mark"], params).fetchone()
+            fires = self.slot_decision(mark, slot)
+            if mark is None or fires:
+                conn.execute(self._queries["schedule_advance"], params)
+            return insert_task(conn, self.new_task_params(task)) if fires else None
 
     def claim(
         self,

@@ -186,6 +186,19 @@ WHERE id IN (
 )
 RETURNING type
 
+-- name: utc_now
+SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now
+
+-- name: schedule_row
+INSERT INTO task_types (type, schedule) VALUES (:type, :schedule)
+ON CONFLICT (type) DO UPDATE SET schedule = excluded.schedule
+
+-- name: schedule_mark
+SELECT schedule_last_slot FROM task_types WHERE type = :type
+
+-- name: schedule_advance
+UPDATE task_types SET schedule_last_slot = :slot WHERE type = :type
+
 -- name: type_paused
 SELECT paused FROM task_types WHERE type = :type
 
@@ -204,7 +217,7 @@ SELECT type FROM task_types WHERE paused = 1
 
 -- name: type_infos
 SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
-       concurrency_per_key, declared_by, declared_at
+       concurrency_per_key, declared_by, declared_at, schedule, schedule_last_slot
 FROM task_types
 ORDER BY type
 

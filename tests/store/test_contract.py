@@ -1140,6 +1140,45 @@ def test_pause_changes_no_task_and_running_ones_finish(store: Store) -> None:
     assert store.paused_types() == {"t"}
 
 
+# --- schedule slots: each fires once, fleet-wide, by moving the type's mark forward ---------
+
+
+def slot_task(slot: datetime) -> NewTask:
+    from supervisor.schedules import slot_key
+
+    return NewTask(type="tick", unique_key=slot_key(slot))
+
+
+def test_a_schedule_seen_first_records_its_latest_slot_without_firing_it(store: Store) -> None:
+    """A new daily job does not run the moment it is deployed: it waits for its next slot."""
+    slot = datetime(2030, 1, 1, 12, 0)
+    assert store.fire_slot(slot_task(slot), "0 * * * *", slot) is None
+    assert store.counts() == []
+    (info,) = store.type_infos()
+    assert (info.schedule, info.schedule_last_slot) == ("0 * * * *", slot)
+
+
+def test_each_slot_fires_once_and_an_older_one_never(store: Store) -> None:
+    first, second = datetime(2030, 1, 1, 12, 0), datetime(2030, 1, 1, 13, 0)
+    store.fire_slot(slot_task(first), "0 * * * *", first)
+    fired = store.fire_slot(slot_task(second), "0 * * * *", second)
+    assert fired is not None and not fired.existed
+    assert row(store, fired).unique_key == "schedule:2030-01-01T13:00:00Z"
+    assert store.fire_slot(slot_task(second), "0 * * * *", second) is None, "another fired it"
+    assert store.fire_slot(slot_task(first), "0 * * * *", first) is None, "never backwards"
+    assert [(c.type, c.count) for c in store.counts()] == [("tick", 1)]
+    assert store.type_infos()[0].schedule_last_slot == second
+
+
+def test_after_missed_slots_only_the_most_recent_fires(store: Store) -> None:
+    """Every supervisor was down for three slots: one task, for the newest, not a storm."""
+    store.fire_slot(slot_task(datetime(2030, 1, 1, 9, 0)), "0 * * * *", datetime(2030, 1, 1, 9, 0))
+    newest = datetime(2030, 1, 1, 12, 0)
+    fired = store.fire_slot(slot_task(newest), "0 * * * *", newest)
+    assert fired is not None
+    assert sum(c.count for c in store.counts()) == 1
+
+
 # --- the supervisor registry ----------------------------------------------------------------
 
 

@@ -171,22 +171,6 @@ def test_the_hand_applied_schema_sql_equals_what_the_migrations_build(mysql_dsn:
         by_hand.close()
 
 
-@pytest.mark.mysql
-def test_schema_sql_on_a_first_release_database_records_only_what_it_has(mysql_dsn: str) -> None:
-    """Applied by hand to an old database, schema.sql creates no columns (IF NOT EXISTS), so it
-    must not record the versions that add them: `migrate` then still applies them."""
-    conn = connect(mysql_dsn)
-    for statement in migrations("mysql")[0].statements:
-        execute(conn, statement)
-    for statement in _statements(REPO / "schema.sql"):
-        execute(conn, statement)
-    assert versions(conn) == [1]
-    opened(mysql_dsn).migrate()
-    assert sorted(versions(conn)) == list(range(1, latest("mysql") + 1))
-    assert any(c["Field"] == "timeout_s" for c in execute(conn, "SHOW COLUMNS FROM tasks"))
-    conn.close()
-
-
 def test_the_sqlite_migrations_build_the_schema_the_store_uses(sqlite_dsn: str) -> None:
     """Every column the store reads exists after the migrations (a whole row round-trips)."""
     store = opened(sqlite_dsn)
