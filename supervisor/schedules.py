@@ -16,9 +16,12 @@ not run the moment it is deployed. Cron is read with ``croniter``.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import attrs
-from croniter import croniter
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 CRON_FIELDS = 5
 KEY_PREFIX = "schedule:"
@@ -45,7 +48,7 @@ def validate_cron(expression: object) -> str:
     """
     if not isinstance(expression, str):
         raise ScheduleError(f"SCHEDULE must be a cron string like '*/5 * * * *': {expression!r}")
-    if len(expression.split()) != CRON_FIELDS or not croniter.is_valid(expression):
+    if len(expression.split()) != CRON_FIELDS or not _croniter().is_valid(expression):
         raise ScheduleError(
             f"SCHEDULE must be standard 5-field cron (minute hour day month weekday), "
             f"got {expression!r}"
@@ -56,12 +59,20 @@ def validate_cron(expression: object) -> str:
 def latest_slot(cron: str, now: datetime) -> datetime:
     """The most recent slot at or before ``now`` (naive UTC)."""
     moment = now + timedelta(microseconds=1)  # get_prev is strictly before its start
-    return croniter(cron, moment).get_prev(datetime)
+    return _croniter()(cron, moment).get_prev(datetime)
 
 
 def next_slot(cron: str, now: datetime) -> datetime:
     """The first slot after ``now`` (naive UTC)."""
-    return croniter(cron, now).get_next(datetime)
+    return _croniter()(cron, now).get_next(datetime)
+
+
+def _croniter() -> type[croniter]:
+    """croniter, imported when a schedule is read: it pulls in dateutil, which pulls in
+    ``subprocess`` and ``signal``, and the store (a producer's library) must stay free of them."""
+    from croniter import croniter
+
+    return croniter
 
 
 def slot_key(slot: datetime) -> str:
