@@ -208,3 +208,35 @@ def test_the_mysql_retry_loop_gives_up_with_a_clear_error_when_the_holder_keeps_
     with pytest.raises(StoreError, match="nothing was enqueued"):
         insert_task(cursor, params)
     assert cursor.inserts == UNIQUE_TRIES
+
+
+def test_supervisors_racing_to_fire_one_schedule_slot_enqueue_it_once(dsn: str) -> None:
+    """Eight supervisors (eight connections) fire the same slot at one moment: one task."""
+    from datetime import datetime
+
+    from supervisor.schedules import slot_key
+
+    earlier, slot = datetime(2030, 1, 1, 12, 0), datetime(2030, 1, 1, 12, 5)
+    start = threading.Barrier(PRODUCERS)
+    outcomes: list[Enqueued | None] = []
+    errors: list[BaseException] = []
+
+    def fire() -> None:
+        try:
+            with migrated_store(dsn) as store:
+                start.wait()
+                task = NewTask(type="tick", unique_key=slot_key(slot))
+                outcomes.append(store.fire_slot(task, "*/5 * * * *", slot))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    with migrated_store(dsn) as store:
+        store.fire_slot(NewTask(type="tick"), "*/5 * * * *", earlier)  # the schedule is known
+        threads = [threading.Thread(target=fire) for _ in range(PRODUCERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert len([o for o in outcomes if o is not None]) == 1
+        assert [(c.type, c.count) for c in store.counts()] == [("tick", 1)]
