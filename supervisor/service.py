@@ -33,6 +33,11 @@ def run(settings: Settings) -> int:
         raise UsageError(
             f"the handlers folder {handlers} does not exist (--handlers, SUPERVISOR_HANDLERS)"
         )
+    if settings.child_user is not None and os.geteuid() != 0:
+        raise UsageError(
+            "--child-user (SUPERVISOR_CHILD_USER) needs the supervisor to be started as root;"
+            f" it runs as uid {os.geteuid()}"
+        )
     logs.configure(settings.log_format, settings.log_level)
     # Settings hold the parsed DSN now; before any child exists, nothing in this process's
     # environment, /proc files or command line may still show it (see supervisor.hardening).
