@@ -55,11 +55,13 @@ def run(settings: Settings) -> int:
             from supervisor import http
 
             try:
+                children = supervisor.child_metrics_dir
                 server = http.serve(
                     settings.metrics_host,
                     settings.metrics_port,
                     str(directory.path),
                     supervisor.health,
+                    str(children) if children and children != directory.path else None,
                 )
             except OSError as exc:
                 raise StartupError(
