@@ -195,6 +195,7 @@ def add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     for flag, _convert, default, _what, help_text in RUN_FLAGS:
         env = env_name(flag)
         shown = "(set)" if flag == "--dsn" and env in environ else environ.get(env, default)
+        shown = shown or "(none)"
         parser.add_argument(
             flag,
             default=None,

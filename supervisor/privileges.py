@@ -103,6 +103,35 @@ class ChildUser:
         return {CREDENTIALS_ENV: self.encode()}
 
 
+def permits(user: ChildUser, path: str, bits: int) -> bool:
+    """Whether ``user`` may open ``path`` for ``bits`` (``os.R_OK``, ``os.W_OK``), as the mode
+    bits say: every folder above it searchable, the file's owner, group or other bits.
+
+    ACLs, capabilities and mount options are not looked at; a path that cannot be
+    examined counts as out of reach.
+    """
+    target = os.path.abspath(path)
+    folders = [os.path.dirname(target)]
+    while folders[-1] != os.path.dirname(folders[-1]):
+        folders.append(os.path.dirname(folders[-1]))
+    try:
+        return all(_allows(user, os.stat(f), os.X_OK) for f in folders) and _allows(
+            user, os.stat(target), bits
+        )
+    except OSError:
+        return False
+
+
+def _allows(user: ChildUser, status: os.stat_result, bits: int) -> bool:
+    if status.st_uid == user.uid:
+        shift = 6
+    elif status.st_gid in user.groups:
+        shift = 3
+    else:
+        shift = 0
+    return (status.st_mode >> shift) & bits == bits
+
+
 def drop_to(user: ChildUser) -> None:
     """Become ``user`` for good (groups, gid, uid, in that order); OSError if that did not take.
 

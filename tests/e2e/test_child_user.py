@@ -53,6 +53,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 NOBODY = pwd.getpwnam("nobody")
+READABLE_DATABASE = (
+    "the --child-user can reach the SQLite database; keep it in a folder only the"
+    " supervisor's user can enter"
+)
 
 
 @pytest.fixture
@@ -227,7 +231,11 @@ def test_handlers_run_as_the_child_user_and_cannot_reach_the_parent(
 
     noise = [line for line in supervisor.stderr().splitlines() if "overage" in line]
     assert noise == []  # no coverage warning from a child that could not save its data
-    assert "--child-user" not in supervisor.stderr()  # no child failed its drop
+    assert "cannot run as the --child-user" not in supervisor.stderr()  # no child failed to drop
+    # The database file is 0644 (umask 022): the start-up says nobody can read it (and the WAL).
+    warnings = supervisor.events(message=READABLE_DATABASE)
+    assert str(db) in {w["path"] for w in warnings}
+    assert {w["access"] for w in warnings} == {"read"}
 
 
 REPORTER = """

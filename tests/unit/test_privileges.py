@@ -14,8 +14,10 @@ import ctypes
 import json
 import os
 import pwd
+import shutil
 import stat
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from supervisor.privileges import (
     ChildUserError,
     drop_to,
     enter_child_user,
+    permits,
     verify,
 )
 from supervisor.workers import child_environment
@@ -320,3 +323,38 @@ def test_the_scrape_opens_regular_files_only(tmp_path: Path) -> None:
         served.shutdown()
         served.server_close()
     assert "jobs_total 3.0" in body  # the child's own file, once: the symlink is not followed
+
+
+@needs_root
+def test_what_the_user_may_open_is_read_from_the_mode_bits_of_the_file_and_its_folders() -> None:
+    user = nobody()
+    base = Path(tempfile.mkdtemp(prefix="sv-permits-"))
+    try:
+        base.chmod(0o755)
+        shared, private = base / "shared", base / "private"
+        shared.mkdir(mode=0o755)
+        private.mkdir(mode=0o700)
+        cases = {
+            "world-readable": (shared, 0o644, None, None),
+            "private-file": (shared, 0o600, None, None),
+            "owned": (shared, 0o600, user.uid, None),
+            "group": (shared, 0o640, None, user.gid),
+            "in-private-folder": (private, 0o666, None, None),
+        }
+        seen = {}
+        for name, (folder, mode, uid, gid) in cases.items():
+            path = folder / name
+            path.write_bytes(b"")
+            path.chmod(mode)
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+            seen[name] = (permits(user, str(path), os.R_OK), permits(user, str(path), os.W_OK))
+        assert seen == {
+            "world-readable": (True, False),
+            "private-file": (False, False),
+            "owned": (True, True),
+            "group": (True, False),
+            "in-private-folder": (False, False),
+        }
+        assert not permits(user, str(shared / "missing"), os.R_OK)
+    finally:
+        shutil.rmtree(base)
