@@ -87,8 +87,8 @@ class ChurnTolerantCollector(MultiProcessCollector):
         self, registry: CollectorRegistry, path: str, children_path: str | None = None
     ) -> None:
         """``children_path``: the ``--child-user``'s own folder of value files, read as well."""
-        super().__init__(registry, path=path)  # type: ignore[no-untyped-call]
         self._folders = [path, *([children_path] if children_path else [])]
+        super().__init__(registry, path=path)  # type: ignore[no-untyped-call]
 
     def collect(self) -> Any:
         for attempt in range(COLLECT_ATTEMPTS):

@@ -358,3 +358,17 @@ def test_what_the_user_may_open_is_read_from_the_mode_bits_of_the_file_and_its_f
         assert not permits(user, str(shared / "missing"), os.R_OK)
     finally:
         shutil.rmtree(base)
+
+
+def test_no_database_warning_for_a_server_or_a_file_the_user_cannot_reach(tmp_path: Path) -> None:
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    try:
+        service._warn_if_reachable(parse_dsn("mysql://app@db.example:3306/app"), nobody())
+        (tmp_path / "tasks.db").write_bytes(b"")  # in pytest's folder, 0700: out of reach
+        service._warn_if_reachable(parse_dsn(f"sqlite:///{tmp_path / 'tasks.db'}"), nobody())
+    finally:
+        logger.remove(sink)
+    assert messages == []
