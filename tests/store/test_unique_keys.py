@@ -17,12 +17,11 @@ import pymysql
 import pytest
 
 from supervisor import Queue, enqueue_in_transaction
-from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import Failure, Status
 from supervisor.store import Enqueued, NewTask, Store
 from supervisor.store.memory import ManualClock, MemoryStore
-from tests.conftest import migrated_store
+from tests.conftest import driver_connection, migrated_store
 from tests.store.test_contract import claim_one, raw, row
 
 PRODUCERS = 8
@@ -142,17 +141,7 @@ def test_racing_producers_leave_one_row_and_all_get_its_id(dsn: str) -> None:
 
 
 def _connect(dsn: str) -> Any:
-    parsed = parse_dsn(dsn)
-    if isinstance(parsed, MysqlDsn):
-        return pymysql.connect(
-            host=parsed.host,
-            port=parsed.port,
-            user=parsed.user,
-            password=parsed.password,
-            database=parsed.database,
-            autocommit=False,
-        )
-    return sqlite3.connect(parsed.path)
+    return driver_connection(dsn, autocommit=False)
 
 
 def test_enqueue_in_transaction_answers_the_same_inside_the_callers_transaction(dsn: str) -> None:
