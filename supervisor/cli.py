@@ -31,6 +31,7 @@ from supervisor.lifecycle import (
     Failure,
     Status,
 )
+from supervisor.pausing import pause_or_resume
 from supervisor.producer import new_task
 from supervisor.status_view import print_status, printable, watch
 from supervisor.store import Store, TaskRow, open_store
@@ -41,7 +42,18 @@ T = TypeVar("T")
 # Ids are positive and fit SQLite's INTEGER (signed 64-bit); anything else cannot name a task,
 # and would otherwise reach the driver (sqlite3 raises OverflowError, not a database error).
 MAX_TASK_ID = 2**63 - 1
-SUBCOMMANDS = ("run", "enqueue", "status", "show", "retry", "cancel", "migrate", "prune")
+SUBCOMMANDS = (
+    "run",
+    "enqueue",
+    "status",
+    "show",
+    "retry",
+    "cancel",
+    "pause",
+    "resume",
+    "migrate",
+    "prune",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -131,6 +143,12 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     enqueue.add_argument("--max-attempts", default="3", help="1..100 (default 3)")
     enqueue.add_argument("--priority", default="0", help="smaller runs first (default 0)")
     enqueue.add_argument(
+        "--unique-key",
+        default=None,
+        help="at most one live (queued or running) task of this type per key: a duplicate "
+        "creates nothing and prints the live task's id",
+    )
+    enqueue.add_argument(
         "--concurrency-key",
         help="tasks sharing this key (1-255 characters) count together against the"
         " handler's CONCURRENCY_PER_KEY",
@@ -165,7 +183,16 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
         command = sub.add_parser(name, parents=[common], help=text)
         command.add_argument("id", type=task_id)
 
-    sub.add_parser("migrate", parents=[common], help="create the tasks table (idempotent)")
+    for name, text in (
+        ("pause", "stop claims of a type across the fleet; running tasks finish"),
+        ("resume", "let a paused type be claimed again"),
+    ):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("type", help="task type (it need not have a handler yet)")
+
+    sub.add_parser(
+        "migrate", parents=[common], help="apply the pending schema migrations (idempotent)"
+    )
     prune = sub.add_parser("prune", parents=[common], help="delete old finished tasks")
     prune.add_argument("--older-than", required=True, help="seconds since they finished")
     return parser
@@ -182,9 +209,17 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             budget=number(args.budget, "--budget"),
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
+            unique_key=args.unique_key,
             concurrency_key=args.concurrency_key,
         )
-        print(ready_store(dsn, create=True).enqueue(task))
+        enqueued = ready_store(dsn, create=True).enqueue(task)
+        print(int(enqueued))
+        if enqueued.existed:  # exit 0 all the same: the task the caller asked for exists
+            print(
+                f"supervisor: task {int(enqueued)} of type {printable(task.type)} already exists "
+                f"with this unique key and is live; nothing was enqueued",
+                file=sys.stderr,
+            )
         return 0
     if args.command == "prune":
         older_than = number(args.older_than, "--older-than")
@@ -203,6 +238,8 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         return print_status(store, Path(args.handlers), as_json=args.json)
     if args.command == "show":
         return print_show(store, args.id, as_json=args.json, with_options=args.options)
+    if args.command in ("pause", "resume"):
+        return pause_or_resume(store, args.command, args.type)
     return operator_transition(store, args.command, args.id)
 
 
@@ -341,6 +378,13 @@ def operator_transition(store: Store, command: str, task_id: int) -> int:
     result = store.cancel(task_id) if command == "cancel" else store.retry(task_id)
     if result.before is None:
         print(f"supervisor: no task with id {task_id}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if result.blocked_by is not None:
+        print(
+            f"supervisor: task {task_id} cannot be retried: task {result.blocked_by} of the same "
+            "type is live with its unique key",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
     if not result.applied:
         allowed = "queued or running" if command == "cancel" else "failed or cancelled"

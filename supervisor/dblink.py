@@ -35,12 +35,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from supervisor.dsn import Dsn
 from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.health import Health
-from supervisor.lifecycle import Status, doubling_delay
+from supervisor.lifecycle import DEFAULT_BUDGET_S, Status, doubling_delay
 from supervisor.link_events import (
     Claimed,
     DbBack,
@@ -49,12 +50,15 @@ from supervisor.link_events import (
     LeasesLost,
     LinkEvent,
     NotRecorded,
+    PausedChanged,
     Recorded,
+    ScheduleFired,
     Swept,
 )
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import PendingResult, refund
-from supervisor.store import Store, open_store
+from supervisor.schedules import Schedule, latest_slot, next_slot, slot_key
+from supervisor.store import NewTask, Store, open_store
 
 PROGRESS_INTERVAL_S = 1.0  # at most one progress write per task per second
 HOUSEKEEPING_INTERVAL_S = 5.0
@@ -62,6 +66,8 @@ HOUSEKEEPING_BATCH = 500
 SAMPLE_INTERVAL_S = 5.0  # queue depth: sampled, not read per scrape
 FORGET_DEAD_SUPERVISORS_S = 86400.0  # registry entries of dead supervisors, kept a day
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 30.0
+SCHEDULE_RECHECK_S = 60.0  # at most this long between schedule checks, whatever the cron says
+SCHEDULE_SLACK_S = 0.001  # wake just after the slot, so the database clock has reached it
 
 
 # ---------------------------------------------------------------- the link
@@ -117,6 +123,12 @@ class DatabaseLink:
         self._failures = 0
         self._migrated = False
         self._ran_dry = False
+        self._paused: frozenset[str] = frozenset()
+        self._schedules: tuple[Schedule, ...] = ()
+        self._next_schedule_check = now
+        self._fired: dict[str, datetime] = {}
+        self._paused_known = False
+        self._next_pause_read = now
         self._thread: threading.Thread | None = None
         self._posted = False
 
@@ -154,6 +166,13 @@ class DatabaseLink:
     def set_types(self, types: Iterable[str]) -> None:
         with self._lock:
             self._types = tuple(sorted(types))
+            self._wake.notify()
+
+    def set_schedules(self, schedules: Iterable[Schedule]) -> None:
+        """The handlers' schedules (at start and on reload): checked at once, then slot by slot."""
+        with self._lock:
+            self._schedules = tuple(schedules)
+            self._next_schedule_check = self._clock()
             self._wake.notify()
 
     def take_events(self) -> list[LinkEvent]:
@@ -238,6 +257,8 @@ class DatabaseLink:
         if now < self._retry_at:
             return self._retry_at
         due = [self._next_heartbeat, self._next_housekeeping, self._next_sample]
+        if self._schedules:
+            due.append(self._next_schedule_check)
         if self._results_due_locked():
             due.append(now)
         if self._claim_wanted_locked():
@@ -283,6 +304,7 @@ class DatabaseLink:
             need = self._need if self._claim_wanted_locked() else 0
             completions_wait = self._awaiting_loop_locked()
             types = self._types
+            schedules = self._schedules if now >= self._next_schedule_check else ()
         try:
             if not self._migrated:
                 self._store.migrate()
@@ -295,6 +317,8 @@ class DatabaseLink:
                 self._complete_and_claim(now, need, types)
             elif not completions_wait and any(r.is_completion for r in self._held):
                 self._complete()
+            if schedules:
+                self._fire_schedules(now, schedules)
             if now >= self._next_housekeeping:
                 self._sweep(now)
             if now >= self._next_sample:
@@ -360,10 +384,14 @@ class DatabaseLink:
         cheap non-locking look, and open a claim transaction only on a hit.
         """
         done = [r for r in self._held if r.is_completion]
-        if self._ran_dry and not self._store.has_claimable(types):
-            self._next_poll = now + self._poll_interval_s
-            if done:
-                self._complete()
+        ours_paused = not self._paused.isdisjoint(types)
+        if self._ran_dry and not ours_paused and not self._store.has_claimable(types):
+            self._idle(now, done)
+            return
+        self._read_paused(now)
+        types = [t for t in types if t not in self._paused]
+        if not types or (self._ran_dry and ours_paused and not self._store.has_claimable(types)):
+            self._idle(now, done)
             return
         claimed_at = self._clock()
         started = time.perf_counter()
@@ -398,6 +426,58 @@ class DatabaseLink:
             )
             self._announce()  # at once: housekeeping may take a while, and claims go stale
 
+    def _fire_schedules(self, now: float, schedules: Sequence[Schedule]) -> None:
+        """Fire each schedule's latest slot that this link has not seen fired, then sleep until
+        the next slot (by the database's UTC clock, mapped onto ours).
+
+        A slot another supervisor fired costs one short transaction here, once: the
+        outcome is remembered per type. The wait is capped, so a clock that drifts from
+        the database's is corrected at least once a minute.
+        """
+        db_now = self._store.utc_now()
+        for schedule in schedules:
+            slot = latest_slot(schedule.cron, db_now)
+            if self._fired.get(schedule.type, datetime.min) >= slot:
+                continue
+            budget = DEFAULT_BUDGET_S - (db_now - slot).total_seconds()
+            if budget > 0:
+                task = NewTask(
+                    type=schedule.type,
+                    options=schedule.options,
+                    budget_s=budget,
+                    unique_key=slot_key(slot),
+                )
+                enqueued = self._store.fire_slot(task, schedule.cron, slot)
+                if enqueued is not None:
+                    self._post(ScheduleFired(type=schedule.type, slot=slot, task_id=int(enqueued)))
+            self._fired[schedule.type] = slot
+        upcoming = min(next_slot(s.cron, db_now) for s in schedules)
+        wait = min((upcoming - db_now).total_seconds(), SCHEDULE_RECHECK_S)
+        self._next_schedule_check = now + max(wait, 0.0) + SCHEDULE_SLACK_S
+
+    def _idle(self, now: float, done: list[PendingResult]) -> None:
+        """Nothing to claim now: poll again in one interval; held completions go alone."""
+        self._next_poll = now + self._poll_interval_s
+        if done:
+            self._complete()
+
+    def _read_paused(self, now: float) -> None:
+        """Learn which types operators paused, at most once per poll interval.
+
+        Read before a claim (never on an idle poll that finds no work, unless
+        one of our types is paused: then its resume must be seen), so a pause
+        stops this supervisor's claims within one poll interval, and an idle
+        supervisor with nothing paused pays only the read that refreshes the
+        pause gauge with the queue-depth sample.
+        """
+        if now < self._next_pause_read:
+            return
+        self._next_pause_read = now + self._poll_interval_s
+        paused = self._store.paused_types()
+        if paused != self._paused or not self._paused_known:
+            self._paused, self._paused_known = paused, True
+            self._post(PausedChanged(paused=paused))
+
     def _sweep(self, now: float) -> None:
         """Every supervisor sweeps: expire overdue queued tasks, rescue expired leases."""
         self._next_housekeeping = now + min(HOUSEKEEPING_INTERVAL_S, self._heartbeat_s)
@@ -411,6 +491,7 @@ class DatabaseLink:
         self._next_sample = now + SAMPLE_INTERVAL_S
         counts = self._store.counts(live_only=True)
         self._post(DepthSampled(counts=tuple((c.type, str(c.status), c.count) for c in counts)))
+        self._read_paused(now)  # an idle supervisor reads no pauses to claim; its gauge still does
 
     def _cancelled_among(self, lost: list[Claim]) -> frozenset[int]:
         """Which lost claims an operator cancelled; none if the database cannot say.
@@ -531,7 +612,10 @@ def check_database(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Ping the database before ``run`` starts anything; raise :class:`StartupError` if it won't do.
+    """Reach and migrate the database before ``run`` starts anything; :class:`StartupError` if not.
+
+    A schema newer than this code knows (a newer release migrated it) is a
+    configuration error too: this code cannot know what the new columns mean.
 
     A configuration error (unknown database, access denied, unknown host) can
     only be fixed by the operator, so it ends the start at once. A database
@@ -545,7 +629,7 @@ def check_database(
         failures = 0
         while True:
             try:
-                store.ping()
+                store.migrate()  # answers like a ping, and refuses a schema newer than ours
                 return
             except StoreMisconfigured as exc:
                 raise StartupError(str(exc)) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import socketserver
+import stat
 import struct
 import threading
 import time
@@ -82,9 +83,21 @@ class ChurnTolerantCollector(MultiProcessCollector):
     makes it list the directory again.
     """
 
+    def __init__(
+        self, registry: CollectorRegistry, path: str, children_path: str | None = None
+    ) -> None:
+        """``children_path``: the ``--child-user``'s own folder of value files, read as well."""
+        self._folders = [path, *([children_path] if children_path else [])]
+        super().__init__(registry, path=path)  # type: ignore[no-untyped-call]
+
     def collect(self) -> Any:
         for attempt in range(COLLECT_ATTEMPTS):
-            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _non_empty(f)]
+            files = [
+                f
+                for folder in self._folders
+                for f in glob.glob(os.path.join(folder, "*.db"))
+                if _non_empty(f)
+            ]
             try:
                 return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             except (FileNotFoundError, struct.error):
@@ -113,15 +126,19 @@ class ChurnTolerantCollector(MultiProcessCollector):
 
 
 def _non_empty(path: str) -> bool:
+    """A non-empty regular file: a symlink or FIFO a handler planted is never opened."""
     try:
-        return os.path.getsize(path) > 0
+        status = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(status.st_mode) and status.st_size > 0
 
 
-def make_app(directory: str, health: Health) -> Callable[..., Iterable[bytes]]:
+def make_app(
+    directory: str, health: Health, children_directory: str | None = None
+) -> Callable[..., Iterable[bytes]]:
     registry = CollectorRegistry()
-    ChurnTolerantCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    ChurnTolerantCollector(registry, directory, children_directory)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -140,12 +157,18 @@ def make_app(directory: str, health: Health) -> Callable[..., Iterable[bytes]]:
     return app
 
 
-def serve(host: str, port: int, directory: str, health: Health) -> WSGIServer:
-    """Start serving in a daemon thread; the caller shuts the server down on exit."""
+def serve(
+    host: str, port: int, directory: str, health: Health, children_directory: str | None = None
+) -> WSGIServer:
+    """Start serving in a daemon thread; the caller shuts the server down on exit.
+
+    ``children_directory``: where the children write their value files, when not in
+    ``directory`` (``--child-user``).
+    """
     server = make_server(
         host,
         port,
-        make_app(directory, health),
+        make_app(directory, health, children_directory),
         server_class=ThreadingServer,
         handler_class=QuietHandler,
     )

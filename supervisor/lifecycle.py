@@ -29,8 +29,6 @@ MAX_ATTEMPTS_LIMIT = 100
 # Ten years: far beyond any real delay or budget, far inside what DATETIME arithmetic holds.
 MAX_SECONDS = 10 * 366 * 86400.0
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
-# tasks.concurrency_key is a VARCHAR(255) (characters, as SQLite's CHECK counts them too).
-CONCURRENCY_KEY_MAX_CHARS = 255
 LAST_ERROR_LIMIT = 16_000
 
 
@@ -206,6 +204,22 @@ def validate_max_attempts(value: int) -> int:
     return value
 
 
+MAX_KEY_CHARS = 255
+
+
+def validate_key(value: str | None, what: str) -> str | None:
+    """A unique or concurrency key: 1-255 characters of text (the columns' VARCHAR(255))."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_KEY_CHARS:
+        raise UsageError(f"a {what} must be 1 to {MAX_KEY_CHARS} characters of text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"a {what} must be UTF-8 text") from None
+    return value
+
+
 def validate_budget(value: float) -> float:
     if not 0 < value <= MAX_SECONDS:
         raise UsageError(
@@ -218,28 +232,6 @@ def validate_delay(value: float) -> float:
     if not 0 <= value <= MAX_SECONDS:
         raise UsageError(f"delay must be 0 to {MAX_SECONDS:.0f} seconds, got {value}")
     return value
-
-
-def validate_concurrency_key(key: str | None) -> str | None:
-    """A key names what tasks share a ``CONCURRENCY_PER_KEY`` slot (a customer, an account).
-
-    1 to 255 characters, as the column holds: an empty key would be a key
-    nobody meant, and a longer one a database error instead of bad input. The
-    message gives the length, never the key (it may be a customer's name).
-    """
-    if key is None:
-        return None
-    if not isinstance(key, str):
-        raise UsageError(f"concurrency key must be text, not {type(key).__name__}")
-    if not 1 <= len(key) <= CONCURRENCY_KEY_MAX_CHARS:
-        raise UsageError(
-            f"concurrency key must be 1 to {CONCURRENCY_KEY_MAX_CHARS} characters, got {len(key)}"
-        )
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UsageError("concurrency key must be valid Unicode text") from None
-    return key
 
 
 def validate_priority(value: int) -> int:

@@ -7,6 +7,8 @@ telemetry) need not import the thread that makes them.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import attrs
 
 from supervisor.records import Claim
@@ -60,6 +62,22 @@ class DepthSampled:
 
 
 @attrs.frozen(kw_only=True)
+class PausedChanged:
+    """The types operators have paused now, fleet-wide (ours or not): claims skip ours."""
+
+    paused: frozenset[str]
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleFired:
+    """This supervisor fired a schedule's slot (UTC): task ``task_id`` was enqueued for it."""
+
+    type: str
+    slot: datetime
+    task_id: int
+
+
+@attrs.frozen(kw_only=True)
 class DbFailed:
     error: str
     retry_in_s: float
@@ -78,4 +96,15 @@ class NotRecorded:
     result: PendingResult
 
 
-LinkEvent = Claimed | Recorded | LeasesLost | Swept | DepthSampled | DbFailed | DbBack | NotRecorded
+LinkEvent = (
+    Claimed
+    | Recorded
+    | LeasesLost
+    | Swept
+    | DepthSampled
+    | PausedChanged
+    | ScheduleFired
+    | DbFailed
+    | DbBack
+    | NotRecorded
+)

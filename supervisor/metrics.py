@@ -31,6 +31,8 @@ import attrs
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from supervisor.privileges import ChildUser
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PARENT_ID = "parent"
 DURATION_BUCKETS = (
@@ -85,6 +87,23 @@ def prepare_directory(environ: dict[str, str] | Any = os.environ) -> MetricsDire
         )
     environ[MULTIPROC_ENV] = str(directory.path)
     return directory
+
+
+def children_directory(runtime_dir: Path, user: ChildUser) -> Path:
+    """A folder of the ``--child-user``'s own for the children's value files; the parent's stay
+    where they are.
+
+    The children cannot write into the parent's folder: had they a shared one, a
+    handler could create a file (or a symlink) under a name the parent opens
+    later, and the parent, root, would write its values through it. Here they
+    own their folder and can put anything in it; the scrape reads it as it
+    reads any value file (regular files only: symlinks and FIFOs are skipped,
+    and a file that does not parse is left out).
+    """
+    path = runtime_dir / "metrics"
+    path.mkdir(mode=0o700)
+    os.chown(path, user.uid, user.gid)
+    return path
 
 
 def bind_process_files(identifier: str) -> None:
@@ -182,6 +201,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=to,
         )
+        self.paused = Gauge(
+            "supervisor_type_paused",
+            "1 while an operator has paused claims of this handled type, else 0.",
+            ["type"],
+            multiprocess_mode="livemax",
+            registry=to,
+        )
         self._depth_labels: set[tuple[str, str]] = set()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._rss_slots: set[str] = set()
@@ -223,6 +249,11 @@ class Metrics:
         for (label, status), count in totals.items():
             self.queue_depth.labels(type=label, status=status).set(count)
         self._depth_labels = set(totals)
+
+    def set_paused(self, paused: Container[str], handled: Iterable[str]) -> None:
+        """One series per handled type (other types would let a producer create series)."""
+        for task_type in handled:
+            self.paused.labels(type=task_type).set(1 if task_type in paused else 0)
 
     def set_child_rss(self, rss_by_slot: dict[int, int]) -> None:
         current = {str(slot): rss for slot, rss in rss_by_slot.items()}

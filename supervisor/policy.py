@@ -7,6 +7,8 @@ A handler module may set::
     TIMEOUT = 120                  # seconds per attempt, then a hard kill (retried)
     CONCURRENCY = 4                # most tasks of this type running at once, fleet-wide
     CONCURRENCY_PER_KEY = 1        # the same, per concurrency key
+    SCHEDULE = "*/5 * * * *"       # enqueue one task per slot (5-field cron, UTC)
+    SCHEDULE_OPTIONS = '{"a": 1}'  # each firing's options (a string, or a dict/list as JSON)
 
 The parent never imports handler code: the import check reads the constants
 in its own process and reports them as JSON; :func:`from_constants` validates
@@ -20,15 +22,30 @@ A value the producer set explicitly on the task (``max_attempts``,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 
 import attrs
 
-from supervisor.lifecycle import DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, MAX_SECONDS
+from supervisor.lifecycle import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_OPTIONS_BYTES,
+    MAX_SECONDS,
+)
+from supervisor.schedules import ScheduleError, validate_cron
 
 # The module constants a handler may set, by the name they have in the handler file.
-CONSTANTS = ("MAX_ATTEMPTS", "BACKOFF", "TIMEOUT", "CONCURRENCY", "CONCURRENCY_PER_KEY")
+CONSTANTS = (
+    "MAX_ATTEMPTS",
+    "BACKOFF",
+    "TIMEOUT",
+    "CONCURRENCY",
+    "CONCURRENCY_PER_KEY",
+    "SCHEDULE",
+    "SCHEDULE_OPTIONS",
+)
 # A concurrency limit beyond this is surely a typo; and the limit is an INT UNSIGNED column.
 MAX_CONCURRENCY = 100_000
 
@@ -46,6 +63,8 @@ class HandlerPolicy:
     timeout_s: float | None = None
     concurrency: int | None = None
     concurrency_per_key: int | None = None
+    schedule: str | None = None
+    schedule_options: str | None = None
 
     @property
     def limited(self) -> bool:
@@ -60,6 +79,7 @@ class HandlerPolicy:
             "TIMEOUT": self.timeout_s,
             "CONCURRENCY": self.concurrency,
             "CONCURRENCY_PER_KEY": self.concurrency_per_key,
+            "SCHEDULE": self.schedule,
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -82,7 +102,34 @@ def from_constants(values: Mapping[str, object]) -> HandlerPolicy:
         timeout_s=_seconds(values, "TIMEOUT"),
         concurrency=_whole(values, "CONCURRENCY", 1, MAX_CONCURRENCY),
         concurrency_per_key=_whole(values, "CONCURRENCY_PER_KEY", 1, MAX_CONCURRENCY),
+        schedule=_schedule(values.get("SCHEDULE")),
+        schedule_options=_schedule_options(values),
     )
+
+
+def _schedule(value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_cron(value)
+    except ScheduleError as exc:
+        raise PolicyError(str(exc)) from None
+
+
+def _schedule_options(values: Mapping[str, object]) -> str | None:
+    """Each firing's options: a string as it is, a dict or list as JSON, at most 1 MiB."""
+    value = values.get("SCHEDULE_OPTIONS")
+    if value is None:
+        return None
+    if "SCHEDULE" not in values:
+        raise PolicyError("SCHEDULE_OPTIONS is set but SCHEDULE is not")
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=False)
+    if not isinstance(value, str):
+        raise PolicyError(f"SCHEDULE_OPTIONS must be a string, a dict or a list, got {value!r}")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_OPTIONS_BYTES:
+        raise PolicyError(f"SCHEDULE_OPTIONS are larger than {MAX_OPTIONS_BYTES} bytes (1 MiB)")
+    return value
 
 
 def _whole(values: Mapping[str, object], name: str, low: int, high: int) -> int | None:

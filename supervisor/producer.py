@@ -18,15 +18,14 @@ from supervisor.lifecycle import (
     DEFAULT_BUDGET_S,
     DEFAULT_MAX_ATTEMPTS,
     validate_budget,
-    validate_concurrency_key,
     validate_delay,
+    validate_key,
     validate_max_attempts,
     validate_options,
     validate_priority,
     validate_type,
 )
-from supervisor.store import NewTask, Store, open_store
-from supervisor.store.queries import load_queries
+from supervisor.store import Enqueued, NewTask, Store, open_store
 from supervisor.store.sql import SqlStore
 
 # What a producer may pass as options: the stored string itself, or a structure stored as JSON.
@@ -60,6 +59,7 @@ def new_task(
     budget: float = DEFAULT_BUDGET_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
+    unique_key: str | None = None,
     concurrency_key: str | None = None,
 ) -> NewTask:
     """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong.
@@ -68,13 +68,14 @@ def new_task(
     ``CONCURRENCY_PER_KEY``; ``None`` (no key) is not limited per key.
     """
     return NewTask(
+        unique_key=validate_key(unique_key, "unique key"),
+        concurrency_key=validate_key(concurrency_key, "concurrency key"),
         type=validate_type(type),
         options=validate_options(options_text(options)),
         delay_s=validate_delay(float(delay)),
         budget_s=validate_budget(float(budget)),
         max_attempts=validate_max_attempts(int(max_attempts)),
         priority=validate_priority(int(priority)),
-        concurrency_key=validate_concurrency_key(concurrency_key),
     )
 
 
@@ -102,9 +103,15 @@ class Queue:
         budget: float = DEFAULT_BUDGET_S,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         priority: int = 0,
+        unique_key: str | None = None,
         concurrency_key: str | None = None,
-    ) -> int:
-        """Insert one task and return its id; ``options`` may be a string, or a dict/list (JSON)."""
+    ) -> Enqueued:
+        """Insert one task and return its id; ``options`` may be a string, or a dict/list (JSON).
+
+        With ``unique_key``, a live (queued or running) task of the same type and
+        key means nothing is inserted: the id returned is that task's, and its
+        ``existed`` is True.
+        """
         task = new_task(
             type,
             options,
@@ -112,11 +119,12 @@ class Queue:
             budget=budget,
             max_attempts=max_attempts,
             priority=priority,
+            unique_key=unique_key,
             concurrency_key=concurrency_key,
         )
         return self.store.enqueue(task)
 
-    def enqueue_many(self, tasks: list[NewTask]) -> list[int]:
+    def enqueue_many(self, tasks: list[NewTask]) -> list[Enqueued]:
         """Insert tasks built with :func:`new_task` in one transaction."""
         return self.store.enqueue_many(tasks)
 
@@ -139,13 +147,15 @@ def enqueue_in_transaction(
     budget: float = DEFAULT_BUDGET_S,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
+    unique_key: str | None = None,
     concurrency_key: str | None = None,
-) -> int:
+) -> Enqueued:
     """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
 
     The task becomes visible to supervisors only when the caller commits, and
-    disappears with a rollback. ``options`` and ``concurrency_key`` are taken as
-    by :meth:`Queue.enqueue`.
+    disappears with a rollback. ``options``, ``unique_key`` and ``concurrency_key`` are taken as by
+    :meth:`Queue.enqueue`; a duplicate fails no statement of the caller's
+    transaction.
     """
     task = new_task(
         type,
@@ -154,13 +164,15 @@ def enqueue_in_transaction(
         budget=budget,
         max_attempts=max_attempts,
         priority=priority,
+        unique_key=unique_key,
         concurrency_key=concurrency_key,
     )
     params = SqlStore.new_task_params(task)
     if isinstance(connection, sqlite3.Connection):
-        cursor = connection.execute(load_queries("sqlite.sql")["enqueue"], params)
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        from supervisor.store.sqlite import insert_task as insert_sqlite
+
+        return insert_sqlite(connection, params)
+    from supervisor.store.mysql import insert_task as insert_mysql
+
     with connection.cursor() as cursor:
-        cursor.execute(load_queries("mysql.sql")["enqueue"], params)
-        return int(cursor.lastrowid)
+        return insert_mysql(cursor, params)

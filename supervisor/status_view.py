@@ -18,9 +18,12 @@ from typing import Any, TextIO
 
 from supervisor.handlers import discover
 from supervisor.lifecycle import Status
-from supervisor.store import StatusCount, Store
+from supervisor.pausing import paused_entries
+from supervisor.schedules import next_slot
+from supervisor.store import StatusCount, Store, TypeInfo
 
 WINDOW_S = 60.0
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 CLEAR = "\x1b[H\x1b[2J"
 # Rows whose status is outside the lifecycle (the empty status a permissive MariaDB stores).
 OTHER = "other"
@@ -104,12 +107,22 @@ def print_status(
     handled = handled_types(handlers_dir)
     by_type = summarize(store.counts(), handled)
     supervisors = fleet(store)
+    infos = store.type_infos()
+    paused = paused_entries(infos, handled)
+    schedules = schedule_entries(infos, store.utc_now()) if any(i.schedule for i in infos) else []
     if as_json:
-        document = {"types": by_type, "supervisors": supervisors}
+        document = {
+            "types": by_type,
+            "supervisors": supervisors,
+            "paused": paused,
+            "schedules": schedules,
+        }
         print(json.dumps(document, indent=2, sort_keys=True), file=out)
         return 0
     if not by_type:
         print("no tasks", file=out)
+        print_schedules(schedules, out)
+        print_paused(paused, out)
         print_fleet(supervisors, out)
         return 0
     columns = [s.value for s in Status]
@@ -125,8 +138,57 @@ def print_status(
         note = "" if entry["handler_here"] or not handled else "  (no handler in this folder)"
         cells = "  ".join(f"{entry['counts'].get(c, 0):>9}" for c in columns)
         print(f"{names[name]:<{width}}  {cells}  {format_age(age):>13}{note}", file=out)
+    print_schedules(schedules, out)
+    print_paused(paused, out)
     print_fleet(supervisors, out)
     return 0
+
+
+def schedule_entries(infos: list[TypeInfo], utc_now: datetime) -> list[dict[str, Any]]:
+    """Each recorded schedule with its next firing after ``utc_now`` (the database's clock).
+
+    A schedule that is no longer valid cron (an older release wrote it) is
+    listed with no next firing rather than failing the whole ``status``.
+    """
+    entries = []
+    for info in infos:
+        if not info.schedule:
+            continue
+        try:
+            upcoming: str | None = next_slot(info.schedule, utc_now).strftime(UTC_FORMAT)
+        except (ValueError, KeyError):
+            upcoming = None
+        last = info.schedule_last_slot
+        entries.append(
+            {
+                "type": info.type,
+                "schedule": info.schedule,
+                "next_slot": upcoming,
+                "last_slot": last.strftime(UTC_FORMAT) if last else None,
+            }
+        )
+    return entries
+
+
+def print_schedules(entries: list[dict[str, Any]], out: TextIO) -> None:
+    if not entries:
+        return
+    print(f"\nschedules: {len(entries)} (cron in UTC)", file=out)
+    for entry in entries:
+        print(
+            f"  {printable(entry['type'])}  {printable(entry['schedule'])}  "
+            f"next {entry['next_slot'] or '?'}  last fired {entry['last_slot'] or 'never'}",
+            file=out,
+        )
+
+
+def print_paused(entries: list[dict[str, Any]], out: TextIO) -> None:
+    if not entries:
+        return
+    print(f"\npaused: {len(entries)} (not claimed anywhere until resumed)", file=out)
+    for entry in entries:
+        note = "" if entry["handler"] else "  (no handler exists for it)"
+        print(f"  {printable(entry['type'])}  since {entry['paused_at']}{note}", file=out)
 
 
 def format_age(age: float | None) -> str:

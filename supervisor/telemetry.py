@@ -18,7 +18,15 @@ from loguru import logger
 
 from supervisor import metrics
 from supervisor.lifecycle import Outcome
-from supervisor.link_events import Claimed, DbBack, DbFailed, DepthSampled, Swept
+from supervisor.link_events import (
+    Claimed,
+    DbBack,
+    DbFailed,
+    DepthSampled,
+    PausedChanged,
+    ScheduleFired,
+    Swept,
+)
 from supervisor.records import Claim
 from supervisor.results import PendingResult
 
@@ -44,6 +52,7 @@ class Telemetry:
         self.metrics = metrics.Metrics(handled_types, registry=registry)
         self.log = logger.bind(owner=owner)
         self._published: tuple[int, int] | None = None
+        self._paused_ours: list[str] = []
 
     # ------------------------------------------------------------ attempts
 
@@ -152,6 +161,22 @@ class Telemetry:
 
     def depth(self, event: DepthSampled) -> None:
         self.metrics.set_queue_depth(event.counts)
+
+    def paused(self, event: PausedChanged, handled: Iterable[str]) -> None:
+        """Pauses of our types are logged when seen, so an operator can tell a pause took."""
+        ours = sorted(t for t in handled if t in event.paused)
+        if ours != self._paused_ours:
+            self.log.info("paused types changed; these are not claimed", paused=ours)
+            self._paused_ours = ours
+        self.metrics.set_paused(event.paused, handled)
+
+    def schedule_fired(self, event: ScheduleFired) -> None:
+        self.log.info(
+            "schedule fired",
+            type=event.type,
+            slot=event.slot.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            task_id=event.task_id,
+        )
 
     def db_failed(self, event: DbFailed) -> None:
         self.metrics.db_errors.inc()

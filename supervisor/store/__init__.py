@@ -9,6 +9,7 @@ from __future__ import annotations
 from supervisor.dsn import Dsn, MysqlDsn, SqliteDsn
 from supervisor.store.base import (
     Claim,
+    Enqueued,
     NewTask,
     Rescued,
     StatusCount,
@@ -16,6 +17,7 @@ from supervisor.store.base import (
     SupervisorInfo,
     TaskRow,
     Transition,
+    TypeInfo,
 )
 from supervisor.store.memory import ManualClock, MemoryStore
 
@@ -34,6 +36,7 @@ def open_store(dsn: Dsn) -> Store:
 
 __all__ = [
     "Claim",
+    "Enqueued",
     "ManualClock",
     "MemoryStore",
     "NewTask",
@@ -43,5 +46,6 @@ __all__ = [
     "SupervisorInfo",
     "TaskRow",
     "Transition",
+    "TypeInfo",
     "open_store",
 ]

@@ -21,6 +21,7 @@ from supervisor.records import Claim, SupervisorInfo
 
 __all__ = [
     "Claim",
+    "Enqueued",
     "NewTask",
     "Rescued",
     "StatusCount",
@@ -28,6 +29,7 @@ __all__ = [
     "SupervisorInfo",
     "TaskRow",
     "Transition",
+    "TypeInfo",
 ]
 
 
@@ -44,7 +46,26 @@ class NewTask:
     max_attempts: int | None = None
     timeout_s: float | None = None
     concurrency_key: str | None = None
+    # At most one live (queued or running) task per (type, unique_key): a duplicate
+    # creates nothing, and the enqueue answers with the live task's id.
+    unique_key: str | None = None
     priority: int = 0
+
+
+class Enqueued(int):
+    """A task id that says whether the enqueue created the task (``existed`` False) or
+    found a live one with the same type and unique key (``existed`` True).
+
+    It is an ``int`` that prints as the id, so callers that only want the id
+    use it as before.
+    """
+
+    existed: bool
+
+    def __new__(cls, task_id: int, *, existed: bool = False) -> Enqueued:
+        made = super().__new__(cls, task_id)
+        made.existed = existed
+        return made
 
 
 @attrs.frozen(kw_only=True)
@@ -60,6 +81,7 @@ class TaskRow:
     max_attempts: int | None
     timeout_s: float | None
     concurrency_key: str | None
+    unique_key: str | None
     progress_pct: int
     failure: Failure | None
     last_error: str | None
@@ -95,11 +117,36 @@ class StatusCount:
 
 
 @attrs.frozen(kw_only=True)
+class TypeInfo:
+    """What the fleet knows about a task type (the ``task_types`` table).
+
+    ``paused``: an operator paused it; no supervisor claims it until resumed.
+    ``policy``: what the handler file declares, as the last supervisor that has
+    the file wrote it (``declared_by``); None when no supervisor ever declared
+    one, which is how ``status`` knows that no handler exists for a paused type.
+    """
+
+    type: str
+    paused: bool
+    paused_at: datetime | None
+    policy: HandlerPolicy | None
+    declared_by: str | None
+    declared_at: datetime | None
+    schedule: str | None = None
+    schedule_last_slot: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Transition:
-    """The result of an operator's cancel or retry: the status found, and whether it applied."""
+    """The result of an operator's cancel or retry: the status found, and whether it applied.
+
+    ``blocked_by``: a retry that did not apply because another live task holds
+    the same type and unique key (two would break the key's promise).
+    """
 
     before: Status | None
     applied: bool
+    blocked_by: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -129,10 +176,14 @@ class Store(abc.ABC):
         """Create the table and indexes if missing (idempotent)."""
 
     @abc.abstractmethod
-    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
-        """Insert tasks in one transaction; return their ids in order."""
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
+        """Insert tasks in one transaction; return their ids in order.
 
-    def enqueue(self, task: NewTask) -> int:
+        A task whose (type, unique key) a live task holds already is not
+        inserted: its entry is that task's id, marked ``existed``.
+        """
+
+    def enqueue(self, task: NewTask) -> Enqueued:
         return self.enqueue_many([task])[0]
 
     @abc.abstractmethod
@@ -250,6 +301,35 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def forget_supervisors(self, dead_for_s: float) -> int:
         """Drop registry entries of supervisors silent for longer than ``dead_for_s``."""
+
+    @abc.abstractmethod
+    def set_paused(self, task_type: str, paused: bool) -> bool:
+        """Pause or resume claims of ``task_type`` fleet-wide; True if that changed its state.
+
+        A type no supervisor knows may be paused: its producer may come first.
+        """
+
+    @abc.abstractmethod
+    def paused_types(self) -> frozenset[str]:
+        """The types paused now: one small read, made by each claiming supervisor every poll."""
+
+    @abc.abstractmethod
+    def type_infos(self) -> list[TypeInfo]:
+        """Every type the fleet knows of: paused ones, and ones whose policy was declared."""
+
+    @abc.abstractmethod
+    def utc_now(self) -> datetime:
+        """The database clock in UTC (naive): schedules are cron in UTC, read off one clock."""
+
+    @abc.abstractmethod
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        """Fire ``slot`` of ``task.type``'s schedule unless another supervisor did; one transaction.
+
+        Under the lock of the type's ``task_types`` row: a schedule seen for the
+        first time records ``slot`` as fired without enqueueing (None); a mark
+        at or past ``slot`` means it fired already (None); otherwise the mark
+        moves to ``slot`` and ``task`` is enqueued (with its unique key).
+        """
 
     @abc.abstractmethod
     def cancel(self, task_id: int) -> Transition:

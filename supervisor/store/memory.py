@@ -43,6 +43,7 @@ from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attem
 from supervisor.store import limits
 from supervisor.store.base import (
     Claim,
+    Enqueued,
     NewTask,
     Rescued,
     StatusCount,
@@ -50,6 +51,7 @@ from supervisor.store.base import (
     SupervisorInfo,
     TaskRow,
     Transition,
+    TypeInfo,
 )
 
 Clock = Callable[[], datetime]
@@ -187,6 +189,7 @@ class MemoryStore(Store):
         self._tasks: dict[int, TaskRow] = {}
         self._last_id = 0
         self._supervisors: dict[str, _Registration] = {}
+        self._types: dict[str, TypeInfo] = {}
         self._calls: Counter[str] = Counter()
         self._fault: StoreError | None = None
 
@@ -298,15 +301,28 @@ class MemoryStore(Store):
         with self._call("migrate"):
             pass
 
-    def enqueue(self, task: NewTask) -> int:
+    def enqueue(self, task: NewTask) -> Enqueued:
         with self._call("enqueue"):
             return self._insert([task])[0]
 
-    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         with self._call("enqueue_many"):
             return self._insert(tasks)
 
-    def _insert(self, tasks: Sequence[NewTask]) -> list[int]:
+    def _live_holder(self, task_type: str, unique_key: str | None) -> int | None:
+        """The live task holding (type, unique key), as the unique index finds it."""
+        if unique_key is None:
+            return None
+        for task in self._tasks.values():
+            if (
+                task.type == task_type
+                and task.unique_key == unique_key
+                and task.status in (Status.QUEUED, Status.RUNNING)
+            ):
+                return task.id
+        return None
+
+    def _insert(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         """All or nothing: every task is checked and its times computed before any is stored."""
         now = self.clock()
         rows = []
@@ -315,8 +331,12 @@ class MemoryStore(Store):
             run_at = _later(now, task.delay_s)
             deadline_at = _later(now, task.delay_s + task.budget_s)
             rows.append((task, run_at, deadline_at))
-        ids = []
+        ids: list[Enqueued] = []
         for task, run_at, deadline_at in rows:
+            holder = self._live_holder(task.type, task.unique_key)
+            if holder is not None:
+                ids.append(Enqueued(holder, existed=True))
+                continue
             self._last_id += 1  # AUTOINCREMENT: an id is never reused, even after a prune
             self._tasks[self._last_id] = TaskRow(
                 id=self._last_id,
@@ -328,6 +348,7 @@ class MemoryStore(Store):
                 max_attempts=task.max_attempts,
                 timeout_s=task.timeout_s,
                 concurrency_key=task.concurrency_key,
+                unique_key=task.unique_key,
                 progress_pct=0,
                 failure=None,
                 last_error=None,
@@ -340,7 +361,7 @@ class MemoryStore(Store):
                 lease_expires_at=None,
                 updated_at=now,
             )
-            ids.append(self._last_id)
+            ids.append(Enqueued(self._last_id))
         return ids
 
     def claim(
@@ -644,6 +665,46 @@ class MemoryStore(Store):
                 del self._supervisors[key]
             return len(dead)
 
+    def set_paused(self, task_type: str, paused: bool) -> bool:
+        with self._call("set_paused"):
+            known = self._type_info(task_type)
+            paused_at = (known.paused_at if known.paused else self.clock()) if paused else None
+            self._types[task_type] = attrs.evolve(known, paused=paused, paused_at=paused_at)
+            return known.paused != paused
+
+    def _type_info(self, task_type: str) -> TypeInfo:
+        """The type's ``task_types`` row, or the blank one an upsert would create."""
+        return self._types.get(task_type) or TypeInfo(
+            type=task_type,
+            paused=False,
+            paused_at=None,
+            policy=None,
+            declared_by=None,
+            declared_at=None,
+        )
+
+    def utc_now(self) -> datetime:
+        with self._call("utc_now"):
+            return self.clock()
+
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        with self._call("fire_slot"):
+            known = self._type_info(task.type)
+            mark = known.schedule_last_slot
+            fires = mark is not None and mark < slot
+            if mark is None or fires:
+                mark = slot
+            self._types[task.type] = attrs.evolve(known, schedule=schedule, schedule_last_slot=mark)
+            return self._insert([task])[0] if fires else None
+
+    def paused_types(self) -> frozenset[str]:
+        with self._call("paused_types"):
+            return frozenset(name for name, info in self._types.items() if info.paused)
+
+    def type_infos(self) -> list[TypeInfo]:
+        with self._call("type_infos"):
+            return [self._types[name] for name in sorted(self._types)]
+
     def cancel(self, task_id: int) -> Transition:
         with self._call("cancel"):
             task = self._tasks.get(task_id)
@@ -671,6 +732,9 @@ class MemoryStore(Store):
                 return Transition(before=None, applied=False)
             if task.status not in (Status.FAILED, Status.CANCELLED):
                 return Transition(before=task.status, applied=False)
+            holder = self._live_holder(task.type, task.unique_key)
+            if holder is not None:
+                return Transition(before=task.status, applied=False, blocked_by=holder)
             now = self.clock()
             self._update(
                 task,

@@ -27,6 +27,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pymysql
@@ -38,7 +39,7 @@ from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.policy import HandlerPolicy
 from supervisor.store import limits, migrator
-from supervisor.store.base import Claim, NewTask
+from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
 from supervisor.store.sql import (
     Params,
@@ -106,6 +107,37 @@ def _unknown_host(exc: BaseException) -> bool:
 _NO_SUCH_NAME = {
     code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
 }
+
+
+DUPLICATE_KEY = 1062
+UNIQUE_TRIES = 5
+
+
+def insert_task(cursor: Any, params: Params) -> Enqueued:
+    """Insert one task, or find the live task that holds its (type, unique key).
+
+    Shared by the store and ``enqueue_in_transaction`` (the caller's cursor, of
+    any cursor class). A duplicate key fails only this statement, not the
+    transaction. The live task may end between the failed insert and the
+    read; then the key is free, and the insert is tried again.
+    """
+    queries = load_queries("mysql.sql")
+    for _ in range(UNIQUE_TRIES):
+        try:
+            cursor.execute(queries["enqueue"], params)
+            return Enqueued(int(cursor.lastrowid))
+        except pymysql.err.IntegrityError as exc:
+            if exc.args[0] != DUPLICATE_KEY or params["unique_key"] is None:
+                raise
+        cursor.execute(queries["live_unique"], params)
+        found = cursor.fetchone()
+        if found is not None:
+            task_id = found["id"] if isinstance(found, dict) else found[0]
+            return Enqueued(int(task_id), existed=True)
+    raise StoreError(
+        f"the live task holding unique key {params['unique_key']!r} kept ending and "
+        f"reappearing over {UNIQUE_TRIES} tries; nothing was enqueued"
+    )
 
 
 class MysqlStore(SqlStore):
@@ -253,15 +285,25 @@ class MysqlStore(SqlStore):
             applied = {int(row["version"]) for row in run("applied_migrations")[1]}
         return applied, "tasks" in tables
 
-    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
-        query = self._queries["enqueue"]
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
+        def body(cursor: pymysql.cursors.DictCursor) -> list[Enqueued]:
+            return [insert_task(cursor, self.new_task_params(task)) for task in tasks]
 
-        def body(cursor: pymysql.cursors.DictCursor) -> list[int]:
-            ids = []
-            for task in tasks:
-                cursor.execute(query, self.new_task_params(task))
-                ids.append(int(cursor.lastrowid))
-            return ids
+        return self._transaction(body)
+
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        params = self.slot_params(task, schedule, slot)
+        queries = self._queries
+
+        def body(cursor: pymysql.cursors.DictCursor) -> Enqueued | None:
+            cursor.execute(queries["schedule_row"], params)
+            cursor.execute(queries["schedule_mark"], params)
+            found = cursor.fetchone()
+            mark = None if found is None else found["schedule_last_slot"]
+            fires = self.slot_decision(mark, slot)
+            if mark is None or fires:
+                cursor.execute(queries["schedule_advance"], params)
+            return insert_task(cursor, self.new_task_params(task)) if fires else None
 
         return self._transaction(body)
 

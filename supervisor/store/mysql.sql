@@ -34,12 +34,20 @@ INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s)
 
 -- name: enqueue
 INSERT INTO tasks (type, task_options, priority, max_attempts, timeout_s, concurrency_key,
-                   run_at, deadline_at)
+                   unique_key, run_at, deadline_at)
 VALUES (
-    %(type)s, %(options)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(concurrency_key)s,
+    %(type)s, %(options)s, %(priority)s, %(max_attempts)s, %(timeout_s)s, %(concurrency_key)s, %(unique_key)s,
     NOW(6) + INTERVAL %(delay_us)s MICROSECOND,
     NOW(6) + INTERVAL %(total_us)s MICROSECOND
 )
+
+-- name: live_unique
+-- After a duplicate-key error (1062) on tasks_unique_live: the live task holding the key.
+-- A locking read sees the latest committed row even inside a caller's REPEATABLE READ
+-- transaction (enqueue_in_transaction), whose snapshot may predate it.
+SELECT id FROM tasks
+WHERE type = %(type)s AND live_unique_key = %(unique_key)s
+LOCK IN SHARE MODE
 
 -- name: claim_select
 -- Types compare as bytes: the column's PAD SPACE collation would match 'echo ' to 'echo'.
@@ -225,6 +233,47 @@ SET status = 'failed', failure = 'expired',
     last_error = 'deadline passed before the task was dispatched',
     completed_at = NOW(6)
 WHERE id IN %(ids)s AND status = 'queued' AND deadline_at <= NOW(6)
+
+-- name: utc_now
+SELECT UTC_TIMESTAMP(6) AS now
+
+-- name: schedule_row
+INSERT INTO task_types (type, schedule) VALUES (%(type)s, %(schedule)s)
+ON DUPLICATE KEY UPDATE schedule = VALUES(schedule)
+
+-- name: schedule_mark
+SELECT schedule_last_slot FROM task_types WHERE type = %(type)s FOR UPDATE
+
+-- name: schedule_advance
+UPDATE task_types SET schedule_last_slot = %(slot)s WHERE type = %(type)s
+
+-- name: type_paused
+SELECT paused FROM task_types WHERE type = %(type)s
+
+-- name: set_paused
+-- SET runs left to right: paused_at reads the old paused, so a second pause keeps the first's
+-- time, and a resume clears it.
+INSERT INTO task_types (type, paused, paused_at)
+VALUES (%(type)s, %(paused)s, IF(%(paused)s, NOW(6), NULL))
+ON DUPLICATE KEY UPDATE
+    paused_at = IF(VALUES(paused), IF(paused, paused_at, NOW(6)), NULL),
+    paused = VALUES(paused)
+
+-- name: paused_types
+SELECT type FROM task_types WHERE paused = 1
+
+-- name: type_infos
+SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
+       concurrency_per_key, declared_by, declared_at, schedule, schedule_last_slot
+FROM task_types
+ORDER BY type
+
+-- name: unique_holder
+-- Another live task with the same type and unique key: a retry of this one would break it.
+SELECT holder.id FROM tasks task
+JOIN tasks holder
+  ON holder.type = task.type AND holder.unique_key = task.unique_key AND holder.id <> task.id
+WHERE task.id = %(id)s AND holder.status IN ('queued', 'running')
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = %(id)s

@@ -1,7 +1,8 @@
--- The complete current schema for MySQL 8.0.13+ / MariaDB 10.6+, for applying by hand
--- (`mysql app < schema.sql`; idempotent: safe to run again). It equals the result of every
--- migration under migrations/mysql/ (a test proves it) and records their versions, so a
--- supervisor finds nothing to migrate. The supervisor itself applies the migrations.
+-- The complete current schema for MySQL 8.0.13+ / MariaDB 10.6+, for creating a NEW
+-- database by hand (`mysql app < schema.sql`; idempotent: safe to run again). It equals
+-- the result of every migration under migrations/mysql/ (a test proves it) and records
+-- their versions, so a supervisor finds nothing to migrate. To upgrade a database that
+-- already holds tasks, run `python -m supervisor migrate` (or just start a supervisor).
 --
 -- A plain  INSERT INTO tasks (type, task_options) VALUES ('resize', '{"path": "a.png"}')
 -- is a complete enqueue: the handler's policy (else 3 attempts), run now, deadline one
@@ -22,6 +23,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     timeout_s        DOUBLE           NULL,
     -- Tasks sharing a key count against their handler's CONCURRENCY_PER_KEY together.
     concurrency_key  VARCHAR(255)     NULL,
+    -- At most one live (queued or running) task per (type, unique_key): live_unique_key
+    -- holds the key only while the task is live, and a unique index admits many NULLs.
+    unique_key       VARCHAR(255)     NULL,
+    live_unique_key  VARCHAR(255)
+        GENERATED ALWAYS AS (IF(status IN ('queued', 'running'), unique_key, NULL)) VIRTUAL,
     progress_pct     TINYINT UNSIGNED NOT NULL DEFAULT 0,
     failure          ENUM('error', 'panic', 'timeout', 'expired', 'lost', 'attempt_timeout') NULL,
     last_error       TEXT             NULL,
@@ -44,7 +50,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     KEY tasks_finished (status, completed_at),
     KEY tasks_type_status (type, status, created_at),
     -- Claims of a type with a concurrency limit count its running tasks (per key) here.
-    KEY tasks_concurrency (type, status, concurrency_key)
+    KEY tasks_concurrency (type, status, concurrency_key),
+    UNIQUE KEY tasks_unique_live (type, live_unique_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
 -- The registry of supervisors: claimed_by is traced to a host and pid here, and
@@ -77,6 +84,10 @@ CREATE TABLE IF NOT EXISTS task_types (
     timeout_s           DOUBLE        NULL,
     concurrency         INT UNSIGNED  NULL,
     concurrency_per_key INT UNSIGNED  NULL,
+    -- A handler's SCHEDULE, and the newest slot fired (UTC): a slot fires only by moving
+    -- this mark forward under the row's lock, so each slot fires once, fleet-wide.
+    schedule            VARCHAR(255)  NULL,
+    schedule_last_slot  DATETIME(6)   NULL,
     declared_by         VARCHAR(255)  NULL,
     declared_at         DATETIME(6)   NULL,
     PRIMARY KEY (type)
@@ -90,10 +101,18 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     PRIMARY KEY (version)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 
--- Each version is recorded only when the table really has its shape: applied by hand to a
--- database an older release made, this file creates nothing there (IF NOT EXISTS), so it
--- must not claim the newer versions; `migrate` then applies them.
+-- Each version is recorded only when the tables really have its shape and the version
+-- before it is recorded, so a version is never claimed for a table this file did not make.
 INSERT IGNORE INTO schema_migrations (version, name) VALUES (1, 'initial');
 INSERT IGNORE INTO schema_migrations (version, name)
-SELECT 2, 'scheduling_control' FROM information_schema.columns
-WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'timeout_s';
+SELECT 2, 'scheduling_control' FROM schema_migrations WHERE version = 1 AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'timeout_s');
+INSERT IGNORE INTO schema_migrations (version, name)
+SELECT 3, 'unique_keys' FROM schema_migrations WHERE version = 2 AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'unique_key');
+INSERT IGNORE INTO schema_migrations (version, name)
+SELECT 4, 'schedules' FROM schema_migrations WHERE version = 3 AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = DATABASE() AND table_name = 'task_types' AND column_name = 'schedule');

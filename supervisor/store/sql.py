@@ -36,6 +36,7 @@ from supervisor.store.base import (
     SupervisorInfo,
     TaskRow,
     Transition,
+    TypeInfo,
 )
 
 Row = dict[str, Any]
@@ -92,6 +93,7 @@ def row_to_task(row: Row) -> TaskRow:
         max_attempts=None if row["max_attempts"] is None else int(row["max_attempts"]),
         timeout_s=None if row["timeout_s"] is None else float(row["timeout_s"]),
         concurrency_key=row["concurrency_key"],
+        unique_key=row["unique_key"],
         progress_pct=int(row["progress_pct"]),
         failure=Failure(row["failure"]) if row["failure"] else None,
         last_error=row["last_error"],
@@ -104,6 +106,35 @@ def row_to_task(row: Row) -> TaskRow:
         lease_expires_at=to_optional_datetime(row["lease_expires_at"]),
         updated_at=to_datetime(row["updated_at"]),
     )
+
+
+def row_to_type_info(row: Row) -> TypeInfo:
+    """A ``task_types`` row; the policy columns are None until a supervisor declared them."""
+    declared = row["declared_at"] is not None
+    policy = None
+    if declared:
+        backoff = row["backoff"]
+        policy = HandlerPolicy(
+            max_attempts=_optional_int(row["max_attempts"]),
+            backoff=tuple(float(d) for d in str(backoff).split(",")) if backoff else None,
+            timeout_s=None if row["timeout_s"] is None else float(row["timeout_s"]),
+            concurrency=_optional_int(row["concurrency"]),
+            concurrency_per_key=_optional_int(row["concurrency_per_key"]),
+        )
+    return TypeInfo(
+        type=str(row["type"]),
+        paused=bool(row["paused"]),
+        paused_at=to_optional_datetime(row["paused_at"]),
+        policy=policy,
+        declared_by=row["declared_by"],
+        declared_at=to_optional_datetime(row["declared_at"]),
+        schedule=row["schedule"],
+        schedule_last_slot=to_optional_datetime(row["schedule_last_slot"]),
+    )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def row_to_claim(row: Row, owner: str) -> Claim:
@@ -218,6 +249,7 @@ class SqlStore(Store):
             "max_attempts": task.max_attempts,
             "timeout_s": task.timeout_s,
             "concurrency_key": task.concurrency_key,
+            "unique_key": task.unique_key,
             "delay_s": delay["s"],
             "delay_us": delay["us"],
             "budget_s": round(task.budget_s, 3),
@@ -287,10 +319,48 @@ class SqlStore(Store):
         dead = seconds(dead_for_s)
         return self._changed("forget_supervisors", {"dead_s": dead["s"], "dead_us": dead["us"]})
 
+    def set_paused(self, task_type: str, paused: bool) -> bool:
+        before = self._rows("type_paused", {"type": task_type})
+        was_paused = bool(before and before[0]["paused"])
+        self._changed("set_paused", {"type": task_type, "paused": int(paused)})
+        return was_paused != paused
+
+    def paused_types(self) -> frozenset[str]:
+        return frozenset(str(row["type"]) for row in self._rows("paused_types"))
+
+    def type_infos(self) -> list[TypeInfo]:
+        return [row_to_type_info(row) for row in self._rows("type_infos")]
+
+    def utc_now(self) -> datetime:
+        return to_datetime(self._rows("utc_now")[0]["now"])
+
+    @staticmethod
+    def slot_params(task: NewTask, schedule: str, slot: datetime) -> Params:
+        return {"type": task.type, "schedule": schedule, "slot": slot.isoformat(sep=" ")}
+
+    @staticmethod
+    def slot_decision(mark: object, slot: datetime) -> bool:
+        """Whether this transaction fires ``slot``, given the mark it read (under the lock).
+
+        No mark: the schedule is new here; its latest slot is recorded, not fired.
+        """
+        return mark is not None and to_datetime(mark) < slot
+
     def cancel(self, task_id: int) -> Transition:
         return self._transition("cancel", task_id)
 
     def retry(self, task_id: int) -> Transition:
+        """A task whose unique key another live task holds stays as it is (``blocked_by``).
+
+        The read first only explains the refusal: the unique index decides, and
+        a holder that appears in between makes the update fail as a StoreError.
+        """
+        holder = self._rows("unique_holder", {"id": task_id})
+        if holder:
+            before = self._rows("status_of", {"id": task_id})
+            status = status_or_raw(before[0]["status"]) if before else None
+            if isinstance(status, Status):
+                return Transition(before=status, applied=False, blocked_by=int(holder[0]["id"]))
         return self._transition("retry", task_id)
 
     def _transition(self, name: str, task_id: int) -> Transition:

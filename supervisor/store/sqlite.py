@@ -15,13 +15,14 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.policy import HandlerPolicy
 from supervisor.store import limits, migrator
-from supervisor.store.base import Claim, NewTask
+from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
 from supervisor.store.sql import (
     Params,
@@ -36,6 +37,22 @@ from supervisor.store.sql import (
 )
 
 BUSY_TIMEOUT_MS = 10_000
+
+
+def insert_task(conn: sqlite3.Connection, params: Params) -> Enqueued:
+    """Insert one task, or find the live task that holds its (type, unique key).
+
+    Shared by the store and ``enqueue_in_transaction`` (the caller's connection).
+    SQLite has one writer: once the insert has run, even one that inserted
+    nothing, no other connection can end the live task before the read.
+    """
+    queries = load_queries("sqlite.sql")
+    cursor = conn.execute(queries["enqueue"], params)
+    if cursor.rowcount == 1:
+        assert cursor.lastrowid is not None
+        return Enqueued(cursor.lastrowid)
+    (task_id,) = conn.execute(queries["live_unique"], params).fetchone()
+    return Enqueued(int(task_id), existed=True)
 
 
 class SqliteStore(SqlStore):
@@ -126,14 +143,19 @@ class SqliteStore(SqlStore):
             applied = {int(row["version"]) for row in self._rows("applied_migrations")}
         return applied, "tasks" in tables
 
-    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[int]:
+    def enqueue_many(self, tasks: Sequence[NewTask]) -> list[Enqueued]:
         with self._immediate() as conn:
-            ids = []
-            for task in tasks:
-                cursor = conn.execute(self._queries["enqueue"], self.new_task_params(task))
-                assert cursor.lastrowid is not None
-                ids.append(cursor.lastrowid)
-            return ids
+            return [insert_task(conn, self.new_task_params(task)) for task in tasks]
+
+    def fire_slot(self, task: NewTask, schedule: str, slot: datetime) -> Enqueued | None:
+        params = self.slot_params(task, schedule, slot)
+        with self._immediate() as conn:  # the write lock is the row lock here
+            conn.execute(self._queries["schedule_row"], params)
+            (mark,) = conn.execute(self._queries["schedule_mark"], params).fetchone()
+            fires = self.slot_decision(mark, slot)
+            if mark is None or fires:
+                conn.execute(self._queries["schedule_advance"], params)
+            return insert_task(conn, self.new_task_params(task)) if fires else None
 
     def claim(
         self,

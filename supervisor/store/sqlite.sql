@@ -22,12 +22,19 @@ INSERT INTO schema_migrations (version, name) VALUES (:version, :name)
 
 -- name: enqueue
 INSERT INTO tasks (type, task_options, priority, max_attempts, timeout_s, concurrency_key,
-                   run_at, deadline_at)
+                   unique_key, run_at, deadline_at)
 VALUES (
-    :type, :options, :priority, :max_attempts, :timeout_s, :concurrency_key,
+    :type, :options, :priority, :max_attempts, :timeout_s, :concurrency_key, :unique_key,
     strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :delay_s || ' seconds'),
     strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || (:delay_s + :budget_s) || ' seconds')
 )
+-- A live task holding the same (type, unique_key) makes this insert nothing (the partial
+-- unique index tasks_unique_live); the caller then reads that task's id (live_unique).
+ON CONFLICT DO NOTHING
+
+-- name: live_unique
+SELECT id FROM tasks
+WHERE type = :type AND unique_key = :unique_key AND status IN ('queued', 'running')
 
 -- name: claim_batch
 UPDATE tasks
@@ -234,6 +241,48 @@ WHERE id IN (
     LIMIT :limit
 )
 RETURNING type
+
+-- name: utc_now
+SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now
+
+-- name: schedule_row
+INSERT INTO task_types (type, schedule) VALUES (:type, :schedule)
+ON CONFLICT (type) DO UPDATE SET schedule = excluded.schedule
+
+-- name: schedule_mark
+SELECT schedule_last_slot FROM task_types WHERE type = :type
+
+-- name: schedule_advance
+UPDATE task_types SET schedule_last_slot = :slot WHERE type = :type
+
+-- name: type_paused
+SELECT paused FROM task_types WHERE type = :type
+
+-- name: set_paused
+-- Every SET expression reads the old row: a second pause keeps the first's time.
+INSERT INTO task_types (type, paused, paused_at)
+VALUES (:type, :paused, CASE WHEN :paused THEN strftime('%Y-%m-%d %H:%M:%f', 'now') END)
+ON CONFLICT (type) DO UPDATE SET
+    paused_at = CASE WHEN excluded.paused
+                     THEN CASE WHEN paused THEN paused_at
+                               ELSE strftime('%Y-%m-%d %H:%M:%f', 'now') END END,
+    paused = excluded.paused
+
+-- name: paused_types
+SELECT type FROM task_types WHERE paused = 1
+
+-- name: type_infos
+SELECT type, paused, paused_at, max_attempts, backoff, timeout_s, concurrency,
+       concurrency_per_key, declared_by, declared_at, schedule, schedule_last_slot
+FROM task_types
+ORDER BY type
+
+-- name: unique_holder
+-- Another live task with the same type and unique key: a retry of this one would break it.
+SELECT holder.id FROM tasks task
+JOIN tasks holder
+  ON holder.type = task.type AND holder.unique_key = task.unique_key AND holder.id <> task.id
+WHERE task.id = :id AND holder.status IN ('queued', 'running')
 
 -- name: status_of
 SELECT status FROM tasks WHERE id = :id

@@ -192,7 +192,7 @@ def test_enqueue_refuses_a_concurrency_key_the_column_cannot_hold(
 ) -> None:
     result = run_cli(tmp_path, "enqueue", "report", "--concurrency-key", key, dsn=sqlite_dsn)
     line = result.assert_one_line_error(2)
-    assert f"concurrency key must be 1 to 255 characters, got {len(key)}" in line
+    assert "concurrency key must be 1 to 255 characters of text" in line
 
 
 def test_enqueue_dash_reads_the_options_from_stdin_byte_for_byte(dsn: str, tmp_path: Path) -> None:
@@ -916,3 +916,20 @@ def test_control_characters_in_types_and_errors_are_printed_escaped(
         assert "paint\\x1b[31m" in outputs[name], outputs[name]
     assert "boom\\x1b[2J\\x07\\rgone" in outputs["show"]
     assert json.loads(outputs["show --json"])["last_error"] == ODD_ERROR
+
+
+def test_enqueue_with_a_unique_key_prints_the_live_tasks_id_and_says_it_already_exists(
+    tmp_path: Path, dsn: str
+) -> None:
+    """Both runs exit 0 and print the one task's id: the task the caller asked for exists."""
+    first = run_cli(tmp_path, "enqueue", "report", "{}", "--unique-key", "2026-11-30", dsn=dsn)
+    again = run_cli(tmp_path, "enqueue", "report", "{}", "--unique-key", "2026-11-30", dsn=dsn)
+    assert (first.rc, again.rc) == (0, 0)
+    assert first.out == again.out and int(first.out) > 0
+    assert first.err == ""
+    assert f"task {int(first.out)} of type report already exists" in again.err
+    assert run_cli(tmp_path, "cancel", first.out.strip(), dsn=dsn).rc == 0
+    fresh = run_cli(tmp_path, "enqueue", "report", "{}", "--unique-key", "2026-11-30", dsn=dsn)
+    assert fresh.rc == 0 and fresh.out != first.out, "a key is free once its task ended"
+    blocked = run_cli(tmp_path, "retry", first.out.strip(), dsn=dsn)
+    assert f"task {int(fresh.out)} of the same type is live" in blocked.assert_one_line_error(1)

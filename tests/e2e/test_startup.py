@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.dsn import MysqlDsn, parse_dsn
+from supervisor.store.migrator import latest
+from tests.conftest import migrated_store
 from tests.e2e.harness import Launcher
 from tests.e2e.test_cli import run_cli
 
@@ -106,3 +108,16 @@ def test_an_unreachable_mysql_is_retried_for_the_start_up_timeout_then_exit_1(
     assert 2 <= took < 15
     assert "Traceback" not in result.err
     assert "2 s" in result.err.strip().splitlines()[-1]
+
+
+def test_a_schema_newer_than_the_supervisor_is_refused_by_run_and_commands_in_one_line(
+    tmp_path: Path, dsn: str
+) -> None:
+    """A newer release migrated this database: this one cannot know what its columns mean."""
+    assert run_cli(tmp_path, "migrate", dsn=dsn).rc == 0
+    with migrated_store(dsn) as store:
+        newer = latest("mysql" if dsn.startswith("mysql") else "sqlite") + 1
+        store._run("record_migration", {"version": newer, "name": "future"})  # type: ignore[attr-defined]
+    for args in (run_args(tmp_path), ("status",), ("enqueue", "echo")):
+        message = run_cli(tmp_path, *args, dsn=dsn).assert_one_line_error(1)
+        assert f"schema is version {newer}" in message and "upgrade the supervisor" in message

@@ -24,7 +24,7 @@ import pymysql
 import pytest
 
 import supervisor
-from supervisor.dsn import MysqlDsn, parse_dsn
+from supervisor.dsn import parse_dsn
 from supervisor.errors import StoreError, UnreadableRow, UsageError
 from supervisor.lifecycle import (
     LAST_ERROR_LIMIT,
@@ -46,7 +46,7 @@ from supervisor.store import (
 )
 from supervisor.store.memory import ManualClock, MemoryStore
 from supervisor.store.sqlite import SqliteStore
-from tests.conftest import migrated_store
+from tests.conftest import driver_connection, migrated_store
 
 LONG_LEASE_S = 60.0
 SHORT_LEASE_S = 0.05
@@ -1013,16 +1013,10 @@ def test_close_then_use_reconnects(store: Store) -> None:
 
 
 def _pymysql_connection(mysql_dsn: str) -> pymysql.connections.Connection[Any]:
-    dsn = parse_dsn(mysql_dsn)
-    assert isinstance(dsn, MysqlDsn)
-    return pymysql.connect(
-        host=dsn.host,
-        port=dsn.port,
-        user=dsn.user,
-        password=dsn.password,
-        database=dsn.database,
-        autocommit=False,
+    connection: pymysql.connections.Connection[Any] = driver_connection(
+        mysql_dsn, autocommit=False
     )
+    return connection
 
 
 @pytest.mark.mysql
@@ -1099,6 +1093,84 @@ def test_enqueue_in_transaction_validates_before_writing(sqlite_dsn: str) -> Non
     finally:
         conn.close()
         store.close()
+
+
+# --- pause and resume: the fleet's switch per type -----------------------------------------
+
+
+def test_a_type_nobody_knows_can_be_paused_and_resumed(store: Store) -> None:
+    """The producer may come first: pausing an unknown type records it, with no policy."""
+    assert store.paused_types() == frozenset()
+    assert store.set_paused("later", True) is True
+    assert store.paused_types() == {"later"}
+    (info,) = store.type_infos()
+    assert (info.type, info.paused, info.policy, info.declared_by) == ("later", True, None, None)
+    assert info.paused_at is not None and abs(secs(info.paused_at, db_now(store))) < TOLERANCE_S
+    assert store.set_paused("later", False) is True
+    assert store.paused_types() == frozenset()
+    (info,) = store.type_infos()
+    assert (info.paused, info.paused_at) == (False, None)
+
+
+def test_pausing_twice_changes_nothing_and_keeps_the_first_pause_time(store: Store) -> None:
+    assert store.set_paused("t", True) is True
+    first = store.type_infos()[0].paused_at
+    elapse(store, 0.01)
+    assert store.set_paused("t", True) is False
+    assert store.type_infos()[0].paused_at == first
+    assert store.set_paused("u", False) is False, "resuming a type never paused is no change"
+    assert store.paused_types() == {"t"}
+
+
+def test_pause_changes_no_task_and_running_ones_finish(store: Store) -> None:
+    """Pausing is a switch the claimers read: rows keep their status, a running task completes."""
+    enqueue(store, "t")
+    running = claim_one(store, types=("t",))
+    waiting = enqueue(store, "t")
+    store.set_paused("t", True)
+    assert row(store, running.id).status is Status.RUNNING
+    assert row(store, waiting).status is Status.QUEUED
+    assert store.complete(running)
+    assert store.paused_types() == {"t"}
+
+
+# --- schedule slots: each fires once, fleet-wide, by moving the type's mark forward ---------
+
+
+def slot_task(slot: datetime) -> NewTask:
+    from supervisor.schedules import slot_key
+
+    return NewTask(type="tick", unique_key=slot_key(slot))
+
+
+def test_a_schedule_seen_first_records_its_latest_slot_without_firing_it(store: Store) -> None:
+    """A new daily job does not run the moment it is deployed: it waits for its next slot."""
+    slot = datetime(2030, 1, 1, 12, 0)
+    assert store.fire_slot(slot_task(slot), "0 * * * *", slot) is None
+    assert store.counts() == []
+    (info,) = store.type_infos()
+    assert (info.schedule, info.schedule_last_slot) == ("0 * * * *", slot)
+
+
+def test_each_slot_fires_once_and_an_older_one_never(store: Store) -> None:
+    first, second = datetime(2030, 1, 1, 12, 0), datetime(2030, 1, 1, 13, 0)
+    store.fire_slot(slot_task(first), "0 * * * *", first)
+    fired = store.fire_slot(slot_task(second), "0 * * * *", second)
+    assert fired is not None and not fired.existed
+    assert row(store, fired).unique_key == "schedule:2030-01-01T13:00:00Z"
+    assert store.fire_slot(slot_task(second), "0 * * * *", second) is None, "another fired it"
+    assert store.fire_slot(slot_task(first), "0 * * * *", first) is None, "never backwards"
+    assert [(c.type, c.count) for c in store.counts()] == [("tick", 1)]
+    assert store.type_infos()[0].schedule_last_slot == second
+
+
+def test_after_missed_slots_only_the_most_recent_fires(store: Store) -> None:
+    """Every supervisor was down for three slots: one task, for the newest, not a storm."""
+    store.fire_slot(slot_task(datetime(2030, 1, 1, 9, 0)), "0 * * * *", datetime(2030, 1, 1, 9, 0))
+    newest = datetime(2030, 1, 1, 12, 0)
+    fired = store.fire_slot(slot_task(newest), "0 * * * *", newest)
+    assert fired is not None
+    assert sum(c.count for c in store.counts()) == 1
 
 
 # --- the supervisor registry ----------------------------------------------------------------

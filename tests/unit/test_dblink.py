@@ -178,7 +178,7 @@ def test_the_start_up_check_retries_an_unreachable_database_then_gives_up(
     pings: list[float] = []
 
     class Refusing:
-        def ping(self) -> None:
+        def migrate(self) -> None:
             pings.append(now[0])
             raise StoreUnavailable("MySQL at mysql://x is unavailable: (2003) refused")
 
@@ -199,7 +199,7 @@ def test_the_start_up_check_fails_at_once_on_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class Denying:
-        def ping(self) -> None:
+        def migrate(self) -> None:
             raise StoreMisconfigured("MySQL at mysql://x refused us: (1045) Access denied")
 
         def close(self) -> None:
