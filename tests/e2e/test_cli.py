@@ -300,7 +300,7 @@ def test_status_of_an_empty_queue(dsn: str, store: Store, tmp_path: Path) -> Non
     """With no tasks and no supervisors, the table says so and the JSON lists nothing."""
     assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n\nsupervisors: 0 alive\n"
     report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
-    assert report == {"types": {}, "supervisors": []}
+    assert report == {"types": {}, "supervisors": [], "paused": [], "schedules": []}
 
 
 # --- operator transitions ---------------------------------------------------------------------
