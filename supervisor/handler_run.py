@@ -1,0 +1,374 @@
+"""One handler attempt in a real child process, settled by the supervisor's own rules.
+
+This is what :func:`supervisor.testing.run_handler` runs. The child is the
+supervisor's child, started the way the pool starts one when the fork server
+is unavailable (:meth:`supervisor.workers.Child.spawn`: ``python -m
+supervisor.child``, its own process group, a lifeline, a faulthandler dump
+file, its output on a pipe), and it is told about the task with the same
+``task`` message. The attempt then ends the way it ends in production, by the
+same rules (:mod:`supervisor.lifecycle`): a return is ``completed``, a raise is
+retried or failed by the backoff and attempts left, the deadline kills the
+child's tree after asking for its stack (``timeout``), and a child that dies
+is a ``panic``. Nothing of it raises into the caller: the outcome is a record.
+
+Only the database is missing: nothing is claimed or written, so a test needs
+no queue to see what its handler would do to a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import selectors
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import attrs
+
+from supervisor.errors import UsageError
+from supervisor.handlers import discover
+from supervisor.lifecycle import (
+    COMPLETED,
+    Backoff,
+    Decision,
+    Failure,
+    Outcome,
+    Status,
+    decide_error,
+    decision_for_failure,
+    handler_error,
+    panic_error,
+    timeout_error,
+    trim_error,
+)
+from supervisor.protocol import (
+    DoneMessage,
+    ErrorMessage,
+    Message,
+    ProgressMessage,
+    ProtocolError,
+    ReadyMessage,
+    StopMessage,
+    TaskMessage,
+)
+from supervisor.reaping import ExitStatus
+from supervisor.workers import Child, child_environment
+
+STACK_LEAD_S = 0.05  # as the parent: the stack is asked for this long before the deadline kill
+START_TIMEOUT_S = 60.0  # a child that is not ready by then is broken, not slow
+STOP_GRACE_S = 5.0  # as the pool: a child still alive this long after ``stop`` is killed
+
+
+class ChildStartError(RuntimeError):
+    """The child could not even start: the environment is broken, not the handler."""
+
+
+@attrs.frozen(kw_only=True)
+class HandlerRun:
+    """What one attempt did, in the words of the task's row.
+
+    ``status``, ``failure`` and ``last_error`` are what the supervisor would
+    store; ``outcome`` is the word of logs and metrics (``retried`` when the
+    attempt failed but attempts remain, with ``retry_in_s`` the backoff).
+    ``stack`` is where the handler was: its traceback when it raised, the
+    faulthandler dump at a timeout or a crash. ``progress`` holds the values the
+    child reported, in order (the child coalesces bursts to ten a second, and
+    always sends the last). ``output`` holds the lines the handler printed.
+    ``cpu_s`` and ``peak_rss_bytes`` are the child process's (its start-up
+    included), None where the platform does not say.
+    """
+
+    outcome: Outcome
+    status: Status
+    failure: Failure | None
+    retry_in_s: float | None
+    last_error: str | None
+    stack: str
+    progress: tuple[int, ...]
+    output: tuple[str, ...]
+    duration_s: float
+    cpu_s: float | None
+    peak_rss_bytes: int | None
+    exit: ExitStatus | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome is Outcome.COMPLETED
+
+
+@attrs.define
+class _Attempt:
+    """The attempt while it runs: what the child said, and when it must end."""
+
+    started: float
+    deadline: float
+    budget_s: float
+    progress: list[int] = attrs.Factory(list)
+    output: list[str] = attrs.Factory(list)
+    stack_requested: bool = False
+    decision: Decision | None = None
+    last_error: str | None = None
+    stack: str = ""
+
+
+def handler_path(task_type: str, handlers: Path) -> Path:
+    """The file the supervisor would run for ``task_type``; a clear error if it has none."""
+    path = discover(handlers).get(task_type)
+    if path is None:
+        raise UsageError(
+            f"no handler for type {task_type!r} in {handlers.resolve()}"
+            " (a <type>.py file not starting with '_')"
+        )
+    return path
+
+
+def run_attempt(
+    message: TaskMessage, *, backoff: Backoff, env: dict[str, str] | None = None
+) -> HandlerRun:
+    """Start a child, hand it ``message``, and settle the attempt as the parent would."""
+    runtime_dir = Path(tempfile.mkdtemp(prefix="supervisor-test-"))
+    lifeline_r, lifeline_w = os.pipe()
+    try:
+        child = Child.spawn(
+            slot=0,
+            runtime_dir=runtime_dir,
+            lifeline_fd=lifeline_r,
+            env=child_environment(os.environ if env is None else env, {}),
+        )
+        os.close(lifeline_r)
+        lifeline_r = -1
+        runner = _Runner(child, backoff)
+        try:
+            return runner.run(message)
+        finally:
+            runner.close()
+    finally:
+        for fd in (lifeline_r, lifeline_w):
+            if fd >= 0:
+                os.close(fd)  # the lifeline closing takes whatever is left of the child down
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+class _Runner:
+    """The parent's side of one attempt: a selector on the child's socket, exit and output."""
+
+    def __init__(self, child: Child, backoff: Backoff) -> None:
+        self._child = child
+        self._backoff = backoff
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(child.sock, selectors.EVENT_READ, "socket")
+        self._selector.register(child.pidfd, selectors.EVENT_READ, "exit")
+        if child.output is not None:
+            self._selector.register(child.output.fd, selectors.EVENT_READ, "output")
+        self._ready = False
+        self._exited: ExitStatus | None = None
+        self._exit_rusage: resource.struct_rusage | None = None
+
+    def run(self, message: TaskMessage) -> HandlerRun:
+        try:
+            self._wait_ready()
+            cpu_before = self._cpu_s()
+            started = time.monotonic()
+            attempt = _Attempt(
+                started=started,
+                deadline=started + message.remaining_s,
+                budget_s=message.remaining_s,
+            )
+            self._child.send(message)
+            while attempt.decision is None:
+                self._turn(attempt, message)
+            duration_s = time.monotonic() - started
+            self._stop()
+            self._read_output(attempt, final=True)
+        finally:
+            self._selector.close()
+        cpu_after = self._cpu_after()
+        decision = attempt.decision
+        return HandlerRun(
+            outcome=decision.outcome,
+            status=decision.status,
+            failure=decision.failure,
+            retry_in_s=decision.retry_in_s,
+            last_error=None if attempt.last_error is None else trim_error(attempt.last_error),
+            stack=attempt.stack,
+            progress=tuple(attempt.progress),
+            output=tuple(attempt.output),
+            duration_s=duration_s,
+            cpu_s=None if cpu_after is None or cpu_before is None else cpu_after - cpu_before,
+            peak_rss_bytes=None if self._exited is None else self._exited.peak_rss_bytes,
+            exit=self._exited,
+        )
+
+    def close(self) -> None:
+        """Whatever happened, no process of this attempt outlives it."""
+        if self._exited is None:
+            self._child.kill_tree()
+            self._reap(block=True)
+        self._child.close()
+
+    # ------------------------------------------------------------ start and stop
+
+    def _wait_ready(self) -> None:
+        limit = time.monotonic() + START_TIMEOUT_S
+        while not self._ready:
+            left = limit - time.monotonic()
+            if left <= 0:
+                raise ChildStartError(f"the child was not ready within {START_TIMEOUT_S:.0f} s")
+            for key, _ in self._selector.select(left):
+                if key.data == "socket":
+                    messages, _closed = self._child.receive()
+                    self._ready = any(isinstance(m, ReadyMessage) for m in messages)
+                elif key.data == "exit":
+                    status = self._reap()
+                    raise ChildStartError(
+                        "the child exited before it was ready: "
+                        + (status.describe() if status else "unknown status")
+                    )
+                elif key.data == "output" and self._child.output is not None:
+                    self._child.output.read()  # start-up noise, not the handler's
+
+    def _stop(self) -> None:
+        """Let a child that reported go as the pool does: ``stop``, then a kill if it lingers."""
+        if self._exited is not None:
+            return
+        self._child.send(StopMessage())
+        limit = time.monotonic() + STOP_GRACE_S
+        while self._exited is None and time.monotonic() < limit:
+            for key, _ in self._selector.select(max(0.0, limit - time.monotonic())):
+                if key.data == "exit":
+                    self._reap()
+                elif key.data == "output" and self._child.output is not None:
+                    self._child.output.read()
+        if self._exited is None:
+            self._child.kill_tree()
+            self._reap(block=True)
+
+    def _reap(self, *, block: bool = False) -> ExitStatus | None:
+        """Collect the child with its resource usage (wait4: its CPU and peak memory)."""
+        if self._exited is not None:
+            return self._exited
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._child.pid, 9)  # what the child left behind in its group goes too
+        try:
+            pid, status, usage = os.wait4(self._child.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid == 0:
+            return None
+        self._exit_rusage = usage
+        self._exited = ExitStatus.from_wait(
+            status, usage.ru_maxrss, killed_by_parent=self._child.killed_by_parent
+        )
+        return self._exited
+
+    def _cpu_s(self) -> float | None:
+        try:
+            import psutil
+
+            times = psutil.Process(self._child.pid).cpu_times()
+        except Exception:  # noqa: BLE001 - CPU is a nicety; a vanished child says nothing
+            return None
+        return float(times.user + times.system)
+
+    def _cpu_after(self) -> float | None:
+        usage = self._exit_rusage
+        return None if usage is None else usage.ru_utime + usage.ru_stime
+
+    # ------------------------------------------------------------ the attempt
+
+    def _turn(self, attempt: _Attempt, message: TaskMessage) -> None:
+        now = time.monotonic()
+        due = attempt.deadline if attempt.stack_requested else attempt.deadline - STACK_LEAD_S
+        for key, _ in self._selector.select(max(0.0, due - now)):
+            if key.data == "output":
+                self._read_output(attempt)
+            elif key.data == "socket":
+                self._read_messages(attempt, message)
+            elif key.data == "exit":
+                self._died(attempt, message)
+            if attempt.decision is not None:
+                return
+        now = time.monotonic()
+        if not attempt.stack_requested and now >= attempt.deadline - STACK_LEAD_S:
+            attempt.stack_requested = True
+            self._child.request_stack()
+        if now >= attempt.deadline:
+            self._time_out(attempt)
+
+    def _read_output(self, attempt: _Attempt, *, final: bool = False) -> None:
+        reader = self._child.output
+        if reader is None:
+            return
+        lines = reader.read()
+        while final and not reader.eof and lines:
+            lines += reader.read()
+        if final:
+            lines += reader.flush()
+        attempt.output.extend(line.text for line in lines)
+
+    def _read_messages(self, attempt: _Attempt, message: TaskMessage) -> None:
+        try:
+            messages, _closed = self._child.receive()
+        except ProtocolError as exc:
+            self._settle_failure(
+                attempt, Failure.PANIC, f"child sent a malformed message: {exc}", kill=True
+            )
+            return
+        for received in messages:
+            self._on_message(attempt, message, received)
+            if attempt.decision is not None:
+                return
+
+    def _on_message(self, attempt: _Attempt, task: TaskMessage, received: Message) -> None:
+        if isinstance(received, ProgressMessage):
+            attempt.progress.append(received.pct)
+            return
+        if not isinstance(received, DoneMessage | ErrorMessage):
+            return
+        # The parent's rule: an outcome that arrives once the stack was asked for (or after
+        # the deadline) belongs to the deadline, since the stack signal may have caused it.
+        if attempt.stack_requested or time.monotonic() >= attempt.deadline:
+            self._time_out(attempt)
+        elif isinstance(received, DoneMessage):
+            attempt.decision = COMPLETED
+        else:
+            attempt.decision = decide_error(
+                attempt=task.attempt,
+                max_attempts=task.max_attempts,
+                permanent=received.permanent,
+                backoff=self._backoff,
+            )
+            attempt.last_error = handler_error(received.message, received.traceback)
+            attempt.stack = received.traceback
+
+    def _died(self, attempt: _Attempt, task: TaskMessage) -> None:
+        # Its last words first: a report written just before the exit still counts.
+        with contextlib.suppress(ProtocolError):
+            for received in self._child.receive_rest():
+                self._on_message(attempt, task, received)
+        if attempt.decision is not None:
+            return
+        status = self._reap(block=True)
+        assert status is not None
+        dump = self._child.read_dump()
+        attempt.stack = dump
+        self._settle_failure(attempt, Failure.PANIC, panic_error(status.describe(), dump))
+
+    def _time_out(self, attempt: _Attempt) -> None:
+        dump = self._child.read_dump()
+        attempt.stack = dump
+        self._settle_failure(
+            attempt, Failure.TIMEOUT, timeout_error(attempt.budget_s, dump), kill=True
+        )
+
+    def _settle_failure(
+        self, attempt: _Attempt, failure: Failure, error: str, *, kill: bool = False
+    ) -> None:
+        attempt.decision = decision_for_failure(failure)
+        attempt.last_error = error
+        if kill:
+            self._child.kill_tree()
+            self._reap(block=True)

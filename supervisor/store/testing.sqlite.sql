@@ -1,0 +1,8 @@
+-- Reads for supervisor.testing (enqueued, assert_enqueued, the pytest plugin's drain).
+-- Kept apart from sqlite.sql: they serve tests, never the supervisor.
+
+-- name: tasks_of_type
+SELECT * FROM tasks WHERE type = :type ORDER BY id
+
+-- name: all_tasks
+SELECT * FROM tasks ORDER BY id
