@@ -123,7 +123,14 @@ def run_settings(argv: list[str], environ: Mapping[str, str]) -> Settings:
         "HUP reloads handlers; TTIN/TTOU add/remove a worker.",
     )
     add_run_flags(parser, environ)
-    return settings_from(parser.parse_args(argv), environ)
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="run every task runnable now, then exit: 0 if all completed, 1 if any did not "
+        "(delayed tasks and retries still backing off are not waited for)",
+    )
+    args = parser.parse_args(argv)
+    return attrs.evolve(settings_from(args, environ), burst=args.burst)
 
 
 def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:

@@ -40,6 +40,7 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "INFO"
     child_user: ChildUser | None = None  # children drop to this user (the parent is root)
+    burst: bool = False  # --burst: run what is runnable now, then exit (supervisor.burst)
 
     @property
     def heartbeat_s(self) -> float:

@@ -51,6 +51,7 @@ from supervisor.link_events import (
     LinkEvent,
     NotRecorded,
     PausedChanged,
+    RanDry,
     Recorded,
     ScheduleFired,
     Swept,
@@ -131,6 +132,10 @@ class DatabaseLink:
         self._next_pause_read = now
         self._thread: threading.Thread | None = None
         self._posted = False
+        # Burst mode: say when a claim finds nothing (RanDry), counting results handed over.
+        self.report_dry = False
+        self._submitted = 0
+        self._turn_submitted = 0
 
     # ------------------------------------------------------------ the loop's side
 
@@ -142,6 +147,7 @@ class DatabaseLink:
         """Queue a result; it goes at the next :meth:`want` (once per turn of the loop)."""
         with self._lock:
             self._inbox.append(result)
+            self._submitted += 1
             self._progress.pop(result.claim.id, None)  # the result carries its own last progress
             self._fresh = True
 
@@ -300,6 +306,7 @@ class DatabaseLink:
         with self._lock:
             self._held.extend(self._inbox)
             self._inbox.clear()
+            self._turn_submitted = self._submitted  # all written (or failed) before this claim
             progress = self._due_progress_locked(now)
             need = self._need if self._claim_wanted_locked() else 0
             completions_wait = self._awaiting_loop_locked()
@@ -403,6 +410,8 @@ class DatabaseLink:
             self._recorded(result, result.claim.id in won)
         full = len(claims) >= need
         self._ran_dry = not full
+        if not claims:
+            self._dry()
         self._next_poll = now if full else now + self._poll_interval_s
         if claims:
             # A task we claim again was ours under an older attempt: that claim is lost (the
@@ -458,8 +467,19 @@ class DatabaseLink:
     def _idle(self, now: float, done: list[PendingResult]) -> None:
         """Nothing to claim now: poll again in one interval; held completions go alone."""
         self._next_poll = now + self._poll_interval_s
+        self._dry()
         if done:
             self._complete()
+
+    def _dry(self) -> None:
+        if self.report_dry:
+            self._post(RanDry(submitted=self._turn_submitted))
+
+    @property
+    def submitted(self) -> int:
+        """Results handed over by :meth:`submit` so far (burst mode compares it with RanDry)."""
+        with self._lock:
+            return self._submitted
 
     def _read_paused(self, now: float) -> None:
         """Learn which types operators paused, at most once per poll interval.
@@ -560,6 +580,7 @@ class DatabaseLink:
         with self._lock:
             self._held.extend(self._inbox)
             self._inbox.clear()
+            self._turn_submitted = self._submitted  # all written (or failed) before this claim
         settled = {(r.claim.id, r.claim.attempt) for r in self._held}
         self._held.extend(
             refund(c) for c in self._leased.values() if (c.id, c.attempt) not in settled

@@ -96,6 +96,17 @@ class NotRecorded:
     result: PendingResult
 
 
+@attrs.frozen(kw_only=True)
+class RanDry:
+    """A claim found nothing runnable, after the first ``submitted`` results were written.
+
+    Posted only when asked for (burst mode): an idle supervisor must not wake
+    its loop at every poll.
+    """
+
+    submitted: int
+
+
 LinkEvent = (
     Claimed
     | Recorded
@@ -107,4 +118,5 @@ LinkEvent = (
     | DbFailed
     | DbBack
     | NotRecorded
+    | RanDry
 )

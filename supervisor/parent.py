@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from supervisor import __version__, metrics
 from supervisor.attempts import Attempts
+from supervisor.burst import BurstTally
 from supervisor.config import Settings
 from supervisor.dblink import DatabaseLink, open_link
 from supervisor.dsn import Dsn, SqliteDsn
@@ -51,6 +52,7 @@ from supervisor.link_events import (
     LeasesLost,
     NotRecorded,
     PausedChanged,
+    RanDry,
     Recorded,
     ScheduleFired,
     Swept,
@@ -171,6 +173,8 @@ class Supervisor:
         self.drain_deadline: float | None = None
         self.claims_seen = 0
         self.next_housekeeping = clock()
+        self.burst = BurstTally() if settings.burst else None
+        self.link.report_dry = settings.burst
 
     # ---------------------------------------------------------------- set-up and tear-down
 
@@ -195,11 +199,17 @@ class Supervisor:
         )
         self.pool.start()
         self.link.start()
+        if self.burst is not None and not self.handlers:
+            self.stop_burst()  # no handler, no claim: nothing will ever say the queue ran dry
         while not self.finished():
             self.step()
         self.link.close(FINAL_FLUSH_TIMEOUT_S)
         self.apply_link_events()
         self.log.info("supervisor stopped")
+        if self.burst is not None:
+            status = self.burst.exit_status()
+            self.log.info(self.burst.summary(), outcomes=dict(self.burst.tasks), exit_status=status)
+            return status
         return 0
 
     def cleanup(self) -> None:
@@ -344,6 +354,8 @@ class Supervisor:
         for event in self.link.take_events():
             if isinstance(event, Recorded):
                 self.telemetry.recorded(event.result, event.won, cancelled=event.cancelled)
+                if self.burst is not None:
+                    self.burst.recorded(event.result, event.won, cancelled=event.cancelled)
             elif isinstance(event, Claimed):
                 self.claims_seen = event.generation
                 self.telemetry.claimed(event)
@@ -367,6 +379,35 @@ class Supervisor:
                 self.telemetry.db_back(event)
             elif isinstance(event, NotRecorded):
                 self.telemetry.not_recorded(event.result)
+                if self.burst is not None:
+                    self.burst.not_recorded(event.result)
+            elif isinstance(event, RanDry):
+                self.ran_dry(event)
+
+    # ---------------------------------------------------------------- burst mode
+
+    def ran_dry(self, event: RanDry) -> None:
+        """A claim found nothing: in burst mode, stop if nothing can make work any more.
+
+        That is: every result handed to the link was written before that claim
+        (a retry it wrote is runnable now, so the claim would have found it),
+        no attempt runs and no claim waits for a child.
+        """
+        if (
+            self.burst is None
+            or self.draining
+            or self.pool.busy()
+            or self.attempts.backlog
+            or event.submitted != self.link.submitted
+        ):
+            return
+        self.stop_burst()
+
+    def stop_burst(self) -> None:
+        self.log.info("burst: nothing runnable is left; stopping")
+        self.draining = True
+        self.drain_deadline = self.clock() + self.settings.drain_timeout_s
+        self.pool.drain()
 
     # ---------------------------------------------------------------- signals
 
