@@ -181,7 +181,7 @@ class _Runner:
             while attempt.decision is None:
                 self._turn(attempt, message)
             duration_s = time.monotonic() - started
-            self._stop()
+            self._stop(attempt)
             self._read_output(attempt, final=True)
         finally:
             self._selector.close()
@@ -230,7 +230,7 @@ class _Runner:
                 elif key.data == "output" and self._child.output is not None:
                     self._child.output.read()  # start-up noise, not the handler's
 
-    def _stop(self) -> None:
+    def _stop(self, attempt: _Attempt) -> None:
         """Let a child that reported go as the pool does: ``stop``, then a kill if it lingers."""
         if self._exited is not None:
             return
@@ -240,8 +240,8 @@ class _Runner:
             for key, _ in self._selector.select(max(0.0, limit - time.monotonic())):
                 if key.data == "exit":
                     self._reap()
-                elif key.data == "output" and self._child.output is not None:
-                    self._child.output.read()
+                elif key.data == "output":
+                    self._read_output(attempt)  # a thread the handler left may still print
         if self._exited is None:
             self._child.kill_tree()
             self._reap(block=True)
@@ -259,6 +259,8 @@ class _Runner:
         if pid == 0:
             return None
         self._exit_rusage = usage
+        if self._child.process is not None:  # so Popen does not think it still runs
+            self._child.process.returncode = os.waitstatus_to_exitcode(status)
         self._exited = ExitStatus.from_wait(
             status, usage.ru_maxrss, killed_by_parent=self._child.killed_by_parent
         )
