@@ -269,6 +269,7 @@ def _rows_by_dsn(dsn_text: str, query: str, params: dict[str, Any]) -> Iterator[
         unix_socket=dsn.unix_socket,
         charset="utf8mb4",
         connect_timeout=dsn.connect_timeout,
+        cursorclass=pymysql.cursors.DictCursor,
     )
     try:
         yield from _rows(connection, query, params)

@@ -28,6 +28,10 @@ import pytest
 from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.store import Store, open_store
 
+# The plugin users get from the pytest11 entry point, loaded here by name too, so the suite has
+# it before the package is reinstalled (the entry point has the same name: never loaded twice).
+pytest_plugins = ("supervisor.pytest_plugin",)
+
 MYSQL_DSN = os.environ.get("SUPERVISOR_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/test")
 REQUIRE_MYSQL = bool(os.environ.get("SUPERVISOR_TEST_REQUIRE_MYSQL") or os.environ.get("CI"))
 

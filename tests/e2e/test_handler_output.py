@@ -12,9 +12,6 @@ records tagged with the real task.
 from __future__ import annotations
 
 import json
-import os
-import select
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +19,8 @@ from typing import Any
 import pytest
 
 from supervisor.lifecycle import Status
-from supervisor.protocol import DoneMessage, TaskMessage
-from supervisor.workers import Child
-from tests.e2e.harness import Launcher, clean_env
+from supervisor.testing import run_handler
+from tests.e2e.harness import Launcher
 
 FORGED = json.dumps(
     {
@@ -123,42 +119,16 @@ def handle(task, progress):
 
 
 def test_a_spawned_child_prints_into_its_output_pipe_too(tmp_path: Path) -> None:
-    """The Popen fallback (no fork server) gives the child the same pipe on fds 1 and 2."""
-    handler = tmp_path / "spawned.py"
-    handler.write_text(SPAWNED)
-    lifeline_r, lifeline_w = os.pipe()
-    child = Child.spawn(slot=0, runtime_dir=tmp_path, lifeline_fd=lifeline_r, env=clean_env())
-    try:
-        assert child.output is not None
-        pipe = os.readlink(f"/proc/self/fd/{child.output.fd}")
-        assert os.readlink(f"/proc/{child.pid}/fd/1") == pipe
-        assert os.readlink(f"/proc/{child.pid}/fd/2") == pipe
-        task = TaskMessage(
-            id=7,
-            type="spawned",
-            path=str(handler),
-            options=None,
-            attempt=1,
-            max_attempts=1,
-            remaining_s=30,
-        )
-        assert child.send(task)
-        messages: list[Any] = []
-        deadline = time.monotonic() + 15
-        while not any(isinstance(m, DoneMessage) for m in messages):
-            assert time.monotonic() < deadline, messages
-            select.select([child.sock], [], [], 0.5)
-            messages.extend(child.receive()[0])
-        lines = [line.text for line in child.output.read()]
-        lines += [line.text for line in child.output.flush()]
-        assert lines == ["printed", "fd 2", "grandchild", "no newline"]
-    finally:
-        child.kill_tree()
-        assert child.process is not None
-        child.process.wait(10)
-        child.close()
-        os.close(lifeline_r)
-        os.close(lifeline_w)
+    """The Popen fallback (no fork server) gives the child the same pipe on fds 1 and 2.
+
+    ``run_handler`` starts its child that way (``Child.spawn``), so its output is the pipe's.
+    """
+    (tmp_path / "spawned.py").write_text(SPAWNED)
+
+    run = run_handler("spawned", handlers=tmp_path, budget=30)
+
+    assert run.completed, run.last_error
+    assert run.output == ("printed", "fd 2", "grandchild", "no newline")
 
 
 FLOOD = """
