@@ -161,8 +161,9 @@ class _Runner:
         self._selector = selectors.DefaultSelector()
         self._selector.register(child.sock, selectors.EVENT_READ, "socket")
         self._selector.register(child.pidfd, selectors.EVENT_READ, "exit")
-        if child.output is not None:
-            self._selector.register(child.output.fd, selectors.EVENT_READ, "output")
+        assert child.output is not None, "a spawned child always has an output pipe"
+        self._output = child.output
+        self._selector.register(child.output.fd, selectors.EVENT_READ, "output")
         self._ready = False
         self._exited: ExitStatus | None = None
         self._exit_rusage: resource.struct_rusage | None = None
@@ -206,7 +207,7 @@ class _Runner:
         """Whatever happened, no process of this attempt outlives it."""
         if self._exited is None:
             self._child.kill_tree()
-            self._reap(block=True)
+            self._reap()
         self._child.close()
 
     # ------------------------------------------------------------ start and stop
@@ -223,12 +224,12 @@ class _Runner:
                     self._ready = any(isinstance(m, ReadyMessage) for m in messages)
                 elif key.data == "exit":
                     status = self._reap()
+                    output = " / ".join(line.text for line in self._output.read())
                     raise ChildStartError(
-                        "the child exited before it was ready: "
-                        + (status.describe() if status else "unknown status")
+                        f"the child exited before it was ready: {status.describe()}: {output}"
                     )
-                elif key.data == "output" and self._child.output is not None:
-                    self._child.output.read()  # start-up noise, not the handler's
+                else:
+                    self._output.read()  # start-up noise, not the handler's
 
     def _stop(self, attempt: _Attempt) -> None:
         """Let a child that reported go as the pool does: ``stop``, then a kill if it lingers."""
@@ -244,20 +245,19 @@ class _Runner:
                     self._read_output(attempt)  # a thread the handler left may still print
         if self._exited is None:
             self._child.kill_tree()
-            self._reap(block=True)
+            self._reap()
 
-    def _reap(self, *, block: bool = False) -> ExitStatus | None:
-        """Collect the child with its resource usage (wait4: its CPU and peak memory)."""
+    def _reap(self) -> ExitStatus:
+        """Collect the child with its resource usage (wait4: its CPU and peak memory).
+
+        Called when its pidfd said it exited, or right after killing it, so the
+        wait is at most the moment a kill takes.
+        """
         if self._exited is not None:
             return self._exited
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._child.pid, 9)  # what the child left behind in its group goes too
-        try:
-            pid, status, usage = os.wait4(self._child.pid, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if pid == 0:
-            return None
+        _pid, status, usage = os.wait4(self._child.pid, 0)
         self._exit_rusage = usage
         if self._child.process is not None:  # so Popen does not think it still runs
             self._child.process.returncode = os.waitstatus_to_exitcode(status)
@@ -301,9 +301,7 @@ class _Runner:
             self._time_out(attempt)
 
     def _read_output(self, attempt: _Attempt, *, final: bool = False) -> None:
-        reader = self._child.output
-        if reader is None:
-            return
+        reader = self._output
         lines = reader.read()
         while final and not reader.eof and lines:
             lines += reader.read()
@@ -353,8 +351,7 @@ class _Runner:
                 self._on_message(attempt, task, received)
         if attempt.decision is not None:
             return
-        status = self._reap(block=True)
-        assert status is not None
+        status = self._reap()
         dump = self._child.read_dump()
         attempt.stack = dump
         self._settle_failure(attempt, Failure.PANIC, panic_error(status.describe(), dump))
@@ -373,4 +370,4 @@ class _Runner:
         attempt.last_error = error
         if kill:
             self._child.kill_tree()
-            self._reap(block=True)
+            self._reap()

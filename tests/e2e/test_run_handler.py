@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.errors import UsageError
+from supervisor.handler_run import ChildStartError, run_attempt
 from supervisor.lifecycle import Backoff, Failure, Outcome, Status
+from supervisor.protocol import TaskMessage
 from supervisor.testing import run_handler
 
 RETURNS = """
@@ -75,6 +77,32 @@ BROKEN_AT_IMPORT = """
     raise RuntimeError("settings.toml is missing")
 """
 
+# Writes a line that is no message onto the child's socket (its fd is on the command line).
+FORGES_GARBAGE = """
+    import os
+    import sys
+    import time
+
+    def handle(task, progress):
+        sock = int(sys.argv[sys.argv.index("--socket") + 1])
+        os.write(sock, b"this is not JSON\\n")
+        time.sleep(30)
+"""
+
+# Returns, leaving a non-daemon thread that prints while the child is told to stop.
+LEAVES_A_THREAD = """
+    import threading
+    import time
+
+    def later():
+        time.sleep(0.3)
+        print("after return", flush=True)
+        time.sleep(30)
+
+    def handle(task, progress):
+        threading.Thread(target=later).start()
+"""
+
 BAD_PROGRESS = """
     def handle(task, progress):
         for value in (10**400, float("nan"), "abc", None, -5, 50):
@@ -96,6 +124,8 @@ def handlers(tmp_path: Path) -> Path:
         "exits": EXITS_3,
         "broken": BROKEN_AT_IMPORT,
         "badprogress": BAD_PROGRESS,
+        "garbage": FORGES_GARBAGE,
+        "thread": LEAVES_A_THREAD,
     }.items():
         (folder / f"{name}.py").write_text(textwrap.dedent(source).lstrip())
     return folder
@@ -207,3 +237,33 @@ def test_progress_values_are_clamped_and_bad_ones_ignored_as_in_production(
 def test_a_type_with_no_handler_file_is_the_tests_mistake(handlers: Path) -> None:
     with pytest.raises(UsageError, match="no handler for type 'missing'"):
         run_handler("missing", handlers=handlers)
+
+
+def test_a_child_that_breaks_the_protocol_is_a_panic(handlers: Path) -> None:
+    run = run_handler("garbage", handlers=handlers)
+
+    assert run.failure is Failure.PANIC
+    assert run.last_error is not None and "malformed message" in run.last_error
+
+
+def test_a_thread_left_running_gets_its_second_to_print_and_is_then_ended(
+    handlers: Path,
+) -> None:
+    run = run_handler("thread", handlers=handlers)
+
+    assert run.completed
+    assert run.output == ("after return",)
+
+
+def test_a_child_that_cannot_start_is_an_error_of_the_environment(handlers: Path) -> None:
+    message = TaskMessage(
+        id=1,
+        type="resize",
+        path=str(handlers / "resize.py"),
+        options=None,
+        attempt=1,
+        max_attempts=1,
+        remaining_s=10,
+    )
+    with pytest.raises(ChildStartError, match="exited before it was ready"):
+        run_attempt(message, backoff=Backoff(), env={"PYTHONHOME": "/nonexistent"})
