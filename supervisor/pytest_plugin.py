@@ -11,6 +11,10 @@ test sees what production does: retries, timeouts, panics, unique keys.
 The handlers folder is ``handlers`` under pytest's rootdir unless the ini
 option ``supervisor_handlers`` names another (relative to the rootdir), or
 the test sets :attr:`SupervisorQueue.handlers`.
+
+Being auto-loaded, this module is imported by every pytest run in an
+environment that has the package, used or not: it imports the rest of the
+package only when a test asks for the fixture.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 
-from supervisor.producer import Options, Queue
-from supervisor.store import Enqueued
-from supervisor.testing import ANY, assert_enqueued, enqueued, task_rows
+if TYPE_CHECKING:
+    from supervisor.producer import Options
+    from supervisor.store import Enqueued
 
 HANDLERS_INI = "supervisor_handlers"
 DRAIN_TIMEOUT_S = 120.0
@@ -55,6 +59,8 @@ class SupervisorQueue:
 
     def enqueue(self, type: str, options: Options = None, **kwargs: Any) -> Enqueued:
         """:meth:`supervisor.Queue.enqueue` on this queue (``delay``, ``unique_key``, ...)."""
+        from supervisor.producer import Queue
+
         with Queue(self.dsn) as queue:
             return queue.enqueue(type, options, **kwargs)
 
@@ -108,19 +114,21 @@ class SupervisorQueue:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every task row, oldest first."""
+        from supervisor.testing import task_rows
+
         return task_rows(self.dsn)
 
     def enqueued(self, type: str, **filters: Any) -> list[dict[str, Any]]:
-        """:func:`supervisor.testing.enqueued` on this queue."""
+        """:func:`supervisor.testing.enqueued` on this queue (same filters)."""
+        from supervisor.testing import enqueued
+
         return enqueued(self.dsn, type, **filters)
 
-    def assert_enqueued(
-        self, type: str, *, options: Any = ANY, unique_key: Any = ANY, status: Any = ANY
-    ) -> list[dict[str, Any]]:
-        """:func:`supervisor.testing.assert_enqueued` on this queue."""
-        return assert_enqueued(
-            self.dsn, type, options=options, unique_key=unique_key, status=status
-        )
+    def assert_enqueued(self, type: str, **filters: Any) -> list[dict[str, Any]]:
+        """:func:`supervisor.testing.assert_enqueued` on this queue (same filters, ``count``)."""
+        from supervisor.testing import assert_enqueued
+
+        return assert_enqueued(self.dsn, type, **filters)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -136,6 +144,8 @@ def supervisor_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     """A fresh, migrated SQLite queue for this test, and a burst-mode ``drain()``."""
     config = request.config
     handlers = config.rootpath / str(config.getini(HANDLERS_INI))
+    from supervisor.producer import Queue
+
     queue = SupervisorQueue(path=tmp_path / "supervisor-queue.db", handlers=handlers)
     Queue(queue.dsn).close()  # creates and migrates the file
     yield queue

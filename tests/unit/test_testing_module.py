@@ -77,3 +77,17 @@ def test_the_plugin_is_registered_for_pytest_to_load_by_itself() -> None:
     setup.read(REPO_ROOT / "setup.cfg")
     entries = setup["options.entry_points"]["pytest11"].split("\n")
     assert "supervisor.pytest_plugin = supervisor.pytest_plugin" in [e.strip() for e in entries]
+
+
+def test_the_auto_loaded_plugin_costs_little_until_a_test_asks_for_the_fixture() -> None:
+    """Every pytest run where the package is installed imports the plugin, used or not."""
+    code = (
+        "import sys\n"
+        "import supervisor.pytest_plugin\n"
+        "heavy = {'supervisor.workers', 'supervisor.store', 'loguru', 'psutil', 'pymysql'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
