@@ -61,6 +61,7 @@ STORE_MODULES = ("supervisor.store", "supervisor.store.sqlite", "supervisor.stor
 # The parent's side: everything here reaches the store through the database link only.
 PARENT_SIDE = (
     "parent.py",
+    "burst.py",
     "relay.py",
     "link_events.py",
     "service.py",
