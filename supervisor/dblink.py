@@ -580,7 +580,6 @@ class DatabaseLink:
         with self._lock:
             self._held.extend(self._inbox)
             self._inbox.clear()
-            self._turn_submitted = self._submitted  # all written (or failed) before this claim
         settled = {(r.claim.id, r.claim.attempt) for r in self._held}
         self._held.extend(
             refund(c) for c in self._leased.values() if (c.id, c.attempt) not in settled
