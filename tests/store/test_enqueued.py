@@ -6,36 +6,22 @@ They read through the caller's own connection inside its open transaction
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
-import pymysql
 import pytest
 
 from supervisor import enqueue_in_transaction
-from supervisor.dsn import MysqlDsn, SqliteDsn, parse_dsn
 from supervisor.producer import Queue
 from supervisor.testing import assert_enqueued, enqueued, task_rows
+from tests.conftest import driver_connection
 
 
 @pytest.fixture
 def connection(dsn: str) -> Iterator[Any]:
     """The caller's own connection, autocommit off, on a migrated database."""
     Queue(dsn).close()
-    parsed = parse_dsn(dsn)
-    if isinstance(parsed, SqliteDsn):
-        conn: Any = sqlite3.connect(parsed.path)
-    else:
-        assert isinstance(parsed, MysqlDsn)
-        conn = pymysql.connect(
-            host=parsed.host,
-            port=parsed.port,
-            user=parsed.user,
-            password=parsed.password,
-            database=parsed.database,
-            autocommit=False,
-        )
+    conn = driver_connection(dsn, autocommit=False)
     try:
         yield conn
     finally:
