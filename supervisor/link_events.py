@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from supervisor.records import Claim
+from supervisor.records import Claim, Overwritten
 from supervisor.results import PendingResult
 
 
@@ -21,6 +21,14 @@ class Claimed:
     claimed_at: float
     seconds: float
     generation: int
+
+
+@attrs.frozen(kw_only=True)
+class Declared:
+    """The handlers' policies were written to ``task_types``; ``overwritten`` names the
+    different declarations of other live supervisors they replaced (worth a warning)."""
+
+    overwritten: tuple[Overwritten, ...]
 
 
 @attrs.frozen(kw_only=True)
@@ -78,4 +86,14 @@ class NotRecorded:
     result: PendingResult
 
 
-LinkEvent = Claimed | Recorded | LeasesLost | Swept | DepthSampled | DbFailed | DbBack | NotRecorded
+LinkEvent = (
+    Claimed
+    | Declared
+    | Recorded
+    | LeasesLost
+    | Swept
+    | DepthSampled
+    | DbFailed
+    | DbBack
+    | NotRecorded
+)

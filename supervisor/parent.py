@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,12 +47,14 @@ from supervisor.link_events import (
     Claimed,
     DbBack,
     DbFailed,
+    Declared,
     DepthSampled,
     LeasesLost,
     NotRecorded,
     Recorded,
     Swept,
 )
+from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, PolicyError, from_constants
 from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
 from supervisor.records import SupervisorInfo
@@ -103,6 +105,14 @@ class Supervisor:
         self.clock = clock
         self.owner = link.owner if link is not None else owner_id()
         self.handlers: dict[str, Path] = {}
+        # The handlers' policies, as the last import check of each reported them (kept over a
+        # reload until replaced: a retry of an attempt that started before uses its BACKOFF).
+        self.policies: dict[str, HandlerPolicy] = {}
+        # What is claimed: only types the current check has reported on, under their policy;
+        # a handler that does not import under the default one (its tasks fail with the
+        # import error). A type whose check has not reported yet waits.
+        self.claimable: dict[str, HandlerPolicy] = {}
+        self.unimportable: set[str] = set()
         self.health = Health(stale_after_s=settings.lease_s)
         self.telemetry = Telemetry(lambda: self.handlers, self.owner, registry=registry)
         self.log = self.telemetry.log
@@ -144,12 +154,18 @@ class Supervisor:
             telemetry=self.telemetry,
             backoff=settings.backoff,
             handlers=lambda: self.handlers,
+            policies=lambda: self.policies,
             fresh_s=settings.heartbeat_s,
             clock=clock,
         )
         self.output = OutputRelay(self.pool, self.log)
         self.imports = ImportWatch(
-            self.selector, self.child_env, self.import_failed, warn=self.import_warning, clock=clock
+            self.selector,
+            self.child_env,
+            self.import_failed,
+            checked=self.policy_found,
+            warn=self.import_warning,
+            clock=clock,
         )
         self.draining = False
         self.drain_deadline: float | None = None
@@ -208,9 +224,15 @@ class Supervisor:
         )
 
     def load_handlers(self) -> None:
-        """Discover handler files and import-check them in a throwaway child, loudly."""
+        """Discover handler files and import-check them in a throwaway child, loudly.
+
+        Claims stop until the check reports each type's policy: a claim made
+        before it would ignore the handler's limits (its ``CONCURRENCY`` could
+        be exceeded), and a reload may have changed them.
+        """
         self.handlers = discover(self.settings.handlers_dir)
-        self.link.set_types(self.handlers)
+        self.claimable, self.unimportable = {}, set()
+        self.link.set_types({})
         if not self.handlers:
             self.log.warning(
                 "no handler files found; nothing will be claimed",
@@ -224,6 +246,33 @@ class Supervisor:
             type=task_type,
             error=problem,
         )
+        if task_type in self.handlers:
+            self.unimportable.add(task_type)
+            self.claimable[task_type] = DEFAULT_POLICY
+            self.link.set_types(self.claimable)
+
+    def policy_found(self, task_type: str, constants: Mapping[str, object]) -> None:
+        """The check imported a handler: validate its constants; claim and declare its type.
+
+        A bad constant is reported like a broken handler, and the type is not
+        claimed at all: running it under a policy it did not ask for (no limit
+        where it set one) could do harm a failed task cannot.
+        """
+        if task_type not in self.handlers:
+            return
+        try:
+            policy = from_constants(constants)
+        except PolicyError as exc:
+            self.log.error(
+                "handler declares a bad policy constant; its tasks are not claimed",
+                type=task_type,
+                error=str(exc),
+            )
+            return
+        self.policies[task_type] = self.claimable[task_type] = policy
+        self.link.set_types(self.claimable)
+        declared = {t: p for t, p in self.claimable.items() if t not in self.unimportable}
+        self.link.declare(declared)
 
     def import_warning(self, task_type: str, warning: str) -> None:
         self.log.warning("handler file name clashes with a module", type=task_type, error=warning)
@@ -337,6 +386,8 @@ class Supervisor:
                     self.attempts.claimed(event.claims, event.claimed_at)
             elif isinstance(event, LeasesLost):
                 self.attempts.leases_lost(event.ids, cancelled=event.cancelled)
+            elif isinstance(event, Declared):
+                self.declared(event)
             elif isinstance(event, Swept):
                 self.telemetry.swept(event)
             elif isinstance(event, DepthSampled):
@@ -347,6 +398,18 @@ class Supervisor:
                 self.telemetry.db_back(event)
             elif isinstance(event, NotRecorded):
                 self.telemetry.not_recorded(event.result)
+
+    def declared(self, event: Declared) -> None:
+        """Two supervisors with different handler files for one type: the fleet's limits
+        depend on which declared last, which an operator should hear about."""
+        for found in event.overwritten:
+            self.log.warning(
+                "replaced a different policy another live supervisor declared for this type",
+                type=found.type,
+                declared_by=found.declared_by,
+                before=found.before.as_constants(),
+                now=self.policies.get(found.type, DEFAULT_POLICY).as_constants(),
+            )
 
     # ---------------------------------------------------------------- signals
 

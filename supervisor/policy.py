@@ -111,6 +111,10 @@ def _seconds(values: Mapping[str, object], name: str) -> float | None:
     return float(value)
 
 
+# task_types.backoff is a VARCHAR(255): a declaration must fit it.
+BACKOFF_TEXT_LIMIT = 255
+
+
 def _backoff(value: object) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -130,6 +134,10 @@ def _backoff(value: object) -> tuple[float, ...] | None:
                 f"BACKOFF must hold numbers of seconds from 0 to {MAX_SECONDS:.0f}, got {delay!r}"
             )
         delays.append(float(delay))
+    if len(backoff_text(tuple(delays)) or "") > BACKOFF_TEXT_LIMIT:
+        raise PolicyError(
+            f"BACKOFF is too long: written as 0,30,300 it must fit {BACKOFF_TEXT_LIMIT} characters"
+        )
     return tuple(delays)
 
 
@@ -143,3 +151,32 @@ def effective_max_attempts(explicit: int | None, policy: HandlerPolicy) -> int:
 def effective_timeout(explicit: float | None, policy: HandlerPolicy) -> float | None:
     """The task's own per-attempt timeout, else the handler's, else none."""
     return explicit if explicit is not None else policy.timeout_s
+
+
+def policy_of(policies: Mapping[str, HandlerPolicy] | None, task_type: str) -> HandlerPolicy:
+    """The claimer's policy for ``task_type``; the default one where it declares none."""
+    return (policies or {}).get(task_type, DEFAULT_POLICY)
+
+
+def claim_defaults(
+    policies: Mapping[str, HandlerPolicy] | None, task_type: str
+) -> tuple[int, float | None]:
+    """What a claim writes into a row of ``task_type`` that sets neither value itself:
+    (max_attempts, timeout_s). Written at claim, they make the running row self-describing,
+    so a supervisor without the handler file can still rescue it correctly."""
+    policy = policy_of(policies, task_type)
+    return effective_max_attempts(None, policy), effective_timeout(None, policy)
+
+
+def backoff_text(backoff: tuple[float, ...] | None) -> str | None:
+    """``task_types.backoff`` as written: seconds joined by commas, like ``--backoff``."""
+    if backoff is None:
+        return None
+    return ",".join(format(delay, ".15g") for delay in backoff)
+
+
+def backoff_from_text(text: str | None) -> tuple[float, ...] | None:
+    """The inverse of :func:`backoff_text`, for a declared policy read back."""
+    if not text:
+        return None
+    return tuple(float(part) for part in text.split(","))

@@ -29,7 +29,7 @@ from pymysql.constants import CLIENT
 from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
-from supervisor.policy import HandlerPolicy
+from supervisor.policy import HandlerPolicy, claim_defaults
 from supervisor.store import migrator
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries
@@ -258,7 +258,7 @@ class MysqlStore(SqlStore):
         *,
         policies: Mapping[str, HandlerPolicy] | None = None,
     ) -> list[Claim]:
-        return self.complete_and_claim((), owner, types, limit, lease_s)[1]
+        return self.complete_and_claim((), owner, types, limit, lease_s, policies=policies)[1]
 
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
         won: set[int] = set()
@@ -315,9 +315,14 @@ class MysqlStore(SqlStore):
                     {"types": type_list, "limit": limit, "max_options_bytes": MAX_OPTIONS_BYTES},
                 )
                 rows = list(cursor.fetchall())
-                if rows:
-                    ids = tuple(int(row["id"]) for row in rows)
-                    params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
+                for (max_attempts, timeout_s), ids in _by_defaults(rows, policies).items():
+                    params = {
+                        "ids": ids,
+                        "owner": owner,
+                        "lease_us": seconds(lease_s)["us"],
+                        "max_attempts": max_attempts,
+                        "timeout_s": timeout_s,
+                    }
                     cursor.execute(queries["claim_update"], params)
             return set(held), rows
 
@@ -325,7 +330,7 @@ class MysqlStore(SqlStore):
             won, rows = self._transaction(functools.partial(body, optimistic=True))
         except _SomeFenceLost:
             won, rows = self._transaction(functools.partial(body, optimistic=False))
-        return won, [row_to_claim(row, owner) for row in rows]
+        return won, [row_to_claim(row, owner, policies) for row in rows]
 
     def has_claimable(self, types: Iterable[str]) -> bool:
         type_list = tuple(self._types_list(types))
@@ -364,6 +369,18 @@ class MysqlStore(SqlStore):
 
     def close(self) -> None:
         self._drop()
+
+
+def _by_defaults(
+    rows: Sequence[Row], policies: Mapping[str, HandlerPolicy] | None
+) -> dict[tuple[int, float | None], tuple[int, ...]]:
+    """Claimed ids grouped by what the claim writes where the row sets nothing: one UPDATE
+    per group, and in the common case (one type, or types without a policy) just one."""
+    groups: dict[tuple[int, float | None], list[int]] = {}
+    for row in rows:
+        key = claim_defaults(policies, str(row["type"]))
+        groups.setdefault(key, []).append(int(row["id"]))
+    return {key: tuple(ids) for key, ids in groups.items()}
 
 
 class _SomeFenceLost(Exception):

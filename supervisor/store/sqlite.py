@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
-from supervisor.policy import HandlerPolicy
+from supervisor.policy import HandlerPolicy, claim_defaults
 from supervisor.store import migrator
 from supervisor.store.base import Claim, NewTask
 from supervisor.store.queries import load_queries
@@ -140,11 +140,12 @@ class SqliteStore(SqlStore):
             "limit": limit,
             "lease_s": seconds(lease_s)["s"],
             "max_options_bytes": MAX_OPTIONS_BYTES,
+            "defaults": json.dumps({t: claim_defaults(policies, t) for t in type_list}),
         }
         with self._immediate() as conn:
             rows = conn.execute(self._queries["claim_batch"], params).fetchall()
         rows.sort(key=lambda row: (row["priority"] or 0, row["id"]))
-        return [row_to_claim(dict(row), owner) for row in rows]
+        return [row_to_claim(dict(row), owner, policies) for row in rows]
 
     def has_claimable(self, types: Iterable[str]) -> bool:
         type_list = self._types_list(types)
