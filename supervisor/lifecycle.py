@@ -237,6 +237,15 @@ def validate_max_attempts(value: int) -> int:
     return value
 
 
+def validate_timeout(value: float) -> float:
+    """A per-attempt limit: like a budget, above 0 and at most ten years."""
+    if not 0 < value <= MAX_SECONDS:
+        raise UsageError(
+            f"timeout must be a positive number of seconds up to {MAX_SECONDS:.0f}, got {value}"
+        )
+    return value
+
+
 def validate_budget(value: float) -> float:
     if not 0 < value <= MAX_SECONDS:
         raise UsageError(

@@ -25,7 +25,12 @@ from collections.abc import Mapping
 
 import attrs
 
-from supervisor.lifecycle import DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, MAX_SECONDS
+from supervisor.lifecycle import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_ATTEMPTS_LIMIT,
+    MAX_SECONDS,
+    clamp_max_attempts,
+)
 
 # The module constants a handler may set, by the name they have in the handler file.
 CONSTANTS = ("MAX_ATTEMPTS", "BACKOFF", "TIMEOUT", "CONCURRENCY", "CONCURRENCY_PER_KEY")
@@ -151,6 +156,50 @@ def effective_max_attempts(explicit: int | None, policy: HandlerPolicy) -> int:
 def effective_timeout(explicit: float | None, policy: HandlerPolicy) -> float | None:
     """The task's own per-attempt timeout, else the handler's, else none."""
     return explicit if explicit is not None else policy.timeout_s
+
+
+@attrs.frozen(kw_only=True)
+class Effective:
+    """A value a task runs under, and where it comes from, for ``show``.
+
+    ``source``: ``explicit`` (the producer set it), ``handler`` (the declared
+    policy of its type), ``default`` (neither: 3 attempts, no per-attempt
+    limit), or ``claim`` (a claim wrote it into the row: from then on the row
+    carries its own value, whichever of the three it came from).
+    """
+
+    value: int | float | None
+    source: str
+
+
+def effective_values(
+    *,
+    max_attempts: int | None,
+    timeout_s: float | None,
+    claimed: bool,
+    declared: HandlerPolicy | None,
+) -> dict[str, Effective]:
+    """``max_attempts`` and ``timeout_s`` of a row as they apply, with their sources.
+
+    A row never claimed holds only what the producer set; the rest is the
+    policy last declared for its type (what the next claim will write), else
+    the default. A row once claimed holds the values its claim wrote.
+    """
+    policy = declared or DEFAULT_POLICY
+    own_max = None if max_attempts is None else clamp_max_attempts(max_attempts)
+    values: dict[str, tuple[int | float | None, int | float | None, int | None]] = {
+        "max_attempts": (own_max, policy.max_attempts, DEFAULT_MAX_ATTEMPTS),
+        "timeout_s": (timeout_s, policy.timeout_s, None),
+    }
+    found: dict[str, Effective] = {}
+    for name, (own, handler, default) in values.items():
+        if own is not None:
+            found[name] = Effective(value=own, source="claim" if claimed else "explicit")
+        elif handler is not None:
+            found[name] = Effective(value=handler, source="handler")
+        else:
+            found[name] = Effective(value=default, source="default")
+    return found
 
 
 def policy_of(policies: Mapping[str, HandlerPolicy] | None, task_type: str) -> HandlerPolicy:

@@ -16,12 +16,12 @@ from supervisor.dsn import DEFAULT_DSN, parse_dsn
 from supervisor.errors import UsageError
 from supervisor.lifecycle import (
     DEFAULT_BUDGET_S,
-    DEFAULT_MAX_ATTEMPTS,
     validate_budget,
     validate_delay,
     validate_max_attempts,
     validate_options,
     validate_priority,
+    validate_timeout,
     validate_type,
 )
 from supervisor.store import NewTask, Store, open_store
@@ -57,16 +57,23 @@ def new_task(
     *,
     delay: float = 0,
     budget: float = DEFAULT_BUDGET_S,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
     priority: int = 0,
 ) -> NewTask:
-    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
+    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong.
+
+    ``max_attempts`` and ``timeout`` (seconds per attempt) left out are stored
+    as NULL: the handler's ``MAX_ATTEMPTS`` and ``TIMEOUT`` apply (else 3
+    attempts, no per-attempt limit). A value given here is explicit and wins.
+    """
     return NewTask(
         type=validate_type(type),
         options=validate_options(options_text(options)),
         delay_s=validate_delay(float(delay)),
         budget_s=validate_budget(float(budget)),
-        max_attempts=validate_max_attempts(int(max_attempts)),
+        max_attempts=None if max_attempts is None else validate_max_attempts(int(max_attempts)),
+        timeout_s=None if timeout is None else validate_timeout(float(timeout)),
         priority=validate_priority(int(priority)),
     )
 
@@ -76,7 +83,8 @@ class Queue:
 
     ``priority``: smaller runs first (like ``nice``); the default is 0.
     ``budget``: seconds of wall-clock time from when the task becomes runnable
-    until it is killed, retries included.
+    until it is killed, retries included. ``max_attempts`` and ``timeout``
+    (seconds per attempt): see :func:`new_task`; omitted, the handler's apply.
     """
 
     def __init__(self, dsn: str = DEFAULT_DSN, *, migrate: bool = True) -> None:
@@ -91,12 +99,19 @@ class Queue:
         *,
         delay: float = 0,
         budget: float = DEFAULT_BUDGET_S,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
         priority: int = 0,
     ) -> int:
         """Insert one task and return its id; ``options`` may be a string, or a dict/list (JSON)."""
         task = new_task(
-            type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
+            type,
+            options,
+            delay=delay,
+            budget=budget,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            priority=priority,
         )
         return self.store.enqueue(task)
 
@@ -121,7 +136,8 @@ def enqueue_in_transaction(
     *,
     delay: float = 0,
     budget: float = DEFAULT_BUDGET_S,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
     priority: int = 0,
 ) -> int:
     """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
@@ -130,7 +146,13 @@ def enqueue_in_transaction(
     disappears with a rollback. ``options`` is taken as by :meth:`Queue.enqueue`.
     """
     task = new_task(
-        type, options, delay=delay, budget=budget, max_attempts=max_attempts, priority=priority
+        type,
+        options,
+        delay=delay,
+        budget=budget,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        priority=priority,
     )
     params = SqlStore.new_task_params(task)
     if isinstance(connection, sqlite3.Connection):
