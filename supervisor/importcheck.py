@@ -68,6 +68,7 @@ class ImportCheck:
         os.set_blocking(self._stdout.fileno(), False)
         self.deadline = deadline  # on the watcher's clock
         self._output = bytearray()
+        self._delivered: set[str] = set()  # types whose constants were taken already
 
     def fileno(self) -> int:
         return self._stdout.fileno()
@@ -83,6 +84,14 @@ class ImportCheck:
         self._output += data
         return not data
 
+    def newly_checked(self) -> dict[str, dict[str, object]]:
+        """Constants of the handlers checked since the last call (complete lines only), so
+        each type can be claimed as soon as its own import is done, not after the slowest."""
+        complete = self._output[: self._output.rfind(b"\n") + 1]
+        found = self.undelivered(_checked_constants(_json_lines(complete)))
+        self._delivered.update(found)
+        return found
+
     def report(self, *, timed_out: bool = False) -> CheckReport:
         """Import errors and name warnings by type; ends the check (and whatever it started) first.
 
@@ -92,7 +101,7 @@ class ImportCheck:
         self.close()
         last_checked: str | None = None
         constants: dict[str, dict[str, object]] = {}
-        for parsed in self._lines():
+        for parsed in _json_lines(self._output):
             if isinstance(parsed.get("errors"), dict):
                 return CheckReport(
                     errors=parsed["errors"],
@@ -101,8 +110,7 @@ class ImportCheck:
                 )
             if isinstance(parsed.get("checking"), str):
                 last_checked = parsed["checking"]
-            if isinstance(parsed.get("checked"), str) and isinstance(parsed.get("constants"), dict):
-                constants[parsed["checked"]] = parsed["constants"]
+            constants.update(_checked_constants([parsed]))
         why = "it ran out of time" if timed_out else f"exit status {self.process.returncode}"
         if last_checked is not None:
             problem = f"the handler import check ended while importing this handler ({why})"
@@ -117,23 +125,38 @@ class ImportCheck:
             errors={"*": f"the handler import check did not finish cleanly ({why})"}, warnings={}
         )
 
-    def _lines(self) -> list[dict[str, Any]]:
-        """The JSON objects among the output lines (anything else is skipped)."""
-        found = []
-        for line in self._output.splitlines():
-            try:
-                parsed = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(parsed, dict):
-                found.append(parsed)
-        return found
+    def undelivered(self, constants: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        """Those of ``constants`` not yet taken by :meth:`newly_checked`."""
+        return {t: c for t, c in constants.items() if t not in self._delivered}
 
     def close(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self._stdout.close()
+
+
+def _json_lines(output: bytes | bytearray) -> list[dict[str, Any]]:
+    """The JSON objects among the output lines (anything else is skipped)."""
+    found = []
+    for line in output.splitlines():
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            found.append(parsed)
+    return found
+
+
+def _checked_constants(lines: list[dict[str, Any]]) -> dict[str, dict[str, object]]:
+    """``{"checked": type, "constants": {...}}`` lines as constants by type."""
+    found = {}
+    for parsed in lines:
+        task_type, constants = parsed.get("checked"), parsed.get("constants")
+        if isinstance(task_type, str) and isinstance(constants, dict):
+            found[task_type] = constants
+    return found
 
 
 IMPORT_CHECK_TIMEOUT_S = 60.0
@@ -185,7 +208,12 @@ class ImportWatch:
         return self._check.deadline if self._check is not None else None
 
     def on_readable(self) -> None:
-        if self._check is not None and self._check.read():
+        if self._check is None:
+            return
+        ended = self._check.read()
+        for task_type, constants in self._check.newly_checked().items():
+            self._checked(task_type, constants)
+        if ended:
             self._finish(timed_out=False)
 
     def check_deadline(self, now: float) -> None:
@@ -197,7 +225,7 @@ class ImportWatch:
         self._selector.unregister(self._check.fileno())
         check, self._check = self._check, None
         found = check.report(timed_out=timed_out)
-        for task_type, constants in found.constants.items():
+        for task_type, constants in check.undelivered(found.constants).items():
             self._checked(task_type, constants)
         for task_type, problem in found.errors.items():
             if problem:

@@ -246,7 +246,9 @@ class Supervisor:
             type=task_type,
             error=problem,
         )
-        if task_type in self.handlers:
+        if task_type == "*":
+            self.log.error("no handler policy is known; nothing is claimed until a reload (HUP)")
+        elif task_type in self.handlers:
             self.unimportable.add(task_type)
             self.claimable[task_type] = DEFAULT_POLICY
             self.link.set_types(self.claimable)

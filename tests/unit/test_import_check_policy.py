@@ -99,3 +99,22 @@ def test_a_handler_that_ends_the_check_does_not_hide_the_policies_of_the_others(
     assert found.constants == {"aaa": {"MAX_ATTEMPTS": 2}, "zzz": {"TIMEOUT": 5}}
     assert list(found.problems) == ["mmm"]
     assert "exit status 7" in found.problems["mmm"]
+
+
+def test_a_handler_checked_before_one_that_hangs_is_known_at_once(tmp_path: Path) -> None:
+    """Each type is claimable as soon as its own import is done, not after the slowest one."""
+    (tmp_path / "aaa.py").write_text("TIMEOUT = 5\ndef handle(task, progress):\n    pass\n")
+    (tmp_path / "mmm.py").write_text("import time\ntime.sleep(600)\n")
+    findings = Findings()
+    selector = selectors.DefaultSelector()
+    watch = ImportWatch(selector, dict(os.environ), findings.failed, checked=findings.checked)
+    watch.start({t: tmp_path / f"{t}.py" for t in ("aaa", "mmm")})
+    try:
+        while "aaa" not in findings.constants:
+            selector.select(1.0)
+            watch.on_readable()
+        assert watch.next_due() is not None, "the check is still running (importing mmm)"
+        assert findings.constants == {"aaa": {"TIMEOUT": 5}}
+    finally:
+        watch.close()
+        selector.close()

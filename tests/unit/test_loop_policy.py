@@ -101,6 +101,16 @@ def test_a_handler_that_does_not_import_is_claimed_so_its_tasks_fail_with_the_re
     assert loop.row(task_id).status is Status.RUNNING
 
 
+def test_a_check_that_reports_nothing_leaves_every_type_unclaimed(make_loop: MakeLoop) -> None:
+    """Without any policy known, a limit could be exceeded: wait for a reload instead."""
+    loop = make_loop(workers=1, hold_check=True)
+    loop.sup.import_failed("*", "the handler import check did not finish cleanly (exit status 1)")
+    assert loop.logged("no handler policy is known; nothing is claimed until a reload (HUP)")
+    [task_id] = loop.enqueue()
+    loop.poll()
+    assert loop.row(task_id).status is Status.QUEUED
+
+
 # --- TIMEOUT -------------------------------------------------------------------------------
 
 
