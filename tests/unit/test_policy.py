@@ -73,6 +73,7 @@ def test_a_single_number_is_a_backoff_of_one_delay() -> None:
         ({"BACKOFF": []}, "BACKOFF must be a tuple of seconds"),
         ({"BACKOFF": [0, -1]}, "BACKOFF must hold numbers of seconds from 0"),
         ({"BACKOFF": [1] * 200}, "BACKOFF is too long"),
+        ({"RETRIES": 3}, "unknown policy constant RETRIES"),
     ],
 )
 def test_a_bad_constant_is_refused_with_a_message_naming_it(
