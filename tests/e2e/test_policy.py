@@ -85,7 +85,8 @@ def test_timeout_kills_each_attempt_retries_then_fails_as_attempt_timeout(
     assert "Stack at the timeout" in row.last_error and "in handle" in row.last_error
     assert len(supervisor.events(message=ATTEMPT_TIMEOUT_KILL_MESSAGE, task_id=task_id)) == 2
     assert supervisor.events(task_id=task_id, outcome="retried")
-    assert supervisor.events(task_id=task_id, outcome="attempt_timeout")
+    # The row is written before the loop logs what was recorded: wait for that line.
+    assert supervisor.wait_log(task_id=task_id, outcome="attempt_timeout")
 
 
 def test_an_explicit_timeout_beats_the_handlers(launch: Launcher) -> None:
