@@ -5,7 +5,9 @@ exactly one of these ways, each decided here and nowhere else:
 
 * the child reports ``done`` or ``error`` (completed, retried, failed);
 * its deadline passes: the child's tree is killed (``timeout``), with the
-  stack faulthandler dumped just before;
+  stack faulthandler dumped just before; or its per-attempt ``TIMEOUT`` (the
+  claim's ``timeout_s``) passes first: the same kill, but a failed attempt,
+  retried while attempts remain (``attempt_timeout`` on the last one);
 * the child dies (``panic``), or breaks the protocol (treated the same);
 * the heartbeat finds the claim lost: the child is killed, nothing is written;
 * the drain deadline passes: the child is killed and the attempt refunded.
@@ -34,12 +36,16 @@ from supervisor.lifecycle import (
     Failure,
     Outcome,
     Status,
+    attempt_limit,
+    attempt_timeout_error,
+    decide_attempt_timeout,
     decide_error,
     exception_type,
     handler_error,
     panic_error,
     timeout_error,
 )
+from supervisor.policy import HandlerPolicy
 from supervisor.pool import Pool
 from supervisor.protocol import (
     DoneMessage,
@@ -76,6 +82,7 @@ class Attempts:
         backoff: Backoff,
         handlers: Callable[[], Mapping[str, Path]],
         fresh_s: float,
+        policies: Callable[[], Mapping[str, HandlerPolicy]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
@@ -83,6 +90,7 @@ class Attempts:
         self._telemetry = telemetry
         self._backoff = backoff
         self._handlers = handlers
+        self._policies = policies
         self._clock = clock
         # A claim is dispatched only this soon after it was made: its lease then surely still
         # holds (it is a heartbeat interval, so the lease has two left and the next renewal is due).
@@ -136,8 +144,8 @@ class Attempts:
             # run out and the task be running elsewhere. Put it back (fenced) instead of running it.
             self._link.submit(refund(claim))
             return
-        deadline = claimed_at + claim.remaining_s
-        if deadline <= now:
+        task_deadline = claimed_at + claim.remaining_s
+        if task_deadline <= now:
             self._link.submit(
                 failure_result(
                     claim, Failure.EXPIRED, "deadline passed before the task was dispatched", 0.0
@@ -149,12 +157,14 @@ class Attempts:
             # Claimed before a reload removed its handler file: not ours to run any more.
             self._link.submit(refund(claim))
             return
+        limit = attempt_limit(started=now, task_deadline=task_deadline, timeout_s=claim.timeout_s)
         child.start(
             Running(
                 claim=claim,
                 started=now,
-                deadline=deadline,
-                stack_at=max(now, deadline - STACK_LEAD_S),
+                deadline=limit.at,
+                stack_at=max(now, limit.at - STACK_LEAD_S),
+                limit=limit.failure,
             )
         )
         self._telemetry.dispatched(claim, child.pid)
@@ -165,7 +175,7 @@ class Attempts:
             options=claim.options,
             attempt=claim.attempt,
             max_attempts=claim.max_attempts,
-            remaining_s=deadline - now,
+            remaining_s=limit.at - now,
         )
         if not child.send(message):
             # The child died between ready and now. The attempt counts (retried after the
@@ -273,10 +283,45 @@ class Attempts:
         return running.stack_requested or self._clock() >= running.deadline
 
     def _time_out(self, child: Child, running: Running) -> None:
-        """Record the attempt as ``timeout`` with the stack dump, and kill the child's tree."""
-        error = timeout_error(running.deadline - running.started, child.read_dump())
-        self._telemetry.deadline_kill(running.claim, child.pid)
-        self.settle(child, self._failed(Failure.TIMEOUT, error), kill=Failure.TIMEOUT.value)
+        """Record the attempt's end with the stack dump, and kill the child's tree.
+
+        At the task's deadline the task fails ``timeout``; at the per-attempt
+        ``TIMEOUT`` the attempt failed, retried while attempts remain.
+        """
+        stack = child.read_dump()
+        per_attempt = running.limit is Failure.ATTEMPT_TIMEOUT
+        self._telemetry.deadline_kill(running.claim, child.pid, per_attempt=per_attempt)
+        if per_attempt:
+            error = attempt_timeout_error(running.deadline - running.started, stack)
+            self.settle(child, self._attempt_timed_out(error), kill=running.limit.value)
+        else:
+            error = timeout_error(running.deadline - running.started, stack)
+            self.settle(child, self._failed(Failure.TIMEOUT, error), kill=running.limit.value)
+
+    def _attempt_timed_out(self, error: str) -> ResultFor:
+        def result_for(running: Running, duration_s: float) -> PendingResult:
+            claim = running.claim
+            return PendingResult(
+                claim=claim,
+                decision=decide_attempt_timeout(
+                    attempt=claim.attempt,
+                    max_attempts=claim.max_attempts,
+                    backoff=self.backoff_for(claim.type),
+                ),
+                error=error,
+                summary=error.splitlines()[0],
+                duration_s=duration_s,
+                progress_pct=running.pct,
+            )
+
+        return result_for
+
+    def backoff_for(self, task_type: str) -> Backoff:
+        """The handler's ``BACKOFF`` for its type's retries, else the supervisor's ``--backoff``."""
+        declared = self._policies().get(task_type)
+        if declared is not None and declared.backoff is not None:
+            return Backoff(declared.backoff)
+        return self._backoff
 
     def _errored(self, message: ErrorMessage) -> ResultFor:
         def result_for(running: Running, duration_s: float) -> PendingResult:
@@ -288,7 +333,7 @@ class Attempts:
                     attempt=claim.attempt,
                     max_attempts=claim.max_attempts,
                     permanent=message.permanent,
-                    backoff=self._backoff,
+                    backoff=self.backoff_for(claim.type),
                 ),
                 error=handler_error(message.message, message.traceback),
                 summary="handler could not be imported"

@@ -39,6 +39,7 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from supervisor.errors import PermanentError
+from supervisor.policy import CONSTANTS
 from supervisor.privileges import enter_child_user
 from supervisor.protocol import (
     RECV_BYTES,
@@ -140,12 +141,15 @@ class HandlerCache:
     def __init__(self) -> None:
         self._modules: dict[str, ModuleType] = {}
 
-    def handle_function(self, task_type: str, path: str) -> Callable[..., Any]:
+    def module(self, task_type: str, path: str) -> ModuleType:
         module = self._modules.get(path)
         if module is None:
             module = import_handler(task_type, path)
             self._modules[path] = module
-        handle = getattr(module, "handle", None)
+        return module
+
+    def handle_function(self, task_type: str, path: str) -> Callable[..., Any]:
+        handle = getattr(self.module(task_type, path), "handle", None)
         if not callable(handle):
             raise HandlerImportError(f"handler {path} does not define handle(task, progress)")
         return handle  # type: ignore[no-any-return]
@@ -300,6 +304,25 @@ def serve(sock: socket.socket, dump: BinaryIO) -> int:
         run_task(channel, handlers, message)
 
 
+def policy_constants(module: ModuleType) -> dict[str, object]:
+    """The policy constants a handler module sets, as JSON values for the parent to validate.
+
+    A value JSON cannot carry (a set, an object) goes as its ``repr``: the
+    parent then refuses it with a message that shows what the handler wrote.
+    """
+    found: dict[str, object] = {}
+    for name in CONSTANTS:
+        if not hasattr(module, name):
+            continue
+        value = getattr(module, name)
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            value = repr(value)
+        found[name] = value
+    return found
+
+
 def check_imports(handlers: dict[str, str]) -> int:
     """``--check=JSON``: import each handler, print a report of errors and warnings as JSON.
 
@@ -309,6 +332,9 @@ def check_imports(handlers: dict[str, str]) -> int:
     ``--help.py``) is ever parsed as an option. Before each import a line
     ``{"checking": type}`` is printed, so that if a handler ends the whole
     process (``os._exit`` at import) the parent still knows which one it was.
+    After each handler that imports fine, ``{"checked": type, "constants": {...}}``
+    carries the policy constants it sets (see :func:`policy_constants`), so the
+    parent learns each type's policy even if a later handler ends the process.
     The last line is ``{"errors": {type: error or null}, "warnings": {type: text}}``.
     """
     # The report goes out on a private copy of stdout; fd 1 becomes stderr, so what a
@@ -324,11 +350,16 @@ def check_imports(handlers: dict[str, str]) -> int:
     for task_type, path in handlers.items():
         report.write(json.dumps({"checking": task_type}) + "\n")
         report.flush()
+        cache = HandlerCache()
         try:
-            HandlerCache().handle_function(task_type, path)
+            cache.handle_function(task_type, path)
             errors[task_type] = None
         except HandlerImportError as exc:
             errors[task_type] = str(exc)
+            continue
+        constants = policy_constants(cache.module(task_type, path))
+        report.write(json.dumps({"checked": task_type, "constants": constants}) + "\n")
+        report.flush()
     report.write(json.dumps({"errors": errors, "warnings": warnings}) + "\n")
     report.close()
     return 0

@@ -32,6 +32,7 @@ from supervisor.lifecycle import (
     Status,
 )
 from supervisor.pausing import pause_or_resume
+from supervisor.policy import effective_values
 from supervisor.producer import new_task
 from supervisor.status_view import print_status, printable, watch
 from supervisor.store import Store, TaskRow, open_store
@@ -147,7 +148,14 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     enqueue.add_argument("options", nargs="?", help="the task's options string; - reads stdin")
     enqueue.add_argument("--delay", default="0", help="seconds before it may run")
     enqueue.add_argument("--budget", default="3600", help="seconds of wall-clock budget")
-    enqueue.add_argument("--max-attempts", default="3", help="1..100 (default 3)")
+    enqueue.add_argument(
+        "--max-attempts", help="1..100; beats the handler's MAX_ATTEMPTS (default: it, else 3)"
+    )
+    enqueue.add_argument(
+        "--timeout",
+        help="seconds per attempt, then a kill and a retry; beats the handler's TIMEOUT"
+        " (default: it, else none)",
+    )
     enqueue.add_argument("--priority", default="0", help="smaller runs first (default 0)")
     enqueue.add_argument(
         "--unique-key",
@@ -214,7 +222,10 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             read_options(args.options),
             delay=number(args.delay, "--delay"),
             budget=number(args.budget, "--budget"),
-            max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
+            max_attempts=None
+            if args.max_attempts is None
+            else int(number(args.max_attempts, "--max-attempts", integer=True)),
+            timeout=None if args.timeout is None else number(args.timeout, "--timeout"),
             priority=priority(args.priority),
             unique_key=args.unique_key,
             concurrency_key=args.concurrency_key,
@@ -341,14 +352,38 @@ def print_show(store: Store, task_id: int, *, as_json: bool, with_options: bool)
             print(f"supervisor: no task with id {task_id}", file=sys.stderr)
             return EXIT_RUNTIME
         record = row_to_dict(row, with_options=with_options)
+        record["effective"] = effective_record(store, row)
     if as_json:
         print(json.dumps(record, indent=2))
     else:
-        width = max(len(key) for key in record)
-        for key, value in record.items():
-            text = "" if value is None else str(value)
-            print(f"{key:<{width}}  {printable(text, keep_lines=key in MULTI_LINE_FIELDS)}")
+        print_fields(record)
     return 0
+
+
+def print_fields(record: dict[str, Any]) -> None:
+    """One line per field; the effective values as ``effective.max_attempts  5 (handler)``."""
+    lines = {key: value for key, value in record.items() if key != "effective"}
+    for name, found in record.get("effective", {}).items():
+        value = "none" if found["value"] is None else f"{found['value']:g}"
+        lines[f"effective.{name}"] = f"{value} ({found['source']})"
+    width = max(len(key) for key in lines)
+    for key, value in lines.items():
+        text = "" if value is None else str(value)
+        print(f"{key:<{width}}  {printable(text, keep_lines=key in MULTI_LINE_FIELDS)}")
+
+
+def effective_record(store: Store, row: TaskRow) -> dict[str, dict[str, Any]]:
+    """The values the task runs under and their sources (see ``policy.effective_values``).
+
+    A row never claimed reads its type's declared policy: that is what the
+    next claim (by a supervisor with the handler) writes into it.
+    """
+    claimed = row.started_at is not None or row.attempts > 0
+    declared = None if claimed else store.declared_policy(row.type)
+    found = effective_values(
+        max_attempts=row.max_attempts, timeout_s=row.timeout_s, claimed=claimed, declared=declared
+    )
+    return {name: {"value": e.value, "source": e.source} for name, e in found.items()}
 
 
 def row_to_dict(row: TaskRow, *, with_options: bool) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +46,7 @@ from supervisor.link_events import (
     Claimed,
     DbBack,
     DbFailed,
+    Declared,
     DepthSampled,
     LeasesLost,
     LinkEvent,
@@ -56,6 +57,7 @@ from supervisor.link_events import (
     ScheduleFired,
     Swept,
 )
+from supervisor.policy import HandlerPolicy
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import PendingResult, refund
 from supervisor.schedules import Schedule, latest_slot, next_slot, slot_key
@@ -104,6 +106,8 @@ class DatabaseLink:
         self._need = 0
         self._seen = 0
         self._types: tuple[str, ...] = ()
+        self._policies: dict[str, HandlerPolicy] = {}
+        self._to_declare: dict[str, HandlerPolicy] | None = None
         self._stopping = False
         self._fresh = False
         self._events: collections.deque[LinkEvent] = collections.deque()
@@ -169,9 +173,18 @@ class DatabaseLink:
                 self._fresh = False
                 self._wake.notify()
 
-    def set_types(self, types: Iterable[str]) -> None:
+    def set_types(self, policies: Mapping[str, HandlerPolicy]) -> None:
+        """Claim these types from now on, each under its handler's policy (passed to every
+        claim: the defaults it writes into rows, the limits it keeps)."""
         with self._lock:
-            self._types = tuple(sorted(types))
+            self._types = tuple(sorted(policies))
+            self._policies = dict(policies)
+            self._wake.notify()
+
+    def declare(self, policies: Mapping[str, HandlerPolicy]) -> None:
+        """Write these policies to ``task_types`` at the next turn (again, after a failure)."""
+        with self._lock:
+            self._to_declare = dict(policies)
             self._wake.notify()
 
     def set_schedules(self, schedules: Iterable[Schedule]) -> None:
@@ -310,7 +323,8 @@ class DatabaseLink:
             progress = self._due_progress_locked(now)
             need = self._need if self._claim_wanted_locked() else 0
             completions_wait = self._awaiting_loop_locked()
-            types = self._types
+            types, policies = self._types, self._policies
+            to_declare = self._to_declare
             schedules = self._schedules if now >= self._next_schedule_check else ()
         try:
             if not self._migrated:
@@ -318,10 +332,12 @@ class DatabaseLink:
                 self._migrated = True
             if now >= self._next_heartbeat:
                 self._heartbeat(now)
+            if to_declare is not None:  # after registering: others see who declared
+                self._declare(to_declare)
             self._write_progress(progress, now)
             self._write_others()
             if need and now >= self._next_poll:
-                self._complete_and_claim(now, need, types)
+                self._complete_and_claim(now, need, types, policies)
             elif not completions_wait and any(r.is_completion for r in self._held):
                 self._complete()
             if schedules:
@@ -384,7 +400,21 @@ class DatabaseLink:
         for result in done:
             self._recorded(result, result.claim.id in won)
 
-    def _complete_and_claim(self, now: float, need: int, types: Sequence[str]) -> None:
+    def _declare(self, policies: dict[str, HandlerPolicy]) -> None:
+        """Declare the policies; done unless the loop asked for a newer declaration meanwhile."""
+        overwritten = self._store.declare_types(self.owner, policies)
+        with self._lock:
+            if self._to_declare is policies:
+                self._to_declare = None
+        self._post(Declared(overwritten=tuple(overwritten)))
+
+    def _complete_and_claim(
+        self,
+        now: float,
+        need: int,
+        types: Sequence[str],
+        policies: Mapping[str, HandlerPolicy],
+    ) -> None:
         """Held completions and the next claim in one transaction (one commit for both).
 
         After a claim came back short (the queue ran dry), polls first take one
@@ -392,18 +422,26 @@ class DatabaseLink:
         """
         done = [r for r in self._held if r.is_completion]
         ours_paused = not self._paused.isdisjoint(types)
-        if self._ran_dry and not ours_paused and not self._store.has_claimable(types):
+        if (
+            self._ran_dry
+            and not ours_paused
+            and not self._store.has_claimable(types, policies=policies)
+        ):
             self._idle(now, done)
             return
         self._read_paused(now)
         types = [t for t in types if t not in self._paused]
-        if not types or (self._ran_dry and ours_paused and not self._store.has_claimable(types)):
+        if not types or (
+            self._ran_dry
+            and ours_paused
+            and not self._store.has_claimable(types, policies=policies)
+        ):
             self._idle(now, done)
             return
         claimed_at = self._clock()
         started = time.perf_counter()
         won, claims = self._store.complete_and_claim(
-            [r.claim for r in done], self.owner, types, need, self._lease_s
+            [r.claim for r in done], self.owner, types, need, self._lease_s, policies=policies
         )
         seconds = time.perf_counter() - started
         for result in done:

@@ -132,6 +132,39 @@ def decide_error(*, attempt: int, max_attempts: int, permanent: bool, backoff: B
     )
 
 
+def decide_attempt_timeout(*, attempt: int, max_attempts: int, backoff: Backoff) -> Decision:
+    """The handler's ``TIMEOUT`` killed the attempt: a failed attempt, retried with backoff
+    while attempts remain (outcome ``retried``, as for an exception), else terminal
+    ``attempt_timeout``. Unlike the task's deadline, it leaves budget for another try."""
+    if attempt >= max_attempts:
+        return decision_for_failure(Failure.ATTEMPT_TIMEOUT)
+    return Decision(
+        outcome=Outcome.RETRIED,
+        status=Status.QUEUED,
+        retry_in_s=backoff.delay_before(attempt + 1),
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Limit:
+    """When an attempt is killed, and which limit that is."""
+
+    at: float
+    failure: Failure  # TIMEOUT: the task's deadline; ATTEMPT_TIMEOUT: the per-attempt TIMEOUT
+
+
+def attempt_limit(*, started: float, task_deadline: float, timeout_s: float | None) -> Limit:
+    """The earlier of the task's deadline and ``started + timeout_s``, on one clock.
+
+    Decided once, at dispatch, so the kill and the outcome always agree however
+    close the two are. When they fall at the same moment the task's deadline
+    wins: no budget is left for a retry, so the terminal ``timeout`` is the truth.
+    """
+    if timeout_s is not None and started + timeout_s < task_deadline:
+        return Limit(at=started + timeout_s, failure=Failure.ATTEMPT_TIMEOUT)
+    return Limit(at=task_deadline, failure=Failure.TIMEOUT)
+
+
 def decision_for_failure(failure: Failure) -> Decision:
     """Panics, timeouts, expiry and loss are terminal whatever attempts remain."""
     return Decision(outcome=Outcome(failure.value), status=Status.FAILED, failure=failure)
@@ -220,6 +253,15 @@ def validate_key(value: str | None, what: str) -> str | None:
     return value
 
 
+def validate_timeout(value: float) -> float:
+    """A per-attempt limit: like a budget, above 0 and at most ten years."""
+    if not 0 < value <= MAX_SECONDS:
+        raise UsageError(
+            f"timeout must be a positive number of seconds up to {MAX_SECONDS:.0f}, got {value}"
+        )
+    return value
+
+
 def validate_budget(value: float) -> float:
     if not 0 < value <= MAX_SECONDS:
         raise UsageError(
@@ -279,6 +321,15 @@ def timeout_error(budget_s: float, stack: str) -> str:
         " the child and its process tree were killed"
     )
     return text + (f"\n\nStack at the deadline:\n{stack}" if stack else "")
+
+
+def attempt_timeout_error(timeout_s: float, stack: str) -> str:
+    """``last_error`` of a per-attempt kill: the limit, then where the handler was."""
+    text = (
+        f"attempt_timeout: the attempt timed out after {timeout_s:g} s (the TIMEOUT of this"
+        " task); the child and its process tree were killed"
+    )
+    return text + (f"\n\nStack at the timeout:\n{stack}" if stack else "")
 
 
 def panic_error(exit_description: str, crash_dump: str) -> str:

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import attrs
 
-from supervisor.records import Claim
+from supervisor.records import Claim, Overwritten
 from supervisor.results import PendingResult
 
 
@@ -23,6 +23,14 @@ class Claimed:
     claimed_at: float
     seconds: float
     generation: int
+
+
+@attrs.frozen(kw_only=True)
+class Declared:
+    """The handlers' policies were written to ``task_types``; ``overwritten`` names the
+    different declarations of other live supervisors they replaced (worth a warning)."""
+
+    overwritten: tuple[Overwritten, ...]
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +117,7 @@ class RanDry:
 
 LinkEvent = (
     Claimed
+    | Declared
     | Recorded
     | LeasesLost
     | Swept

@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,7 @@ from supervisor.link_events import (
     Claimed,
     DbBack,
     DbFailed,
+    Declared,
     DepthSampled,
     LeasesLost,
     NotRecorded,
@@ -57,10 +58,12 @@ from supervisor.link_events import (
     ScheduleFired,
     Swept,
 )
+from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, PolicyError, from_constants
 from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
 from supervisor.records import SupervisorInfo
 from supervisor.relay import OutputRelay
+from supervisor.schedules import Schedule
 from supervisor.signals import SignalInbox
 from supervisor.spawning import ChildFactory
 from supervisor.telemetry import Telemetry
@@ -107,6 +110,14 @@ class Supervisor:
         self.clock = clock
         self.owner = link.owner if link is not None else owner_id()
         self.handlers: dict[str, Path] = {}
+        # The handlers' policies, as the last import check of each reported them (kept over a
+        # reload until replaced: a retry of an attempt that started before uses its BACKOFF).
+        self.policies: dict[str, HandlerPolicy] = {}
+        # What is claimed: only types the current check has reported on, under their policy;
+        # a handler that does not import under the default one (its tasks fail with the
+        # import error). A type whose check has not reported yet waits.
+        self.claimable: dict[str, HandlerPolicy] = {}
+        self.unimportable: set[str] = set()
         self.health = Health(stale_after_s=settings.lease_s)
         self.telemetry = Telemetry(lambda: self.handlers, self.owner, registry=registry)
         self.log = self.telemetry.log
@@ -162,12 +173,18 @@ class Supervisor:
             telemetry=self.telemetry,
             backoff=settings.backoff,
             handlers=lambda: self.handlers,
+            policies=lambda: self.policies,
             fresh_s=settings.heartbeat_s,
             clock=clock,
         )
         self.output = OutputRelay(self.pool, self.log)
         self.imports = ImportWatch(
-            self.selector, self.child_env, self.import_failed, warn=self.import_warning, clock=clock
+            self.selector,
+            self.child_env,
+            self.import_failed,
+            checked=self.policy_found,
+            warn=self.import_warning,
+            clock=clock,
         )
         self.draining = False
         self.drain_deadline: float | None = None
@@ -234,9 +251,16 @@ class Supervisor:
         )
 
     def load_handlers(self) -> None:
-        """Discover handler files and import-check them in a throwaway child, loudly."""
+        """Discover handler files and import-check them in a throwaway child, loudly.
+
+        Claims stop until the check reports each type's policy: a claim made
+        before it would ignore the handler's limits (its ``CONCURRENCY`` could
+        be exceeded), and a reload may have changed them.
+        """
         self.handlers = discover(self.settings.handlers_dir)
-        self.link.set_types(self.handlers)
+        self.claimable, self.unimportable = {}, set()
+        self.link.set_types({})
+        self.link.set_schedules(())
         if not self.handlers:
             self.log.warning(
                 "no handler files found; nothing will be claimed",
@@ -249,6 +273,40 @@ class Supervisor:
             "handler cannot be imported; its tasks will fail with this error",
             type=task_type,
             error=problem,
+        )
+        if task_type == "*":
+            self.log.error("no handler policy is known; nothing is claimed until a reload (HUP)")
+        elif task_type in self.handlers:
+            self.unimportable.add(task_type)
+            self.claimable[task_type] = DEFAULT_POLICY
+            self.link.set_types(self.claimable)
+
+    def policy_found(self, task_type: str, constants: Mapping[str, object]) -> None:
+        """The check imported a handler: validate its constants; claim and declare its type.
+
+        A bad constant is reported like a broken handler, and the type is not
+        claimed at all: running it under a policy it did not ask for (no limit
+        where it set one) could do harm a failed task cannot.
+        """
+        if task_type not in self.handlers:
+            return
+        try:
+            policy = from_constants(constants)
+        except PolicyError as exc:
+            self.log.error(
+                "handler declares a bad policy constant; its tasks are not claimed",
+                type=task_type,
+                error=str(exc),
+            )
+            return
+        self.policies[task_type] = self.claimable[task_type] = policy
+        self.link.set_types(self.claimable)
+        declared = {t: p for t, p in self.claimable.items() if t not in self.unimportable}
+        self.link.declare(declared)
+        self.link.set_schedules(
+            Schedule(type=name, cron=found.schedule, options=found.schedule_options)
+            for name, found in sorted(declared.items())
+            if found.schedule is not None
         )
 
     def import_warning(self, task_type: str, warning: str) -> None:
@@ -365,6 +423,8 @@ class Supervisor:
                     self.attempts.claimed(event.claims, event.claimed_at)
             elif isinstance(event, LeasesLost):
                 self.attempts.leases_lost(event.ids, cancelled=event.cancelled)
+            elif isinstance(event, Declared):
+                self.declared(event)
             elif isinstance(event, Swept):
                 self.telemetry.swept(event)
             elif isinstance(event, DepthSampled):
@@ -408,6 +468,18 @@ class Supervisor:
         self.draining = True
         self.drain_deadline = self.clock() + self.settings.drain_timeout_s
         self.pool.drain()
+
+    def declared(self, event: Declared) -> None:
+        """Two supervisors with different handler files for one type: the fleet's limits
+        depend on which declared last, which an operator should hear about."""
+        for found in event.overwritten:
+            self.log.warning(
+                "replaced a different policy another live supervisor declared for this type",
+                type=found.type,
+                declared_by=found.declared_by,
+                before=found.before.as_constants(),
+                now=self.policies.get(found.type, DEFAULT_POLICY).as_constants(),
+            )
 
     # ---------------------------------------------------------------- signals
 

@@ -33,6 +33,7 @@ from supervisor.lifecycle import (
     MAX_ATTEMPTS_LIMIT,
     MAX_OPTIONS_BYTES,
     MAX_SECONDS,
+    clamp_max_attempts,
 )
 from supervisor.schedules import ScheduleError, validate_cron
 
@@ -158,6 +159,10 @@ def _seconds(values: Mapping[str, object], name: str) -> float | None:
     return float(value)
 
 
+# task_types.backoff is a VARCHAR(255): a declaration must fit it.
+BACKOFF_TEXT_LIMIT = 255
+
+
 def _backoff(value: object) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -177,6 +182,10 @@ def _backoff(value: object) -> tuple[float, ...] | None:
                 f"BACKOFF must hold numbers of seconds from 0 to {MAX_SECONDS:.0f}, got {delay!r}"
             )
         delays.append(float(delay))
+    if len(backoff_text(tuple(delays)) or "") > BACKOFF_TEXT_LIMIT:
+        raise PolicyError(
+            f"BACKOFF is too long: written as 0,30,300 it must fit {BACKOFF_TEXT_LIMIT} characters"
+        )
     return tuple(delays)
 
 
@@ -190,3 +199,76 @@ def effective_max_attempts(explicit: int | None, policy: HandlerPolicy) -> int:
 def effective_timeout(explicit: float | None, policy: HandlerPolicy) -> float | None:
     """The task's own per-attempt timeout, else the handler's, else none."""
     return explicit if explicit is not None else policy.timeout_s
+
+
+@attrs.frozen(kw_only=True)
+class Effective:
+    """A value a task runs under, and where it comes from, for ``show``.
+
+    ``source``: ``explicit`` (the producer set it), ``handler`` (the declared
+    policy of its type), ``default`` (neither: 3 attempts, no per-attempt
+    limit), or ``claim`` (a claim wrote it into the row: from then on the row
+    carries its own value, whichever of the three it came from).
+    """
+
+    value: int | float | None
+    source: str
+
+
+def effective_values(
+    *,
+    max_attempts: int | None,
+    timeout_s: float | None,
+    claimed: bool,
+    declared: HandlerPolicy | None,
+) -> dict[str, Effective]:
+    """``max_attempts`` and ``timeout_s`` of a row as they apply, with their sources.
+
+    A row never claimed holds only what the producer set; the rest is the
+    policy last declared for its type (what the next claim will write), else
+    the default. A row once claimed holds the values its claim wrote.
+    """
+    policy = declared or DEFAULT_POLICY
+    own_max = None if max_attempts is None else clamp_max_attempts(max_attempts)
+    values: dict[str, tuple[int | float | None, int | float | None, int | None]] = {
+        "max_attempts": (own_max, policy.max_attempts, DEFAULT_MAX_ATTEMPTS),
+        "timeout_s": (timeout_s, policy.timeout_s, None),
+    }
+    found: dict[str, Effective] = {}
+    for name, (own, handler, default) in values.items():
+        if own is not None:
+            found[name] = Effective(value=own, source="claim" if claimed else "explicit")
+        elif handler is not None:
+            found[name] = Effective(value=handler, source="handler")
+        else:
+            found[name] = Effective(value=default, source="default")
+    return found
+
+
+def policy_of(policies: Mapping[str, HandlerPolicy] | None, task_type: str) -> HandlerPolicy:
+    """The claimer's policy for ``task_type``; the default one where it declares none."""
+    return (policies or {}).get(task_type, DEFAULT_POLICY)
+
+
+def claim_defaults(
+    policies: Mapping[str, HandlerPolicy] | None, task_type: str
+) -> tuple[int, float | None]:
+    """What a claim writes into a row of ``task_type`` that sets neither value itself:
+    (max_attempts, timeout_s). Written at claim, they make the running row self-describing,
+    so a supervisor without the handler file can still rescue it correctly."""
+    policy = policy_of(policies, task_type)
+    return effective_max_attempts(None, policy), effective_timeout(None, policy)
+
+
+def backoff_text(backoff: tuple[float, ...] | None) -> str | None:
+    """``task_types.backoff`` as written: seconds joined by commas, like ``--backoff``."""
+    if backoff is None:
+        return None
+    return ",".join(format(delay, ".15g") for delay in backoff)
+
+
+def backoff_from_text(text: str | None) -> tuple[float, ...] | None:
+    """The inverse of :func:`backoff_text`, for a declared policy read back."""
+    if not text:
+        return None
+    return tuple(float(part) for part in text.split(","))

@@ -16,13 +16,13 @@ from supervisor.dsn import DEFAULT_DSN, parse_dsn
 from supervisor.errors import UsageError
 from supervisor.lifecycle import (
     DEFAULT_BUDGET_S,
-    DEFAULT_MAX_ATTEMPTS,
     validate_budget,
     validate_delay,
     validate_key,
     validate_max_attempts,
     validate_options,
     validate_priority,
+    validate_timeout,
     validate_type,
 )
 from supervisor.store import Enqueued, NewTask, Store, open_store
@@ -57,13 +57,17 @@ def new_task(
     *,
     delay: float = 0,
     budget: float = DEFAULT_BUDGET_S,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
     priority: int = 0,
     unique_key: str | None = None,
     concurrency_key: str | None = None,
 ) -> NewTask:
     """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong.
 
+    ``max_attempts`` and ``timeout`` (seconds per attempt) left out are stored
+    as NULL: the handler's ``MAX_ATTEMPTS`` and ``TIMEOUT`` apply (else 3
+    attempts, no per-attempt limit). A value given here is explicit and wins.
     ``concurrency_key``: tasks sharing it count together against the handler's
     ``CONCURRENCY_PER_KEY``; ``None`` (no key) is not limited per key.
     """
@@ -74,7 +78,8 @@ def new_task(
         options=validate_options(options_text(options)),
         delay_s=validate_delay(float(delay)),
         budget_s=validate_budget(float(budget)),
-        max_attempts=validate_max_attempts(int(max_attempts)),
+        max_attempts=None if max_attempts is None else validate_max_attempts(int(max_attempts)),
+        timeout_s=None if timeout is None else validate_timeout(float(timeout)),
         priority=validate_priority(int(priority)),
     )
 
@@ -86,7 +91,8 @@ class Queue:
     ``concurrency_key``: tasks sharing it count together against the handler's
     ``CONCURRENCY_PER_KEY``; the default (no key) is not limited per key.
     ``budget``: seconds of wall-clock time from when the task becomes runnable
-    until it is killed, retries included.
+    until it is killed, retries included. ``max_attempts`` and ``timeout``
+    (seconds per attempt): see :func:`new_task`; omitted, the handler's apply.
     """
 
     def __init__(self, dsn: str = DEFAULT_DSN, *, migrate: bool = True) -> None:
@@ -101,7 +107,8 @@ class Queue:
         *,
         delay: float = 0,
         budget: float = DEFAULT_BUDGET_S,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
         priority: int = 0,
         unique_key: str | None = None,
         concurrency_key: str | None = None,
@@ -118,6 +125,7 @@ class Queue:
             delay=delay,
             budget=budget,
             max_attempts=max_attempts,
+            timeout=timeout,
             priority=priority,
             unique_key=unique_key,
             concurrency_key=concurrency_key,
@@ -145,7 +153,8 @@ def enqueue_in_transaction(
     *,
     delay: float = 0,
     budget: float = DEFAULT_BUDGET_S,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
     priority: int = 0,
     unique_key: str | None = None,
     concurrency_key: str | None = None,
@@ -163,6 +172,7 @@ def enqueue_in_transaction(
         delay=delay,
         budget=budget,
         max_attempts=max_attempts,
+        timeout=timeout,
         priority=priority,
         unique_key=unique_key,
         concurrency_key=concurrency_key,

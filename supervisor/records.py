@@ -10,6 +10,8 @@ from datetime import datetime
 
 import attrs
 
+from supervisor.policy import HandlerPolicy
+
 
 @attrs.frozen(kw_only=True)
 class Claim:
@@ -17,6 +19,10 @@ class Claim:
 
     ``remaining_s`` is the budget left as measured by the database clock when
     the claim was made, so hosts with skewed clocks agree on deadlines.
+
+    ``max_attempts`` and ``timeout_s`` are the effective values (the row's
+    own, else the handler's policy, else 3 attempts and no per-attempt limit),
+    as the claim wrote them into the row.
 
     ``defect`` says why the row cannot run at all (options over the limit or
     unreadable, a type no handler can have, attempts used up, a broken
@@ -31,6 +37,7 @@ class Claim:
     max_attempts: int
     owner: str
     remaining_s: float
+    timeout_s: float | None = None
     defect: str | None = None
 
 
@@ -46,3 +53,16 @@ class SupervisorInfo:
     started_at: datetime | None = None
     heartbeat_at: datetime | None = None
     alive: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class Overwritten:
+    """A declaration replaced another live supervisor's different policy for the same type.
+
+    Two supervisors with different handler files for one type make the
+    fleet-wide limits depend on who declared last: worth a warning.
+    """
+
+    type: str
+    declared_by: str
+    before: HandlerPolicy

@@ -14,8 +14,10 @@ class Task:
 
     ``options`` is the raw string the producer stored; parsing it is the
     handler's business, so a producer may use JSON, a URL or anything else.
-    ``deadline`` is wall-clock (UTC) for display; :meth:`remaining` uses the
-    monotonic clock, which is what the supervisor enforces.
+    ``deadline`` is when this attempt is killed: the task's deadline, or the
+    end of its per-attempt ``TIMEOUT`` if that comes first. It is wall-clock
+    (UTC) for display; :meth:`remaining` uses the monotonic clock, which is
+    what the supervisor enforces.
     """
 
     id: int

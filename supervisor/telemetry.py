@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 # The parent logs this when it kills a child at its deadline; the benchmark times kills by it.
 DEADLINE_KILL_MESSAGE = "deadline reached; killing the child's tree"
+ATTEMPT_TIMEOUT_KILL_MESSAGE = "attempt TIMEOUT reached; killing the child's tree"
 
 
 def task_fields(claim: Claim) -> dict[str, Any]:
@@ -125,8 +126,9 @@ class Telemetry:
         )
         self.metrics.observe_outcome(claim.type, Outcome.LOST.value, duration_s)
 
-    def deadline_kill(self, claim: Claim, pid: int) -> None:
-        self.log.warning(DEADLINE_KILL_MESSAGE, **task_fields(claim), pid=pid)
+    def deadline_kill(self, claim: Claim, pid: int, *, per_attempt: bool = False) -> None:
+        message = ATTEMPT_TIMEOUT_KILL_MESSAGE if per_attempt else DEADLINE_KILL_MESSAGE
+        self.log.warning(message, **task_fields(claim), pid=pid)
 
     def dispatched(self, claim: Claim, pid: int) -> None:
         self.metrics.observe_started(claim.type)

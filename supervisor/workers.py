@@ -25,6 +25,7 @@ import attrs
 import psutil
 
 from supervisor.hardening import SECRET_ENV
+from supervisor.lifecycle import Failure
 from supervisor.output import OutputReader
 from supervisor.privileges import CREDENTIALS_ENV, ChildUser
 from supervisor.protocol import RECV_BYTES, LineBuffer, Message, StopMessage, decode, encode
@@ -53,8 +54,9 @@ class Running:
 
     claim: Claim
     started: float
-    deadline: float
+    deadline: float  # the kill: the task's deadline, or the per-attempt TIMEOUT if sooner
     stack_at: float
+    limit: Failure = Failure.TIMEOUT  # which of the two ``deadline`` is
     stack_requested: bool = False
     pct: int | None = None  # the last progress the child reported
 

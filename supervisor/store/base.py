@@ -17,12 +17,13 @@ import attrs
 
 from supervisor.lifecycle import Failure, Status
 from supervisor.policy import HandlerPolicy
-from supervisor.records import Claim, SupervisorInfo
+from supervisor.records import Claim, Overwritten, SupervisorInfo
 
 __all__ = [
     "Claim",
     "Enqueued",
     "NewTask",
+    "Overwritten",
     "Rescued",
     "StatusCount",
     "Store",
@@ -354,6 +355,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get(self, task_id: int) -> TaskRow | None:
         """One whole row."""
+
+    @abc.abstractmethod
+    def declare_types(
+        self, supervisor_id: str, policies: Mapping[str, HandlerPolicy]
+    ) -> list[Overwritten]:
+        """Record what each handler file declares in ``task_types`` (``paused`` untouched).
+
+        Returns the declarations it replaced that another live supervisor had
+        made with a different policy.
+        """
+
+    @abc.abstractmethod
+    def declared_policy(self, task_type: str) -> HandlerPolicy | None:
+        """The policy last declared for ``task_type``; None if no supervisor declared one."""
 
     @abc.abstractmethod
     def ping(self) -> None:

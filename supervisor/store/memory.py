@@ -39,12 +39,18 @@ from supervisor.lifecycle import (
     clamp_max_attempts,
     trim_error,
 )
-from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
+from supervisor.policy import (
+    DEFAULT_POLICY,
+    HandlerPolicy,
+    claim_defaults,
+    effective_max_attempts,
+)
 from supervisor.store import limits
 from supervisor.store.base import (
     Claim,
     Enqueued,
     NewTask,
+    Overwritten,
     Rescued,
     StatusCount,
     Store,
@@ -149,6 +155,7 @@ def _claim_of(running: TaskRow, owner: str, now: datetime) -> Claim:
     """The claim of a row just taken, with the SQL backends' checks (``sql.row_to_claim``):
     ``max_attempts`` clamped, and a row that cannot run marked with its defect."""
     max_attempts = clamp_max_attempts(effective_max_attempts(running.max_attempts, DEFAULT_POLICY))
+    # The claim wrote the effective values into the row, so the row's own are the ones.
     options_bytes = None if running.options is None else len(running.options.encode("utf-8"))
     defect = claim_defect(
         type_name=running.type,
@@ -164,6 +171,7 @@ def _claim_of(running: TaskRow, owner: str, now: datetime) -> Claim:
         max_attempts=max_attempts,
         owner=owner,
         remaining_s=(running.deadline_at - now).total_seconds(),
+        timeout_s=running.timeout_s,
         defect=defect,
     )
 
@@ -189,6 +197,7 @@ class MemoryStore(Store):
         self._tasks: dict[int, TaskRow] = {}
         self._last_id = 0
         self._supervisors: dict[str, _Registration] = {}
+        # The task_types table: pause state, declared policy, schedule mark, by type.
         self._types: dict[str, TypeInfo] = {}
         self._calls: Counter[str] = Counter()
         self._fault: StoreError | None = None
@@ -392,13 +401,15 @@ class MemoryStore(Store):
         lease_expires_at = _later(now, lease_s)
         claims = []
         for task in self._admitted(types, limit, now, policies):
+            max_attempts, timeout_s = claim_defaults(policies, task.type)
             running = self._update(
                 task,
                 now,
                 status=Status.RUNNING,
                 attempts=task.attempts + 1,
                 claimed_by=owner,
-                max_attempts=effective_max_attempts(task.max_attempts, DEFAULT_POLICY),
+                max_attempts=task.max_attempts if task.max_attempts is not None else max_attempts,
+                timeout_s=task.timeout_s if task.timeout_s is not None else timeout_s,
                 progress_pct=0,
                 started_at=now,
                 lease_expires_at=lease_expires_at,
@@ -437,7 +448,8 @@ class MemoryStore(Store):
                 raise ValueError(f"completions of {strangers} passed as {owner!r}'s")
             self._reach()
             won = self._complete(completions)
-            return won, self._claim(owner, wanted, limit, lease_s, policies) if claiming else []
+            claims = self._claim(owner, wanted, limit, lease_s, policies) if claiming else []
+            return won, claims
 
     def progress(self, claim: Claim, pct: int) -> bool:
         with self._call("progress"):
@@ -638,6 +650,40 @@ class MemoryStore(Store):
                     expires_at=expires_at,
                 )
             self._supervisors[info.id] = entry
+
+    def declare_types(
+        self, supervisor_id: str, policies: Mapping[str, HandlerPolicy]
+    ) -> list[Overwritten]:
+        with self._call("declare_types"):
+            now = self.clock()
+            overwritten = []
+            for task_type, declaring in sorted(policies.items()):
+                # The columns hold no schedule (its own columns do), as in the SQL stores.
+                policy = attrs.evolve(declaring, schedule=None, schedule_options=None)
+                known = self._type_info(task_type)
+                if (
+                    known.policy is not None
+                    and known.policy != policy
+                    and known.declared_by not in (None, supervisor_id)
+                ):
+                    entry = self._supervisors.get(str(known.declared_by))
+                    if entry is not None and entry.expires_at > now:
+                        overwritten.append(
+                            Overwritten(
+                                type=task_type,
+                                declared_by=str(known.declared_by),
+                                before=known.policy,
+                            )
+                        )
+                self._types[task_type] = attrs.evolve(
+                    known, policy=policy, declared_by=supervisor_id, declared_at=now
+                )
+            return overwritten
+
+    def declared_policy(self, task_type: str) -> HandlerPolicy | None:
+        with self._call("declared_policy"):
+            known = self._types.get(task_type)
+            return None if known is None else known.policy
 
     def deregister(self, supervisor_id: str) -> None:
         with self._call("deregister"):

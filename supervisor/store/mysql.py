@@ -37,7 +37,7 @@ from pymysql.constants import CLIENT
 from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
-from supervisor.policy import HandlerPolicy
+from supervisor.policy import HandlerPolicy, claim_defaults
 from supervisor.store import limits, migrator
 from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
@@ -383,17 +383,14 @@ class MysqlStore(SqlStore):
                     {"types": type_list, "limit": limit, "max_options_bytes": MAX_OPTIONS_BYTES},
                 )
                 rows = list(cursor.fetchall())
-                if rows:
-                    ids = tuple(int(row["id"]) for row in rows)
-                    params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
-                    cursor.execute(queries["claim_update"], params)
+                self._claim_rows(cursor, rows, (owner, lease_s), policies)
             return set(held), rows
 
         try:
             won, rows = self._transaction(functools.partial(body, optimistic=True))
         except _SomeFenceLost:
             won, rows = self._transaction(functools.partial(body, optimistic=False))
-        return won, [row_to_claim(row, owner) for row in rows]
+        return won, [row_to_claim(row, owner, policies) for row in rows]
 
     def _claim_with_limits(
         self,
@@ -424,12 +421,29 @@ class MysqlStore(SqlStore):
             policy = limits.policy_of(policies, task_type)
             candidates += self._limited_candidates(cursor, task_type, policy, limit)
         rows = claim_order(candidates, limit)
-        if rows:
-            owner, lease_s = claim
-            ids = tuple(int(row["id"]) for row in rows)
-            params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
-            cursor.execute(queries["claim_update"], params)
+        self._claim_rows(cursor, rows, claim, policies)
         return rows
+
+    def _claim_rows(
+        self,
+        cursor: pymysql.cursors.DictCursor,
+        rows: Sequence[Row],
+        claim: tuple[str, float],
+        policies: Mapping[str, HandlerPolicy] | None,
+    ) -> None:
+        """Claim the selected rows: one UPDATE per group of types with the same defaults
+        (the effective max_attempts and timeout a row without its own gets); one in the
+        common case of one type."""
+        owner, lease_s = claim
+        for (max_attempts, timeout_s), ids in _by_defaults(rows, policies).items():
+            params = {
+                "ids": ids,
+                "owner": owner,
+                "lease_us": seconds(lease_s)["us"],
+                "max_attempts": max_attempts,
+                "timeout_s": timeout_s,
+            }
+            cursor.execute(self._queries["claim_update"], params)
 
     def _limited_candidates(
         self, cursor: pymysql.cursors.DictCursor, task_type: str, policy: HandlerPolicy, want: int
@@ -501,6 +515,18 @@ class MysqlStore(SqlStore):
 
     def close(self) -> None:
         self._drop()
+
+
+def _by_defaults(
+    rows: Sequence[Row], policies: Mapping[str, HandlerPolicy] | None
+) -> dict[tuple[int, float | None], tuple[int, ...]]:
+    """Claimed ids grouped by what the claim writes where the row sets nothing: one UPDATE
+    per group, and in the common case (one type, or types without a policy) just one."""
+    groups: dict[tuple[int, float | None], list[int]] = {}
+    for row in rows:
+        key = claim_defaults(policies, str(row["type"]))
+        groups.setdefault(key, []).append(int(row["id"]))
+    return {key: tuple(ids) for key, ids in groups.items()}
 
 
 class _SomeFenceLost(Exception):

@@ -55,7 +55,7 @@ LOCK IN SHARE MODE
 SELECT id, type, OCTET_LENGTH(task_options) AS options_bytes,
        CASE WHEN OCTET_LENGTH(task_options) <= %(max_options_bytes)s
             THEN task_options END AS task_options,
-       attempts + 1 AS attempts, max_attempts, priority,
+       attempts + 1 AS attempts, max_attempts, timeout_s, priority,
        TIMESTAMPDIFF(MICROSECOND, NOW(6), deadline_at) / 1000000.0 AS remaining_s
 FROM tasks FORCE INDEX (tasks_claim)
 WHERE status = 'queued'
@@ -100,7 +100,7 @@ GROUP BY CAST(concurrency_key AS BINARY)
 SELECT id, type, OCTET_LENGTH(task_options) AS options_bytes,
        CASE WHEN OCTET_LENGTH(task_options) <= %(max_options_bytes)s
             THEN task_options END AS task_options,
-       attempts + 1 AS attempts, max_attempts, priority,
+       attempts + 1 AS attempts, max_attempts, timeout_s, priority,
        TIMESTAMPDIFF(MICROSECOND, NOW(6), deadline_at) / 1000000.0 AS remaining_s,
        CAST(concurrency_key AS BINARY) AS concurrency_key
 FROM tasks FORCE INDEX (tasks_claim)
@@ -128,11 +128,15 @@ WHERE status = 'queued'
 LIMIT 1
 
 -- name: claim_update
+-- Run once per group of claimed rows whose types share the claimer's defaults (usually one):
+-- the type's MAX_ATTEMPTS and TIMEOUT fill what the row leaves NULL, and stay written; a
+-- value the producer set wins.
 UPDATE tasks
 SET status = 'running',
     attempts = attempts + 1,
     claimed_by = %(owner)s,
-    max_attempts = COALESCE(max_attempts, 3),
+    max_attempts = COALESCE(max_attempts, %(max_attempts)s),
+    timeout_s = COALESCE(timeout_s, %(timeout_s)s),
     progress_pct = 0,
     started_at = NOW(6),
     lease_expires_at = NOW(6) + INTERVAL %(lease_us)s MICROSECOND
@@ -349,3 +353,30 @@ ORDER BY host, started_at
 
 -- name: forget_supervisors
 DELETE FROM supervisors WHERE expires_at < NOW(6) - INTERVAL %(dead_us)s MICROSECOND
+
+-- name: declared_by_other
+-- Another live supervisor's declaration of this type, read before it is replaced (a warning).
+SELECT t.max_attempts, t.backoff, t.timeout_s, t.concurrency, t.concurrency_per_key,
+       t.declared_by
+FROM task_types t JOIN supervisors s ON s.id = t.declared_by
+WHERE t.type = %(type)s AND t.declared_by <> %(me)s AND s.expires_at > NOW(6)
+
+-- name: declare_type
+-- The policy columns and who declared them; an operator's pause is never touched.
+-- declared_at always changes, so a repeated declaration still counts as a changed row.
+INSERT INTO task_types (type, max_attempts, backoff, timeout_s, concurrency, concurrency_per_key,
+                        declared_by, declared_at)
+VALUES (%(type)s, %(max_attempts)s, %(backoff)s, %(timeout_s)s, %(concurrency)s,
+        %(concurrency_per_key)s, %(me)s, NOW(6))
+ON DUPLICATE KEY UPDATE
+    max_attempts = VALUES(max_attempts),
+    backoff = VALUES(backoff),
+    timeout_s = VALUES(timeout_s),
+    concurrency = VALUES(concurrency),
+    concurrency_per_key = VALUES(concurrency_per_key),
+    declared_by = VALUES(declared_by),
+    declared_at = VALUES(declared_at)
+
+-- name: declared_policy
+SELECT max_attempts, backoff, timeout_s, concurrency, concurrency_per_key, declared_by
+FROM task_types WHERE type = %(type)s

@@ -25,11 +25,19 @@ from supervisor.lifecycle import (
     clamp_max_attempts,
     trim_error,
 )
-from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
+from supervisor.policy import (
+    HandlerPolicy,
+    backoff_from_text,
+    backoff_text,
+    effective_max_attempts,
+    effective_timeout,
+    policy_of,
+)
 from supervisor.store import limits
 from supervisor.store.base import (
     Claim,
     NewTask,
+    Overwritten,
     Rescued,
     StatusCount,
     Store,
@@ -109,23 +117,12 @@ def row_to_task(row: Row) -> TaskRow:
 
 
 def row_to_type_info(row: Row) -> TypeInfo:
-    """A ``task_types`` row; the policy columns are None until a supervisor declared them."""
-    declared = row["declared_at"] is not None
-    policy = None
-    if declared:
-        backoff = row["backoff"]
-        policy = HandlerPolicy(
-            max_attempts=_optional_int(row["max_attempts"]),
-            backoff=tuple(float(d) for d in str(backoff).split(",")) if backoff else None,
-            timeout_s=None if row["timeout_s"] is None else float(row["timeout_s"]),
-            concurrency=_optional_int(row["concurrency"]),
-            concurrency_per_key=_optional_int(row["concurrency_per_key"]),
-        )
+    """A ``task_types`` row; its policy is None until a supervisor declared one."""
     return TypeInfo(
         type=str(row["type"]),
         paused=bool(row["paused"]),
         paused_at=to_optional_datetime(row["paused_at"]),
-        policy=policy,
+        policy=declared_policy(row) if row["declared_at"] is not None else None,
         declared_by=row["declared_by"],
         declared_at=to_optional_datetime(row["declared_at"]),
         schedule=row["schedule"],
@@ -133,11 +130,9 @@ def row_to_type_info(row: Row) -> TypeInfo:
     )
 
 
-def _optional_int(value: object) -> int | None:
-    return None if value is None else int(str(value))
-
-
-def row_to_claim(row: Row, owner: str) -> Claim:
+def row_to_claim(
+    row: Row, owner: str, policies: Mapping[str, HandlerPolicy] | None = None
+) -> Claim:
     """A claimed row as a :class:`Claim`; never raises, whatever the row holds.
 
     Plain SQL is a supported producer, so a claimed row may hold what no
@@ -147,6 +142,9 @@ def row_to_claim(row: Row, owner: str) -> Claim:
     deadline (``remaining_s`` NULL). Raising here would fail the whole claim,
     and with it every other task, on each retry; instead the row's claim
     carries a ``defect`` and the parent fails that row alone.
+
+    ``max_attempts`` and ``timeout_s`` are the row's own, else the claimer's
+    ``policies`` for its type (what the claim wrote into the row).
     """
     defects: list[str] = []
     type_name = _decoded(row["type"], "type", defects)
@@ -160,10 +158,12 @@ def row_to_claim(row: Row, owner: str) -> Claim:
     if remaining is None:
         defects.append("deadline_at is not a valid date; the task was not run")
     attempt = int(row["attempts"])
-    raw_max = row["max_attempts"]
+    raw_max, raw_timeout = row["max_attempts"], row["timeout_s"]
+    policy = policy_of(policies, type_name)
     max_attempts = clamp_max_attempts(
-        effective_max_attempts(None if raw_max is None else int(raw_max), DEFAULT_POLICY)
+        effective_max_attempts(None if raw_max is None else int(raw_max), policy)
     )
+    timeout_s = effective_timeout(None if raw_timeout is None else float(raw_timeout), policy)
     options_bytes = row.get("options_bytes")
     found = claim_defect(
         type_name=type_name,
@@ -181,6 +181,7 @@ def row_to_claim(row: Row, owner: str) -> Claim:
         max_attempts=max_attempts,
         owner=owner,
         remaining_s=0.0 if remaining is None else float(remaining),
+        timeout_s=timeout_s,
         defect="; ".join(defects) if defects else None,
     )
 
@@ -211,6 +212,34 @@ def admitted_rows(
 def claim_order(rows: Iterable[Row], limit: int) -> list[Row]:
     """The first ``limit`` rows in claim order (priority, then id), whichever type they are."""
     return sorted(rows, key=lambda row: (int(row["priority"]), int(row["id"])))[:limit]
+def declared_policy(row: Row) -> HandlerPolicy:
+    """A ``task_types`` row's policy columns as the policy they declare."""
+
+    def number(name: str) -> float | None:
+        return None if row[name] is None else float(row[name])
+
+    def whole(name: str) -> int | None:
+        return None if row[name] is None else int(row[name])
+
+    return HandlerPolicy(
+        max_attempts=whole("max_attempts"),
+        backoff=backoff_from_text(row["backoff"]),
+        timeout_s=number("timeout_s"),
+        concurrency=whole("concurrency"),
+        concurrency_per_key=whole("concurrency_per_key"),
+    )
+
+
+def policy_params(task_type: str, policy: HandlerPolicy) -> Params:
+    """The policy columns of ``task_types`` for one declaration."""
+    return {
+        "type": task_type,
+        "max_attempts": policy.max_attempts,
+        "backoff": backoff_text(policy.backoff),
+        "timeout_s": policy.timeout_s,
+        "concurrency": policy.concurrency,
+        "concurrency_per_key": policy.concurrency_per_key,
+    }
 
 
 def _decoded(value: object, column: str, defects: list[str]) -> str:
@@ -408,6 +437,30 @@ class SqlStore(Store):
             return row_to_task(rows[0])
         except (ValueError, TypeError) as exc:
             raise UnreadableRow(task_id, rows[0], str(exc)) from None
+
+    def declare_types(
+        self, supervisor_id: str, policies: Mapping[str, HandlerPolicy]
+    ) -> list[Overwritten]:
+        """Upsert each type's policy (never ``paused``); what it overwrote of another live one.
+
+        The overwritten declarations are read first, outside the writes: the
+        report is for a log line, and a race with another supervisor's
+        declaration can only make it name the one before.
+        """
+        overwritten = []
+        for task_type, policy in sorted(policies.items()):
+            rows = self._rows("declared_by_other", {"type": task_type, "me": supervisor_id})
+            if rows and declared_policy(rows[0]) != policy:
+                before = declared_policy(rows[0])
+                overwritten.append(
+                    Overwritten(type=task_type, declared_by=rows[0]["declared_by"], before=before)
+                )
+            self._changed("declare_type", {**policy_params(task_type, policy), "me": supervisor_id})
+        return overwritten
+
+    def declared_policy(self, task_type: str) -> HandlerPolicy | None:
+        rows = self._rows("declared_policy", {"type": task_type})
+        return declared_policy(rows[0]) if rows and rows[0]["declared_by"] else None
 
     def ping(self) -> None:
         self._rows("ping")

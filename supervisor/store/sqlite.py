@@ -20,7 +20,7 @@ from datetime import datetime
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
-from supervisor.policy import HandlerPolicy
+from supervisor.policy import HandlerPolicy, claim_defaults
 from supervisor.store import limits, migrator
 from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
@@ -175,6 +175,7 @@ class SqliteStore(SqlStore):
             "limit": limit,
             "lease_s": seconds(lease_s)["s"],
             "max_options_bytes": MAX_OPTIONS_BYTES,
+            "defaults": json.dumps({t: claim_defaults(policies, t) for t in type_list}),
         }
         limited = limits.limited_types(type_list, policies)
         with self._immediate() as conn:
@@ -183,7 +184,7 @@ class SqliteStore(SqlStore):
             else:
                 rows = conn.execute(self._queries["claim_batch"], params).fetchall()
         rows.sort(key=lambda row: (row["priority"] or 0, row["id"]))
-        return [row_to_claim(dict(row), owner) for row in rows]
+        return [row_to_claim(dict(row), owner, policies) for row in rows]
 
     def _claim_with_limits(
         self,

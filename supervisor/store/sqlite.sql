@@ -41,7 +41,15 @@ UPDATE tasks
 SET status = 'running',
     attempts = attempts + 1,
     claimed_by = :owner,
-    max_attempts = COALESCE(max_attempts, 3),
+    -- Policy: the claimer's defaults by type (:defaults, JSON {type: [max_attempts, timeout_s]})
+    -- fill what the row leaves NULL, and stay written; a value the producer set wins.
+    max_attempts = COALESCE(
+        max_attempts,
+        (SELECT json_extract(value, '$[0]') FROM json_each(:defaults) WHERE key = tasks.type),
+        3),
+    timeout_s = COALESCE(
+        timeout_s,
+        (SELECT json_extract(value, '$[1]') FROM json_each(:defaults) WHERE key = tasks.type)),
     progress_pct = 0,
     started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
     lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
@@ -63,7 +71,7 @@ RETURNING id, CAST(type AS BLOB) AS type, typeof(task_options) AS options_kind,
           length(CAST(task_options AS BLOB)) AS options_bytes,
           CASE WHEN length(CAST(task_options AS BLOB)) <= :max_options_bytes
                THEN CAST(task_options AS BLOB) END AS task_options,
-          attempts, max_attempts, CAST(priority AS INTEGER) AS priority,
+          attempts, max_attempts, timeout_s, CAST(priority AS INTEGER) AS priority,
           (julianday(deadline_at) - julianday('now')) * 86400.0 AS remaining_s
 
 -- name: probe
@@ -118,7 +126,13 @@ UPDATE tasks
 SET status = 'running',
     attempts = attempts + 1,
     claimed_by = :owner,
-    max_attempts = COALESCE(max_attempts, 3),
+    max_attempts = COALESCE(
+        max_attempts,
+        (SELECT json_extract(value, '$[0]') FROM json_each(:defaults) WHERE key = tasks.type),
+        3),
+    timeout_s = COALESCE(
+        timeout_s,
+        (SELECT json_extract(value, '$[1]') FROM json_each(:defaults) WHERE key = tasks.type)),
     progress_pct = 0,
     started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
     lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
@@ -128,7 +142,7 @@ RETURNING id, CAST(type AS BLOB) AS type, typeof(task_options) AS options_kind,
           length(CAST(task_options AS BLOB)) AS options_bytes,
           CASE WHEN length(CAST(task_options AS BLOB)) <= :max_options_bytes
                THEN CAST(task_options AS BLOB) END AS task_options,
-          attempts, max_attempts, CAST(priority AS INTEGER) AS priority,
+          attempts, max_attempts, timeout_s, CAST(priority AS INTEGER) AS priority,
           (julianday(deadline_at) - julianday('now')) * 86400.0 AS remaining_s
 
 -- name: progress
@@ -366,3 +380,30 @@ ORDER BY host, started_at
 -- name: forget_supervisors
 DELETE FROM supervisors
 WHERE expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || :dead_s || ' seconds')
+
+-- name: declared_by_other
+-- Another live supervisor's declaration of this type, read before it is replaced (a warning).
+SELECT t.max_attempts, t.backoff, t.timeout_s, t.concurrency, t.concurrency_per_key,
+       t.declared_by
+FROM task_types t JOIN supervisors s ON s.id = t.declared_by
+WHERE t.type = :type AND t.declared_by <> :me
+  AND s.expires_at > strftime('%Y-%m-%d %H:%M:%f', 'now')
+
+-- name: declare_type
+-- The policy columns and who declared them; an operator's pause is never touched.
+INSERT INTO task_types (type, max_attempts, backoff, timeout_s, concurrency, concurrency_per_key,
+                        declared_by, declared_at)
+VALUES (:type, :max_attempts, :backoff, :timeout_s, :concurrency, :concurrency_per_key,
+        :me, strftime('%Y-%m-%d %H:%M:%f', 'now'))
+ON CONFLICT (type) DO UPDATE SET
+    max_attempts = excluded.max_attempts,
+    backoff = excluded.backoff,
+    timeout_s = excluded.timeout_s,
+    concurrency = excluded.concurrency,
+    concurrency_per_key = excluded.concurrency_per_key,
+    declared_by = excluded.declared_by,
+    declared_at = excluded.declared_at
+
+-- name: declared_policy
+SELECT max_attempts, backoff, timeout_s, concurrency, concurrency_per_key, declared_by
+FROM task_types WHERE type = :type

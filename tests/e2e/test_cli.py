@@ -141,7 +141,8 @@ def test_enqueue_prints_the_new_id_and_stores_the_options_verbatim(
 ) -> None:
     """`enqueue TYPE OPTIONS` prints only the new id; the row holds the options untouched.
 
-    Defaults: queued, 3 attempts, priority 0, runnable now, budget 3600 s.
+    Defaults: queued, no explicit max_attempts or timeout (the handler's apply, else 3
+    attempts and no per-attempt limit), priority 0, runnable now, budget 3600 s.
     """
     options = '{"path": "a.png", "size": [1, 2]}'
     first = run_cli(tmp_path, "enqueue", "resize", options, dsn=dsn).assert_ok()
@@ -153,19 +154,21 @@ def test_enqueue_prints_the_new_id_and_stores_the_options_verbatim(
     row = store.get(first_id)
     assert row is not None
     assert (row.type, row.options, row.status) == ("resize", options, Status.QUEUED)
-    assert (row.max_attempts, row.priority, row.attempts) == (3, 0, 0)
+    assert (row.max_attempts, row.timeout_s, row.priority, row.attempts) == (None, None, 0, 0)
     assert row.run_at == row.created_at
     assert row.deadline_at - row.run_at == timedelta(seconds=3600)
     assert store.get(second_id).options == "plain text"  # type: ignore[union-attr]
 
 
 def test_enqueue_flags_land_in_the_row(dsn: str, tmp_path: Path) -> None:
-    """--delay sets run_at, --budget counts from run_at to deadline_at, and --max-attempts and
-    --priority are stored as given (checked through `show ID --json`, which omits the options).
+    """--delay sets run_at, --budget counts from run_at to deadline_at, and --max-attempts,
+    --timeout and --priority are stored as given (checked through `show ID --json`, which
+    omits the options).
     """
     out = run_cli(
         tmp_path, "enqueue", "report", "{}",
-        "--delay", "30", "--budget", "120.5", "--max-attempts", "7", "--priority", "-5",
+        "--delay", "30", "--budget", "120.5", "--max-attempts", "7", "--timeout", "2.5",
+        "--priority", "-5",
         dsn=dsn,
     ).assert_ok()  # fmt: skip
     shown = json.loads(run_cli(tmp_path, "show", out.strip(), "--json", dsn=dsn).assert_ok())
@@ -176,6 +179,7 @@ def test_enqueue_flags_land_in_the_row(dsn: str, tmp_path: Path) -> None:
     assert run_at - created == timedelta(seconds=30)
     assert parse_time(shown["deadline_at"]) - run_at == timedelta(seconds=120.5)
     assert (shown["max_attempts"], shown["priority"], shown["status"]) == (7, -5, "queued")
+    assert shown["timeout_s"] == 2.5
 
 
 def test_enqueue_concurrency_key_lands_in_the_row(dsn: str, tmp_path: Path) -> None:
@@ -406,6 +410,9 @@ BAD_INPUTS = {
     "max-attempts-0": ["enqueue", "t", "{}", "--max-attempts", "0"],
     "max-attempts-101": ["enqueue", "t", "{}", "--max-attempts", "101"],
     "max-attempts-x": ["enqueue", "t", "{}", "--max-attempts", "x"],
+    "timeout-0": ["enqueue", "t", "{}", "--timeout", "0"],
+    "timeout-x": ["enqueue", "t", "{}", "--timeout", "1m"],
+    "timeout-nan": ["enqueue", "t", "{}", "--timeout", "nan"],
     "budget-0": ["enqueue", "t", "{}", "--budget", "0"],
     "budget-negative": ["enqueue", "t", "{}", "--budget", "-5"],
     "budget-abc": ["enqueue", "t", "{}", "--budget", "abc"],

@@ -59,12 +59,6 @@ def sample_until_done(launch: Launcher) -> Peaks:
     raise AssertionError(f"tasks still live after {RUN_TIMEOUT_S} s; last sample {rows}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the import check to read CONCURRENCY / CONCURRENCY_PER_KEY from handler"
-    " files and the parent to pass them to its claims (the policy branch); remove this"
-    " marker when they are merged",
-)
 @pytest.mark.timeout(180)
 def test_four_supervisors_never_run_more_than_the_handlers_limits(launch: Launcher) -> None:
     launch.handler("capped", CAPPED)

@@ -10,6 +10,7 @@ gathered, so the optimizer sees a realistic table.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -89,6 +90,7 @@ def test_sqlite_claim_walks_the_claim_index_without_a_sort(sqlite_dsn: str) -> N
             "owner": "A",
             "lease_s": 60.0,
             "max_options_bytes": MAX_OPTIONS_BYTES,
+            "defaults": json.dumps({"a": [5, 2.0]}),  # a type with a policy: a subquery per row
         }
         whole_plan = [dict(r) for r in conn.execute(f"EXPLAIN QUERY PLAN {claim}", whole_params)]
     finally:

@@ -29,6 +29,30 @@ def test_queue_enqueues_with_the_given_options_and_settings(dsn: str) -> None:
     )
 
 
+def test_omitted_max_attempts_and_timeout_are_stored_as_null_for_the_handlers_policy(
+    dsn: str,
+) -> None:
+    """Explicit values win, so only values the producer gave are stored."""
+    with Queue(dsn) as queue:
+        handlers = queue.store.get(queue.enqueue("resize"))
+        explicit = queue.store.get(queue.enqueue("resize", max_attempts=2, timeout=1.5))
+    assert handlers is not None and explicit is not None
+    assert (handlers.max_attempts, handlers.timeout_s) == (None, None)
+    assert (explicit.max_attempts, explicit.timeout_s) == (2, 1.5)
+
+
+def test_enqueue_in_transaction_stores_explicit_max_attempts_and_timeout(sqlite_dsn: str) -> None:
+    with Queue(sqlite_dsn) as queue:
+        conn = sqlite3.connect(parse_dsn(sqlite_dsn).path)  # type: ignore[union-attr]
+        try:
+            task_id = enqueue_in_transaction(conn, "resize", max_attempts=4, timeout=30)
+            conn.commit()
+        finally:
+            conn.close()
+        row = queue.store.get(task_id)
+    assert row is not None and (row.max_attempts, row.timeout_s) == (4, 30.0)
+
+
 def test_queue_enqueue_many_is_one_transaction_returning_ids_in_order(dsn: str) -> None:
     with Queue(dsn) as queue:
         ids = queue.enqueue_many([new_task("a"), new_task("b", "x"), new_task("c")])
@@ -44,6 +68,8 @@ def test_queue_enqueue_many_is_one_transaction_returning_ids_in_order(dsn: str) 
         ({"type": "t", "options": "x" * (1024 * 1024 + 1)}, "1 MiB"),
         ({"type": "t", "max_attempts": 0}, "max attempts"),
         ({"type": "t", "budget": 0}, "budget"),
+        ({"type": "t", "timeout": 0}, "timeout"),
+        ({"type": "t", "timeout": float("nan")}, "timeout"),
         ({"type": "t", "delay": -1}, "delay"),
         ({"type": "t", "priority": 2**40}, "priority"),
         ({"type": "t", "concurrency_key": ""}, "concurrency key must be 1 to 255 characters"),

@@ -260,15 +260,35 @@ class RecordingLink(DatabaseLink):
 
 
 class NoImportCheck:
-    """Stands in for ImportWatch: the handler import check would start a real interpreter."""
+    """Stands in for ImportWatch: the handler import check would start a real interpreter.
+
+    Unless told to ``hold`` its report, it reports at once that every handler
+    imports, with the policy ``constants`` the test gave for its type.
+    """
 
     pid = None
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        checked: Callable[[str, Mapping[str, object]], None],
+        constants: Mapping[str, Mapping[str, object]],
+        *,
+        hold: bool = False,
+    ) -> None:
         self.started: list[Mapping[str, Path]] = []
+        self._checked = checked
+        self._constants = constants
+        self.hold = hold
 
     def start(self, handlers: Mapping[str, Path]) -> None:
         self.started.append(dict(handlers))
+        if not self.hold:
+            self.report()
+
+    def report(self) -> None:
+        """The check's report arrives: every handler of the last start imported."""
+        for task_type in sorted(self.started[-1]):
+            self._checked(task_type, self._constants.get(task_type, {}))
 
     def next_due(self) -> None:
         return None
@@ -298,6 +318,8 @@ class Loop:
         drain_timeout_s: float = 10.0,
         max_tasks_per_child: int = 0,
         import_check: bool = False,
+        constants: Mapping[str, Mapping[str, object]] | None = None,
+        hold_check: bool = False,
     ) -> None:
         self.handlers_dir = tmp_path / "handlers"
         self.handlers_dir.mkdir(parents=True)
@@ -338,7 +360,9 @@ class Loop:
             registry=self.registry,
         )
         if not import_check:  # the real one runs an interpreter
-            self.sup.imports = NoImportCheck()  # type: ignore[assignment]
+            self.sup.imports = NoImportCheck(  # type: ignore[assignment]
+                self.sup.policy_found, constants or {}, hold=hold_check
+            )
         self.logs: list[dict[str, Any]] = []
         self._sink = logger.add(self._log, level="DEBUG", format="{message}")
         self._link_closed = False

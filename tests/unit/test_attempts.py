@@ -74,6 +74,7 @@ def test_a_claim_held_past_a_heartbeat_interval_is_refunded_not_run() -> None:
         telemetry=FakeTelemetry(),  # type: ignore[arg-type]
         backoff=Backoff(),
         handlers=lambda: {"t": Path("t.py")},
+        policies=dict,
         fresh_s=LEASE_S / 3,
         clock=lambda: now[0],
     )

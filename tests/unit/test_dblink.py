@@ -13,6 +13,7 @@ from supervisor.dsn import parse_dsn
 from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import Status
 from supervisor.link_events import Claimed, LeasesLost, LinkEvent, Recorded
+from supervisor.policy import DEFAULT_POLICY
 from supervisor.records import Claim, SupervisorInfo
 from supervisor.results import completion
 from supervisor.store import ManualClock, MemoryStore, NewTask
@@ -45,7 +46,7 @@ def make_link(store: MemoryStore, clocks: Clocks, owner: str = "A") -> DatabaseL
         poll_interval_s=0.1,
         clock=clocks,
     )
-    link.set_types(["t"])
+    link.set_types({"t": DEFAULT_POLICY})
     return link
 
 

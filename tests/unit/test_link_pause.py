@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from supervisor.lifecycle import Status
 from supervisor.link_events import PausedChanged
+from supervisor.policy import DEFAULT_POLICY
 from supervisor.store import MemoryStore, NewTask
 from tests.unit.test_dblink import Clocks, claimed, make_link
 
@@ -14,7 +15,7 @@ def test_a_paused_type_is_left_out_of_claims_from_the_next_poll_and_others_are_c
     clocks = Clocks()
     store = MemoryStore(clock=clocks.db)
     link = make_link(store, clocks)
-    link.set_types(["t", "u"])
+    link.set_types({"t": DEFAULT_POLICY, "u": DEFAULT_POLICY})
     store.set_paused("t", True)
     held = store.enqueue(NewTask(type="t"))
     free = store.enqueue(NewTask(type="u"))
