@@ -299,3 +299,56 @@ ORDER BY host, started_at
 
 -- name: forget_supervisors
 DELETE FROM supervisors WHERE expires_at < NOW(6) - INTERVAL %(dead_us)s MICROSECOND
+
+-- name: find_tasks
+-- The web page's listings and the bulk commands' pages. Every condition is off when its
+-- parameter is NULL (pymysql inlines the values, so the optimizer folds the dead ones away).
+-- Newest first by primary key: a keyset page (id < before) costs the same on every page.
+-- Types compare as bytes as well: the column's PAD SPACE collation would match 'echo '.
+SELECT id, type, status, failure, attempts, max_attempts, progress_pct, claimed_by,
+       unique_key, SUBSTRING(last_error, 1, %(error_head)s) AS error_head,
+       created_at, started_at, completed_at, deadline_at
+FROM tasks
+WHERE (%(type)s IS NULL OR (type = %(type)s AND CAST(type AS BINARY) = CAST(%(type)s AS BINARY)))
+  AND (%(any_status)s = 1 OR status IN %(statuses)s)
+  AND (%(failure)s IS NULL OR failure = %(failure)s)
+  AND (%(since)s IS NULL OR COALESCE(completed_at, created_at) >= %(since)s)
+  AND (%(until)s IS NULL OR COALESCE(completed_at, created_at) < %(until)s)
+  AND (%(error_match)s IS NULL OR INSTR(last_error, %(error_match)s) > 0)
+  AND (%(before_id)s IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: count_tasks
+SELECT COUNT(*) AS count
+FROM tasks
+WHERE (%(type)s IS NULL OR (type = %(type)s AND CAST(type AS BINARY) = CAST(%(type)s AS BINARY)))
+  AND (%(any_status)s = 1 OR status IN %(statuses)s)
+  AND (%(failure)s IS NULL OR failure = %(failure)s)
+  AND (%(since)s IS NULL OR COALESCE(completed_at, created_at) >= %(since)s)
+  AND (%(until)s IS NULL OR COALESCE(completed_at, created_at) < %(until)s)
+  AND (%(error_match)s IS NULL OR INSTR(last_error, %(error_match)s) > 0)
+
+-- name: finished_counts
+-- One status at a time keeps each branch a range of tasks_finished (status, completed_at).
+SELECT type, status, COUNT(*) AS count
+FROM tasks
+WHERE status IN ('completed', 'failed', 'cancelled')
+  AND completed_at >= NOW(6) - INTERVAL %(within_us)s MICROSECOND
+GROUP BY type, status
+ORDER BY type, status
+
+-- name: retry_many
+-- The bulk form of retry, for tasks without a unique key (those go one by one, see retry).
+UPDATE tasks
+SET deadline_at = NOW(6) + INTERVAL TIMESTAMPDIFF(MICROSECOND, created_at, deadline_at) MICROSECOND,
+    status = 'queued', failure = NULL, attempts = 0, progress_pct = 0,
+    claimed_by = NULL, lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
+    run_at = NOW(6)
+WHERE id IN %(ids)s AND status IN ('failed', 'cancelled') AND unique_key IS NULL
+
+-- name: cancel_many
+UPDATE tasks
+SET status = 'cancelled', failure = NULL, lease_expires_at = NULL,
+    last_error = 'cancelled by an operator', completed_at = NOW(6)
+WHERE id IN %(ids)s AND status IN ('queued', 'running')
