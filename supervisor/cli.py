@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 
+from supervisor import bulk
 from supervisor.config import Settings, add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
 from supervisor.errors import StartupError, StoreError, UnreadableRow, UsageError
@@ -172,11 +173,12 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     show.add_argument("--options", action="store_true", help="include task_options")
 
     for name, text in (
-        ("retry", "put a failed or cancelled task back"),
-        ("cancel", "cancel a queued or running task"),
+        ("retry", "put failed or cancelled tasks back: by id, or every one a filter selects"),
+        ("cancel", "cancel queued or running tasks: by id, or every one a filter selects"),
     ):
         command = sub.add_parser(name, parents=[common], help=text)
-        command.add_argument("id", type=task_id)
+        command.add_argument("id", type=task_id, nargs="*", help="task ids")
+        bulk.add_filter_flags(command, name)
 
     for name, text in (
         ("pause", "stop claims of a type across the fleet; running tasks finish"),
@@ -234,7 +236,16 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         return print_show(store, args.id, as_json=args.json, with_options=args.options)
     if args.command in ("pause", "resume"):
         return pause_or_resume(store, args.command, args.type)
-    return operator_transition(store, args.command, args.id)
+    if bulk.wants_bulk(args):
+        if args.id:
+            raise UsageError("give task ids or filters, not both")
+        where = bulk.filter_from_args(args, args.command, store.utc_now())
+        return bulk.run_bulk(
+            store, args.command, where, dry_run=args.dry_run, batch=args.batch, out=sys.stdout
+        )
+    if not args.id:
+        raise UsageError(f"{args.command} needs task ids or a filter such as --type (see --help)")
+    return max(operator_transition(store, args.command, one) for one in args.id)
 
 
 def ready_store(dsn: Dsn, *, create: bool = False) -> Store:
