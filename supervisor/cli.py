@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 
-from supervisor import bulk
+from supervisor import bulk, web
 from supervisor.config import Settings, add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
 from supervisor.errors import StartupError, StoreError, UnreadableRow, UsageError
@@ -54,6 +54,7 @@ SUBCOMMANDS = (
     "resume",
     "migrate",
     "prune",
+    "web",
 )
 
 
@@ -192,6 +193,10 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     )
     prune = sub.add_parser("prune", parents=[common], help="delete old finished tasks")
     prune.add_argument("--older-than", required=True, help="seconds since they finished")
+    web_parser = sub.add_parser(
+        "web", parents=[common], help="serve the operator's read-only page alone (no workers)"
+    )
+    web.add_flags(web_parser, environ)
     return parser
 
 
@@ -224,6 +229,11 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         store = ready_store(dsn)
         print(f"pruned {store.prune(older_than)} finished tasks")
         return 0
+    if args.command == "web":
+        token = web.token_from(args, environ)
+        web.check_exposure(args.host, token, "--host")
+        page_store = ready_store(dsn)
+        return web.run_alone(page_store, args.host, args.port, token, refresh_s=args.refresh)
     store = ready_store(dsn, create=args.command == "migrate")
     if args.command == "migrate":
         print(f"schema ready at {dsn.redacted()}")

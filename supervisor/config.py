@@ -38,6 +38,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     log_format: str = "auto"
     log_level: str = "INFO"
+    # The operator's page at / needs it when set, and must have it beyond 127.0.0.1.
+    web_token: str | None = attrs.field(default=None, repr=False)
 
     @property
     def heartbeat_s(self) -> float:
@@ -72,6 +74,10 @@ def _positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise ValueError
     return value
+
+
+def _token(text: str) -> str | None:
+    return text or None
 
 
 def _port(text: str) -> int:
@@ -173,14 +179,24 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
         "auto = text on a terminal, JSON lines otherwise",
     ),
     ("--log-level", _choice(LOG_LEVELS), "INFO", "a loguru level", "minimum level logged"),
+    (
+        "--web-token",
+        _token,
+        "",
+        "a token",
+        "the operator's page at / requires it (needed when --metrics-host is not 127.0.0.1; "
+        "prefer the env variable: a flag shows in ps)",
+    ),
 ]
+# Flags whose value is never shown in --help or an error.
+SECRET_FLAGS = ("--dsn", "--web-token")
 
 
 def add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """Declare the run flags; each default comes from its environment variable when set."""
     for flag, _convert, default, _what, help_text in RUN_FLAGS:
         env = env_name(flag)
-        shown = "(set)" if flag == "--dsn" and env in environ else environ.get(env, default)
+        shown = "(set)" if flag in SECRET_FLAGS and env in environ else environ.get(env, default)
         parser.add_argument(
             flag,
             default=None,
@@ -203,7 +219,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         try:
             values[attr] = convert(raw)
         except (ValueError, UsageError):
-            shown = "(hidden)" if flag == "--dsn" else repr(raw)
+            shown = "(hidden)" if flag in SECRET_FLAGS else repr(raw)
             raise UsageError(f"{source} must be {what}, got {shown}") from None
     return Settings(
         dsn=parse_dsn(values["dsn"], dict(environ)),
@@ -219,4 +235,5 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         metrics_host=values["metrics_host"],
         log_format=values["log_format"],
         log_level=values["log_level"],
+        web_token=values["web_token"],
     )

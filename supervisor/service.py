@@ -12,11 +12,12 @@ import os
 
 from loguru import logger
 
-from supervisor import hardening, logs, metrics
+from supervisor import hardening, logs, metrics, web
 from supervisor.config import Settings
 from supervisor.dblink import check_database
 from supervisor.errors import StartupError, StoreError, UsageError
 from supervisor.parent import Supervisor
+from supervisor.store import open_store
 
 
 def run(settings: Settings) -> int:
@@ -26,13 +27,16 @@ def run(settings: Settings) -> int:
     one line and an exit status (raised for the command line to report): a
     missing handlers folder (2; it used to idle forever on an empty queue), a
     database that refuses us or never answers within ``--startup-timeout``
-    (1; it used to retry forever), a metrics port in use (1, naming the flag).
+    (1; it used to retry forever), a metrics port in use (1, naming the flag), the
+    page served beyond this host without a token (2).
     """
     handlers = settings.handlers_dir.resolve()
     if not handlers.is_dir():
         raise UsageError(
             f"the handlers folder {handlers} does not exist (--handlers, SUPERVISOR_HANDLERS)"
         )
+    if settings.metrics_port:  # the page at / would show the queue to anyone who can connect
+        web.check_exposure(settings.metrics_host, settings.web_token, "--metrics-host")
     logs.configure(settings.log_format, settings.log_level)
     # Settings hold the parsed DSN now; before any child exists, nothing in this process's
     # environment, /proc files or command line may still show it (see supervisor.hardening).
@@ -55,6 +59,9 @@ def run(settings: Settings) -> int:
                     settings.metrics_port,
                     str(directory.path),
                     supervisor.health,
+                    web.WebPage(
+                        open_store=lambda: open_store(settings.dsn), token=settings.web_token
+                    ),
                 )
             except OSError as exc:
                 raise StartupError(
