@@ -410,12 +410,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def find_tasks(
-        self, where: TaskFilter, *, before_id: int | None = None, limit: int = 50
+        self,
+        where: TaskFilter,
+        *,
+        before_id: int | None = None,
+        min_id: int | None = None,
+        limit: int = 50,
     ) -> list[TaskSummary]:
         """Up to ``limit`` tasks matching ``where``, newest (highest id) first, below ``before_id``.
 
         Keyset pagination: the next page passes the last id of this one, so a
-        page costs the same on the thousandth page as on the first.
+        page costs the same on the thousandth page as on the first. ``min_id``
+        (inclusive) bounds the ids examined: a filter that matches few tasks
+        would otherwise read the whole table to fill one page.
         """
 
     @abc.abstractmethod

@@ -759,14 +759,21 @@ class MemoryStore(Store):
             return len(chosen)
 
     def find_tasks(
-        self, where: TaskFilter, *, before_id: int | None = None, limit: int = 50
+        self,
+        where: TaskFilter,
+        *,
+        before_id: int | None = None,
+        min_id: int | None = None,
+        limit: int = 50,
     ) -> list[TaskSummary]:
         with self._call("find_tasks"):
             ids = sorted(
                 (
                     task_id
                     for task_id, task in self._tasks.items()
-                    if (before_id is None or task_id < before_id) and where.matches(task)
+                    if (before_id is None or task_id < before_id)
+                    and (min_id is None or task_id >= min_id)
+                    and where.matches(task)
                 ),
                 reverse=True,
             )

@@ -264,11 +264,14 @@ GROUP BY type, status
 ORDER BY type, status
 
 -- name: live_counts
--- The queue-depth gauge: only queued and running rows (a range of every status-led index),
--- so its cost follows the live queue, not the history the table keeps until pruned.
+-- The queue-depth gauge and the web page: only queued and running rows, so its cost follows
+-- the live queue, not the history the table keeps until pruned. The claim index holds status,
+-- type and run_at, so the read never leaves it (reading created_at from each row took 0.44 s
+-- for a 90,000-row backlog, against 0.06 s). Ages count from run_at, as in counts (for a
+-- running task, from when it became due).
 SELECT type, status, COUNT(*) AS count,
-       TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) / 1000000.0 AS oldest_age_s
-FROM tasks
+       TIMESTAMPDIFF(MICROSECOND, MIN(run_at), NOW(6)) / 1000000.0 AS oldest_age_s
+FROM tasks FORCE INDEX (tasks_claim)
 WHERE status IN ('queued', 'running')
 GROUP BY type, status
 ORDER BY type, status
@@ -303,7 +306,8 @@ DELETE FROM supervisors WHERE expires_at < NOW(6) - INTERVAL %(dead_us)s MICROSE
 -- name: find_tasks
 -- The web page's listings and the bulk commands' pages. Every condition is off when its
 -- parameter is NULL (pymysql inlines the values, so the optimizer folds the dead ones away).
--- Newest first by primary key: a keyset page (id < before) costs the same on every page.
+-- Newest first by primary key: a keyset page (id < before) costs the same on every page;
+-- min_id bounds how far back one page may look, however rare the matches.
 -- Types compare as bytes as well: the column's PAD SPACE collation would match 'echo '.
 SELECT id, type, status, failure, attempts, max_attempts, progress_pct, claimed_by,
        unique_key, SUBSTRING(last_error, 1, %(error_head)s) AS error_head,
@@ -316,6 +320,7 @@ WHERE (%(type)s IS NULL OR (type = %(type)s AND CAST(type AS BINARY) = CAST(%(ty
   AND (%(until)s IS NULL OR COALESCE(completed_at, created_at) < %(until)s)
   AND (%(error_match)s IS NULL OR INSTR(last_error, %(error_match)s) > 0)
   AND (%(before_id)s IS NULL OR id < %(before_id)s)
+  AND (%(min_id)s IS NULL OR id >= %(min_id)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 

@@ -424,7 +424,12 @@ class SqlStore(Store):
         ]
 
     def find_tasks(
-        self, where: TaskFilter, *, before_id: int | None = None, limit: int = 50
+        self,
+        where: TaskFilter,
+        *,
+        before_id: int | None = None,
+        min_id: int | None = None,
+        limit: int = 50,
     ) -> list[TaskSummary]:
         """Rows a listing cannot read (an empty status, zero dates) are left out of it.
 
@@ -433,6 +438,7 @@ class SqlStore(Store):
         params = {
             **filter_params(where),
             "before_id": before_id,
+            "min_id": min_id,
             "limit": limit,
             "error_head": ERROR_HEAD_CHARS,
         }

@@ -271,9 +271,11 @@ GROUP BY type, status
 ORDER BY type, status
 
 -- name: live_counts
--- The queue-depth gauge: only queued and running rows, so its cost follows the live queue.
+-- The queue-depth gauge and the web page: only queued and running rows, so its cost follows
+-- the live queue. Ages count from run_at, as in counts (for a running task, from when it
+-- became due), which the claim index holds.
 SELECT type, status, count(*) AS count,
-       (julianday('now') - julianday(min(created_at))) * 86400.0 AS oldest_age_s
+       (julianday('now') - julianday(min(run_at))) * 86400.0 AS oldest_age_s
 FROM tasks
 WHERE status IN ('queued', 'running')
 GROUP BY type, status
@@ -314,7 +316,7 @@ WHERE expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || :dead_s || ' seco
 -- name: find_tasks
 -- The web page's listings and the bulk commands' pages. Every condition is off when its
 -- parameter is NULL. Newest first by rowid: a keyset page (id < before) costs the same on
--- every page. INSTR is case-sensitive, as on MySQL (LIKE would not be, here).
+-- every page; min_id bounds how far back one page may look, however rare the matches. INSTR is case-sensitive, as on MySQL (LIKE would not be, here).
 SELECT id, type, status, failure, attempts, max_attempts, progress_pct, claimed_by,
        unique_key, substr(last_error, 1, :error_head) AS error_head,
        created_at, started_at, completed_at, deadline_at
@@ -326,6 +328,7 @@ WHERE (:type IS NULL OR type = :type)
   AND (:until IS NULL OR coalesce(completed_at, created_at) < :until)
   AND (:error_match IS NULL OR instr(last_error, :error_match) > 0)
   AND (:before_id IS NULL OR id < :before_id)
+  AND (:min_id IS NULL OR id >= :min_id)
 ORDER BY id DESC
 LIMIT :limit
 

@@ -51,6 +51,7 @@ def test_find_tasks_lists_newest_first_and_pages_by_the_last_id(store: Store) ->
     assert first == [made[4], made[3]]
     assert ids(store, TaskFilter(), before_id=first[-1], limit=2) == [made[2], made[1]]
     assert ids(store, TaskFilter(), before_id=made[0]) == []
+    assert ids(store, TaskFilter(), before_id=made[4], min_id=made[2]) == [made[3], made[2]]
 
 
 def test_each_filter_field_narrows_the_listing_and_the_count(store: Store) -> None:
