@@ -68,7 +68,11 @@ def hostile(sqlite_store: Store, sqlite_dsn: str) -> int:
         cursor = conn.execute(
             "INSERT INTO tasks (type, task_options, status, failure, last_error, completed_at) "
             "VALUES (?, ?, 'failed', 'error', ?, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
-            (HOSTILE, "options " + HOSTILE, "Traceback\n  " + HOSTILE + "\nValueError: " + HOSTILE),
+            (
+                HOSTILE,
+                "options " + HOSTILE,
+                "ValueError: " + HOSTILE + "\n\nTraceback\n  " + HOSTILE,
+            ),
         )
         task_id = cursor.lastrowid
     conn.close()
@@ -266,7 +270,7 @@ def memory_with_work() -> MemoryStore:
         store.enqueue(NewTask(type="resize", max_attempts=1))
     [running, failing] = store.claim("sup-1", ["resize"], 2, 60.0)
     store.progress(running, 40)
-    store.fail(failing, Failure.TIMEOUT, "Traceback\n  File x\nTimeoutError: slow")
+    store.fail(failing, Failure.TIMEOUT, "TimeoutError: slow\n\nTraceback\n  File x\n")
     store.register(SupervisorInfo(id="sup-1", host="web1", pid=7, workers=4, version="1"), 60)
     store.set_paused("email", True)
     return store
@@ -279,14 +283,15 @@ def test_the_overview_shows_queue_fleet_running_and_failures() -> None:
     assert re.search(r"email\s+paused", text)
     assert "sup-1" in text and "web1" in text
     assert "40%" in text
-    assert "TimeoutError: slow" in text  # the error's last line
+    assert "TimeoutError: slow" in text  # the error's first line
+    assert "File x" not in text  # the stack is on the task's page
     assert '<meta http-equiv="refresh" content="5">' in body
 
 
 def test_one_task_shows_its_row_stack_and_effective_policy() -> None:
     store = memory_with_work()
     body = call(page(store), "/tasks/2").body
-    assert "<pre id=last_error>Traceback\n  File x\nTimeoutError: slow</pre>" in body
+    assert "<pre id=last_error>TimeoutError: slow\n\nTraceback\n  File x\n</pre>" in body
     assert re.search(r"max_attempts</td><td>1<", body)
     assert "python -m supervisor retry 2" in body
     assert "supervisor cancel 2" not in body
@@ -304,6 +309,21 @@ def test_a_listing_pages_by_id_and_links_the_next_page() -> None:
     assert re.findall(r'<a href="/tasks/(\d+)">', second) == ["5", "4", "3", "2", "1"]
     assert "id=older" not in second
     assert "python -m supervisor cancel --type resize --dry-run" in second
+
+
+def test_a_listing_looks_back_a_bounded_range_of_ids_and_links_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(web, "SCAN_IDS", 10)
+    store = MemoryStore(clock=ManualClock())
+    store.enqueue(NewTask(type="rare"))
+    for _ in range(25):
+        store.enqueue(NewTask(type="common"))
+    first = call(page(store), "/tasks", "type=rare").body
+    assert "searched ids 17 to 26" in first and 'href="/tasks/1"' not in first
+    assert 'href="/tasks?type=rare&amp;before=17" id=older>search older' in first
+    last = call(page(store), "/tasks", "type=rare&before=7").body
+    assert 'href="/tasks/1"' in last and "id=older" not in last
 
 
 def test_the_page_reads_a_bounded_number_of_rows() -> None:
