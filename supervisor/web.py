@@ -51,6 +51,7 @@ RUNNING_SHOWN = 50
 FAILURES_SHOWN = 20
 HISTORY_S = 3600.0  # the overview's "finished in the last hour"
 COOKIE = "supervisor_web_token"
+BUSY_WAIT_S = 2.0
 MAX_QUERY_FIELDS = 32
 TOKEN_ENV = "SUPERVISOR_WEB_TOKEN"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -111,6 +112,10 @@ class NotFound(Exception):
     """No such page or task."""
 
 
+class Busy(Exception):
+    """The page's connection is still serving an earlier request."""
+
+
 @attrs.define
 class WebPage:
     """The WSGI application of the page.
@@ -146,6 +151,10 @@ class WebPage:
             status, body = "400 Bad Request", self._page("Bad request", f"<p>{e(exc)}</p>")
         except NotFound as exc:
             status, body = "404 Not Found", self._page("Not found", f"<p>{e(exc)}</p>")
+        except Busy:
+            headers.append(("Retry-After", str(self.refresh_s)))
+            status = "503 Service Unavailable"
+            body = self._page("Busy", "<p>An earlier request is still reading; try again.</p>")
         except StoreError as exc:
             self._drop_store()
             status = "503 Service Unavailable"
@@ -183,10 +192,20 @@ class WebPage:
         return value is not None and hmac.compare_digest(value.encode(), self.token.encode())
 
     def _with_store(self, read: Callable[[Store], str]) -> str:
-        with self._lock:
+        """Run ``read`` on the page's one connection, waiting at most :data:`BUSY_WAIT_S`.
+
+        Requests that queued behind a read on a database that hangs would each
+        hold one of the server's few connection slots, until ``/metrics`` and
+        ``/healthz`` could not be answered: they are told "busy" instead.
+        """
+        if not self._lock.acquire(timeout=BUSY_WAIT_S):
+            raise Busy
+        try:
             if self._store is None:
                 self._store = self.open_store()
             return read(self._store)
+        finally:
+            self._lock.release()
 
     def _drop_store(self) -> None:
         with self._lock:

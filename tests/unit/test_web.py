@@ -367,3 +367,16 @@ def test_an_unreadable_row_is_shown_raw_without_options() -> None:
     assert "x&lt;i&gt;" in body
     assert "hidden" not in body
     assert "hidden" in call(page(UnreadableStore()), "/tasks/1", "options=1").body
+
+
+def test_a_request_behind_a_hung_read_is_told_busy_not_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queued requests would hold the server's few slots, starving /metrics and /healthz."""
+    monkeypatch.setattr(web, "BUSY_WAIT_S", 0.01)
+    app = page(memory_with_work())
+    with app._lock:  # a read in another thread that does not come back
+        response = call(app, "/")
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert call(app, "/").status == 200
