@@ -17,7 +17,6 @@ from supervisor.config import Settings
 from supervisor.dblink import check_database
 from supervisor.errors import StartupError, StoreError, UsageError
 from supervisor.parent import Supervisor
-from supervisor.store import open_store
 
 
 def run(settings: Settings) -> int:
@@ -59,9 +58,7 @@ def run(settings: Settings) -> int:
                     settings.metrics_port,
                     str(directory.path),
                     supervisor.health,
-                    web.WebPage(
-                        open_store=lambda: open_store(settings.dsn), token=settings.web_token
-                    ),
+                    web.WebPage.for_dsn(settings.dsn, settings.web_token),
                 )
             except OSError as exc:
                 raise StartupError(

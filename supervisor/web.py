@@ -35,9 +35,18 @@ from typing import Any
 import attrs
 
 from supervisor import bulk
+from supervisor.dsn import Dsn
 from supervisor.errors import StartupError, StoreError, UnreadableRow, UsageError
 from supervisor.lifecycle import Failure, Status
-from supervisor.store import StatusCount, Store, TaskFilter, TaskRow, TaskSummary, TypeInfo
+from supervisor.store import (
+    StatusCount,
+    Store,
+    TaskFilter,
+    TaskRow,
+    TaskSummary,
+    TypeInfo,
+    open_store,
+)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -132,6 +141,15 @@ class WebPage:
     refresh_s: int = REFRESH_S
     _store: Store | None = None
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    @classmethod
+    def for_dsn(cls, dsn: Dsn, token: str | None) -> WebPage:
+        """The page inside a supervisor: a connection of its own, opened on the first request.
+
+        The loop's connection belongs to the loop's thread (and to
+        :mod:`supervisor.dblink` alone); the page never shares it.
+        """
+        return cls(open_store=lambda: open_store(dsn), token=token)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         headers = list(HEADERS)
@@ -230,7 +248,7 @@ class WebPage:
                 task_id = int(text)
                 with_options = first(query, "options") == "1"
                 return self._with_store(lambda store: self.task(store, task_id, with_options))
-        raise NotFound(f"no page at {path}")
+        raise NotFound(f"not found: no page at {path} (try /, /tasks or /metrics)")
 
     def overview(self, store: Store) -> str:
         now = store.utc_now()
@@ -694,8 +712,13 @@ def run_alone(
     return 0  # pragma: no cover - serve_forever returns only through an exception
 
 
-class _Stop(Exception):
-    """SIGTERM: leave serve_forever and exit 0."""
+class _Stop(BaseException):
+    """SIGTERM: leave serve_forever and exit 0.
+
+    A BaseException, as KeyboardInterrupt is: socketserver swallows any
+    ``Exception`` raised while it handles a request (``handle_error``), and
+    the signal may land there.
+    """
 
 
 def _stop(signum: int, frame: object) -> None:
