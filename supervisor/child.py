@@ -12,6 +12,8 @@ calls :func:`run_child` just as :func:`main` does. Either way it
   pipe, whose only writer is the parent, and reads EOF when the parent is gone;
 * has faulthandler write to the dump file on a fatal signal and on SIGUSR1,
   which is how the parent learns where a hung or crashed handler was.
+* with ``--child-user``, drops to that user before anything of a handler
+  runs (:mod:`supervisor.privileges`), and exits rather than run one as root.
 
 It never sees a DSN or a database connection.
 """
@@ -37,6 +39,7 @@ from types import ModuleType
 from typing import Any, BinaryIO
 
 from supervisor.errors import PermanentError
+from supervisor.privileges import enter_child_user
 from supervisor.protocol import (
     RECV_BYTES,
     DoneMessage,
@@ -344,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-id", help="name of this slot's metrics files")
     args = parser.parse_args(argv)
     if args.check is not None:
+        enter_child_user()  # --child-user: before the first handler is imported
         return check_imports(json.loads(args.check))
     if args.socket is None or args.lifeline is None or args.dump is None:
         parser.error("--socket, --lifeline and --dump are required")
@@ -388,6 +392,9 @@ def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: s
         from supervisor.metrics import bind_process_files
 
         bind_process_files(metrics_id)  # before any handler creates a metric
+    # --child-user: the drop, after the last import of the child's own and before anything of
+    # a handler (or any file of the child's) exists; a child that cannot drop exits here.
+    enter_child_user()
     become_subreaper()
     threading.Thread(target=watch_lifeline, args=(lifeline_fd,), daemon=True).start()
     sock = socket.socket(fileno=socket_fd)

@@ -150,6 +150,11 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
         help="at most one live (queued or running) task of this type per key: a duplicate "
         "creates nothing and prints the live task's id",
     )
+    enqueue.add_argument(
+        "--concurrency-key",
+        help="tasks sharing this key (1-255 characters) count together against the"
+        " handler's CONCURRENCY_PER_KEY",
+    )
 
     status = sub.add_parser("status", parents=[common], help="counts by type and status")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -212,6 +217,7 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
             max_attempts=int(number(args.max_attempts, "--max-attempts", integer=True)),
             priority=priority(args.priority),
             unique_key=args.unique_key,
+            concurrency_key=args.concurrency_key,
         )
         enqueued = ready_store(dsn, create=True).enqueue(task)
         print(int(enqueued))

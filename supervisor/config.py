@@ -18,6 +18,7 @@ import attrs
 from supervisor.dsn import DEFAULT_DSN, Dsn, parse_dsn
 from supervisor.errors import UsageError
 from supervisor.lifecycle import Backoff
+from supervisor.privileges import ChildUser
 
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
@@ -38,6 +39,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     log_format: str = "auto"
     log_level: str = "INFO"
+    child_user: ChildUser | None = None  # children drop to this user (the parent is root)
     # The operator's page at / needs it when set, and must have it beyond 127.0.0.1.
     web_token: str | None = attrs.field(default=None, repr=False)
 
@@ -85,6 +87,11 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError
     return value
+
+
+def _child_user(text: str) -> ChildUser | None:
+    """Resolved here, once: a user added or renamed later does not change a running supervisor."""
+    return ChildUser.resolve(text) if text else None
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
@@ -180,6 +187,13 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
     ),
     ("--log-level", _choice(LOG_LEVELS), "INFO", "a loguru level", "minimum level logged"),
     (
+        "--child-user",
+        _child_user,
+        "",
+        "an existing user other than root (a name or a uid)",
+        "run children (handlers) as this user; the supervisor must be started as root",
+    ),
+    (
         "--web-token",
         _token,
         "",
@@ -197,6 +211,7 @@ def add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     for flag, _convert, default, _what, help_text in RUN_FLAGS:
         env = env_name(flag)
         shown = "(set)" if flag in SECRET_FLAGS and env in environ else environ.get(env, default)
+        shown = shown or "(none)"
         parser.add_argument(
             flag,
             default=None,
@@ -235,5 +250,6 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         metrics_host=values["metrics_host"],
         log_format=values["log_format"],
         log_level=values["log_level"],
+        child_user=values["child_user"],
         web_token=values["web_token"],
     )

@@ -1,7 +1,8 @@
 """Keep the database credentials out of the children's reach: run once, first thing in the parent.
 
-Handlers run in children of the parent, by default under the same uid. Such a
-process may open ``/proc/<ppid>/environ`` and ``/proc/<ppid>/mem``, and anyone
+Handlers run in children of the parent, by default under the same uid (a root
+supervisor can give them another with ``--child-user``: :mod:`supervisor.privileges`).
+Such a process may open ``/proc/<ppid>/environ`` and ``/proc/<ppid>/mem``, and anyone
 on the host may read ``/proc/<ppid>/cmdline``. So, before the first child (or
 the fork-server template) exists, the parent:
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import socketserver
+import stat
 import struct
 import threading
 import time
@@ -84,9 +85,21 @@ class ChurnTolerantCollector(MultiProcessCollector):
     makes it list the directory again.
     """
 
+    def __init__(
+        self, registry: CollectorRegistry, path: str, children_path: str | None = None
+    ) -> None:
+        """``children_path``: the ``--child-user``'s own folder of value files, read as well."""
+        self._folders = [path, *([children_path] if children_path else [])]
+        super().__init__(registry, path=path)  # type: ignore[no-untyped-call]
+
     def collect(self) -> Any:
         for attempt in range(COLLECT_ATTEMPTS):
-            files = [f for f in glob.glob(os.path.join(self._path, "*.db")) if _non_empty(f)]
+            files = [
+                f
+                for folder in self._folders
+                for f in glob.glob(os.path.join(folder, "*.db"))
+                if _non_empty(f)
+            ]
             try:
                 return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             except (FileNotFoundError, struct.error):
@@ -115,20 +128,32 @@ class ChurnTolerantCollector(MultiProcessCollector):
 
 
 def _non_empty(path: str) -> bool:
+    """A non-empty regular file: a symlink or FIFO a handler planted is never opened."""
     try:
-        return os.path.getsize(path) > 0
+        status = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(status.st_mode) and status.st_size > 0
 
 
 App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def make_app(directory: str, health: Health, page: App | None = None) -> App:
+def make_app(
+    directory: str,
+    health: Health,
+    children_directory: str | None = None,
+    *,
+    page: App | None = None,
+) -> App:
     """``/metrics`` and ``/healthz`` (always open, for scrapers), and the operator's ``page``
-    (:mod:`supervisor.web`) at every other path, which checks its own token."""
+    (:mod:`supervisor.web`) at every other path, which checks its own token.
+
+    ``children_directory``: where the children write their value files, when not in
+    ``directory`` (``--child-user``).
+    """
     registry = CollectorRegistry()
-    ChurnTolerantCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    ChurnTolerantCollector(registry, directory, children_directory)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -150,10 +175,18 @@ def make_app(directory: str, health: Health, page: App | None = None) -> App:
 
 
 def serve(
-    host: str, port: int, directory: str, health: Health, page: App | None = None
+    host: str,
+    port: int,
+    directory: str,
+    health: Health,
+    children_directory: str | None = None,
+    *,
+    page: App | None = None,
 ) -> WSGIServer:
     """Start serving in a daemon thread; the caller shuts the server down on exit."""
-    server = make_page_server(host, port, make_app(directory, health, page))
+    server = make_page_server(
+        host, port, make_app(directory, health, children_directory, page=page)
+    )
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 

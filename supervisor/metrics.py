@@ -31,6 +31,8 @@ import attrs
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from supervisor.privileges import ChildUser
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PARENT_ID = "parent"
 DURATION_BUCKETS = (
@@ -85,6 +87,23 @@ def prepare_directory(environ: dict[str, str] | Any = os.environ) -> MetricsDire
         )
     environ[MULTIPROC_ENV] = str(directory.path)
     return directory
+
+
+def children_directory(runtime_dir: Path, user: ChildUser) -> Path:
+    """A folder of the ``--child-user``'s own for the children's value files; the parent's stay
+    where they are.
+
+    The children cannot write into the parent's folder: had they a shared one, a
+    handler could create a file (or a symlink) under a name the parent opens
+    later, and the parent, root, would write its values through it. Here they
+    own their folder and can put anything in it; the scrape reads it as it
+    reads any value file (regular files only: symlinks and FIFOs are skipped,
+    and a file that does not parse is left out).
+    """
+    path = runtime_dir / "metrics"
+    path.mkdir(mode=0o700)
+    os.chown(path, user.uid, user.gid)
+    return path
 
 
 def bind_process_files(identifier: str) -> None:

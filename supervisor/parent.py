@@ -112,7 +112,20 @@ class Supervisor:
         self.signals = SignalInbox()
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="supervisor-"))
         self.lifeline_r, self.lifeline_w = os.pipe()
-        self.child_env = child_environment(os.environ, {})
+        # Where the children's metric files are: the parent's folder, or with --child-user a
+        # folder of that user's own (they cannot write the parent's; see metrics.py).
+        self.child_metrics_dir = metrics_dir
+        extra: dict[str, str] = {}
+        if settings.child_user is not None:
+            # Children open their dump files by name after the drop; they cannot list the folder.
+            self.runtime_dir.chmod(0o711)
+            extra.update(settings.child_user.environment())
+            if metrics_dir is not None:
+                self.child_metrics_dir = metrics.children_directory(
+                    self.runtime_dir, settings.child_user
+                )
+                extra[metrics.MULTIPROC_ENV] = str(self.child_metrics_dir)
+        self.child_env = child_environment(os.environ, extra)
         self.link = link or open_link(
             settings.dsn,
             owner=self.owner,
@@ -128,6 +141,7 @@ class Supervisor:
             lifeline_fd=self.lifeline_r,
             env=self.child_env,
             with_metrics=metrics_dir is not None,
+            user=settings.child_user,
             clock=clock,
         )
         self.own_factory = spawner is None
@@ -232,8 +246,8 @@ class Supervisor:
 
     def slot_dead(self, slot: int) -> None:
         """A child exited: its live gauges go, and what it left behind is killed."""
-        if self.metrics_dir is not None:
-            metrics.mark_slot_dead(self.metrics_dir, slot)
+        if self.child_metrics_dir is not None:
+            metrics.mark_slot_dead(self.child_metrics_dir, slot)
         self.kill_orphans()
 
     def kill_orphans(self) -> None:

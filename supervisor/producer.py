@@ -60,10 +60,16 @@ def new_task(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
     unique_key: str | None = None,
+    concurrency_key: str | None = None,
 ) -> NewTask:
-    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong."""
+    """Validate a request; a :class:`~supervisor.errors.UsageError` names what is wrong.
+
+    ``concurrency_key``: tasks sharing it count together against the handler's
+    ``CONCURRENCY_PER_KEY``; ``None`` (no key) is not limited per key.
+    """
     return NewTask(
         unique_key=validate_key(unique_key, "unique key"),
+        concurrency_key=validate_key(concurrency_key, "concurrency key"),
         type=validate_type(type),
         options=validate_options(options_text(options)),
         delay_s=validate_delay(float(delay)),
@@ -77,6 +83,8 @@ class Queue:
     """A handle on the ``tasks`` table for producers.
 
     ``priority``: smaller runs first (like ``nice``); the default is 0.
+    ``concurrency_key``: tasks sharing it count together against the handler's
+    ``CONCURRENCY_PER_KEY``; the default (no key) is not limited per key.
     ``budget``: seconds of wall-clock time from when the task becomes runnable
     until it is killed, retries included.
     """
@@ -96,6 +104,7 @@ class Queue:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         priority: int = 0,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
     ) -> Enqueued:
         """Insert one task and return its id; ``options`` may be a string, or a dict/list (JSON).
 
@@ -111,6 +120,7 @@ class Queue:
             max_attempts=max_attempts,
             priority=priority,
             unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
         return self.store.enqueue(task)
 
@@ -138,11 +148,12 @@ def enqueue_in_transaction(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     priority: int = 0,
     unique_key: str | None = None,
+    concurrency_key: str | None = None,
 ) -> Enqueued:
     """Enqueue through the caller's open pymysql or sqlite3 connection, without committing.
 
     The task becomes visible to supervisors only when the caller commits, and
-    disappears with a rollback. ``options`` and ``unique_key`` are taken as by
+    disappears with a rollback. ``options``, ``unique_key`` and ``concurrency_key`` are taken as by
     :meth:`Queue.enqueue`; a duplicate fails no statement of the caller's
     transaction.
     """
@@ -154,6 +165,7 @@ def enqueue_in_transaction(
         max_attempts=max_attempts,
         priority=priority,
         unique_key=unique_key,
+        concurrency_key=concurrency_key,
     )
     params = SqlStore.new_task_params(task)
     if isinstance(connection, sqlite3.Connection):

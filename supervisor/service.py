@@ -9,14 +9,17 @@ environment, and the parent's metric files are named before any metric exists.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from loguru import logger
 
 from supervisor import hardening, logs, metrics, web
 from supervisor.config import Settings
 from supervisor.dblink import check_database
+from supervisor.dsn import Dsn, SqliteDsn
 from supervisor.errors import StartupError, StoreError, UsageError
 from supervisor.parent import Supervisor
+from supervisor.privileges import ChildUser, permits
 
 
 def run(settings: Settings) -> int:
@@ -34,6 +37,11 @@ def run(settings: Settings) -> int:
         raise UsageError(
             f"the handlers folder {handlers} does not exist (--handlers, SUPERVISOR_HANDLERS)"
         )
+    if settings.child_user is not None and os.geteuid() != 0:
+        raise UsageError(
+            "--child-user (SUPERVISOR_CHILD_USER) needs the supervisor to be started as root;"
+            f" it runs as uid {os.geteuid()}"
+        )
     if settings.metrics_port:  # the page at / would show the queue to anyone who can connect
         web.check_exposure(settings.metrics_host, settings.web_token, "--metrics-host")
     logs.configure(settings.log_format, settings.log_level)
@@ -41,6 +49,8 @@ def run(settings: Settings) -> int:
     # environment, /proc files or command line may still show it (see supervisor.hardening).
     hardening.harden_parent()
     check_database(settings.dsn, settings.startup_timeout_s, on_retry=_database_not_yet)
+    if settings.child_user is not None:
+        _warn_if_reachable(settings.dsn, settings.child_user)
     directory = None
     if settings.metrics_port:
         # Before prometheus_client is first imported, and before children inherit the environment.
@@ -53,12 +63,14 @@ def run(settings: Settings) -> int:
             from supervisor import http
 
             try:
+                children = supervisor.child_metrics_dir
                 server = http.serve(
                     settings.metrics_host,
                     settings.metrics_port,
                     str(directory.path),
                     supervisor.health,
-                    web.WebPage.for_dsn(settings.dsn, settings.web_token),
+                    str(children) if children and children != directory.path else None,
+                    page=web.WebPage.for_dsn(settings.dsn, settings.web_token),
                 )
             except OSError as exc:
                 raise StartupError(
@@ -74,6 +86,26 @@ def run(settings: Settings) -> int:
         supervisor.cleanup()
         if directory is not None:
             directory.cleanup()
+
+
+def _warn_if_reachable(dsn: Dsn, user: ChildUser) -> None:
+    """Handlers run as ``user``: say so at start if they could read or write the SQLite file.
+
+    Read access (a file created under umask 022 is readable by every user) gives
+    them every task's options; write access, every row's state.
+    """
+    if not isinstance(dsn, SqliteDsn):
+        return
+    for path in (dsn.path, dsn.path + "-wal", dsn.path + "-shm"):
+        can = [w for w, bit in (("read", os.R_OK), ("write", os.W_OK)) if permits(user, path, bit)]
+        if can:
+            logger.warning(
+                "the --child-user can reach the SQLite database; keep it in a folder only the"
+                " supervisor's user can enter",
+                child_user=user.name,
+                path=str(Path(path).resolve()),
+                access=" and ".join(can),
+            )
 
 
 def _database_not_yet(error: StoreError, delay_s: float) -> None:

@@ -20,6 +20,7 @@ from loguru import logger
 
 from supervisor import metrics
 from supervisor.forkserver import Template
+from supervisor.privileges import ChildUser
 from supervisor.workers import Child
 
 TEMPLATE_RETRY_S = 30.0  # after the fork server failed, children are spawned the slow way this long
@@ -33,8 +34,11 @@ class ChildFactory:
         lifeline_fd: int,
         env: Mapping[str, str],
         with_metrics: bool,
+        user: ChildUser | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``user``: the ``--child-user``; ``env`` then tells the children to drop to it."""
+        self._user = user
         self._runtime_dir = runtime_dir
         self._lifeline_fd = lifeline_fd
         self._env = env
@@ -104,7 +108,11 @@ class ChildFactory:
         if template is not None:
             try:
                 return Child.fork(
-                    template, slot=slot, runtime_dir=self._runtime_dir, metrics_id=metrics_id
+                    template,
+                    slot=slot,
+                    runtime_dir=self._runtime_dir,
+                    metrics_id=metrics_id,
+                    user=self._user,
                 )
             except OSError as exc:
                 logger.warning(
@@ -118,6 +126,7 @@ class ChildFactory:
             lifeline_fd=self._lifeline_fd,
             env=self._env,
             metrics_id=metrics_id,
+            user=self._user,
         )
 
     def close(self) -> None:

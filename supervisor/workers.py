@@ -26,6 +26,7 @@ import psutil
 
 from supervisor.hardening import SECRET_ENV
 from supervisor.output import OutputReader
+from supervisor.privileges import CREDENTIALS_ENV, ChildUser
 from supervisor.protocol import RECV_BYTES, LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.records import Claim
@@ -59,7 +60,8 @@ class Running:
 
 
 def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    env = {key: value for key, value in environ.items() if key not in SECRET_ENV}
+    """The children's environment: no secrets, and credentials to drop to only if in ``extra``."""
+    env = {k: v for k, v in environ.items() if k not in SECRET_ENV and k != CREDENTIALS_ENV}
     env.update(extra)
     return env
 
@@ -162,9 +164,14 @@ class Child:
         lifeline_fd: int,
         env: Mapping[str, str],
         metrics_id: str | None = None,
+        user: ChildUser | None = None,
     ) -> Child:
-        """Start the child as a new interpreter (the fallback when the fork server fails)."""
-        with _Ends.open(runtime_dir, slot) as ends:
+        """Start the child as a new interpreter (the fallback when the fork server fails).
+
+        ``user``: the ``--child-user`` the child drops to (told by ``env``); it must
+        be able to write its dump file.
+        """
+        with _Ends.open(runtime_dir, slot, user) as ends:
             process = subprocess.Popen(
                 [
                     sys.executable,
@@ -195,12 +202,13 @@ class Child:
         slot: int,
         runtime_dir: Path,
         metrics_id: str | None = None,
+        user: ChildUser | None = None,
     ) -> Child:
         """Like :meth:`spawn`, but forked by the fork server: costs a fork, not an interpreter.
 
         Raises OSError when the template fails; the caller then falls back to :meth:`spawn`.
         """
-        with _Ends.open(runtime_dir, slot) as ends:
+        with _Ends.open(runtime_dir, slot, user) as ends:
             pid = template.spawn(
                 slot=slot,
                 sock=ends.child_sock,
@@ -353,7 +361,8 @@ class Child:
 @attrs.define
 class _Ends:
     """What a new child is started with: the two ends of its socket and of its output pipe,
-    and an empty dump file.
+    and an empty dump file (owned by the ``--child-user`` if there is one: the child opens it
+    after its drop; the parent reads only a bounded tail of it).
 
     The child's ends are closed in the parent once the child holds its copies;
     the parent's ends too if the child could not be started.
@@ -367,10 +376,12 @@ class _Ends:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, runtime_dir: Path, slot: int) -> Iterator[_Ends]:
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def open(cls, runtime_dir: Path, slot: int, user: ChildUser | None = None) -> Iterator[_Ends]:
         dump_path = runtime_dir / f"child-{slot}.dump"
         dump_path.write_bytes(b"")
+        if user is not None:
+            os.chown(dump_path, user.uid, user.gid)
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         output_r, output_w = os.pipe()
         ends = cls(parent_sock, child_sock, output_r, output_w, dump_path)
         try:

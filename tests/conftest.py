@@ -20,6 +20,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -85,6 +86,28 @@ def dsn(request: pytest.FixtureRequest) -> str:
     """Each test using this runs once per backend."""
     name = "sqlite_dsn" if request.param == "sqlite" else "mysql_dsn"
     return str(request.getfixturevalue(name))
+
+
+def driver_connection(dsn: str, *, autocommit: bool, dict_rows: bool = False) -> Any:
+    """A plain driver connection on ``dsn`` (pymysql or sqlite3), as a producer's own would be.
+
+    ``dict_rows``: rows as dicts (pymysql's DictCursor, sqlite3.Row) rather than tuples.
+    """
+    parsed = parse_dsn(dsn)
+    if isinstance(parsed, MysqlDsn):
+        return pymysql.connect(
+            host=parsed.host,
+            port=parsed.port,
+            user=parsed.user,
+            password=parsed.password,
+            database=parsed.database,
+            autocommit=autocommit,
+            cursorclass=pymysql.cursors.DictCursor if dict_rows else pymysql.cursors.Cursor,
+        )
+    conn = sqlite3.connect(parsed.path, isolation_level=None if autocommit else "DEFERRED")
+    if dict_rows:
+        conn.row_factory = sqlite3.Row
+    return conn
 
 
 @contextlib.contextmanager

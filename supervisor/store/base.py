@@ -274,8 +274,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def has_claimable(self, types: Iterable[str]) -> bool:
-        """Whether a claim would find anything now: one cheap, non-locking read for idle polls."""
+    def has_claimable(
+        self, types: Iterable[str], *, policies: Mapping[str, HandlerPolicy] | None = None
+    ) -> bool:
+        """Whether a claim would find anything now: cheap, non-locking reads for idle polls.
+
+        With ``policies``, a type at its concurrency limit (or whose runnable tasks
+        all have a full key) counts as having nothing: a supervisor whose limited
+        type is full then idles on this read instead of opening a claim
+        transaction that would take nothing, every poll.
+        """
 
     def complete_and_claim(
         self,

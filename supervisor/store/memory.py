@@ -40,6 +40,7 @@ from supervisor.lifecycle import (
     trim_error,
 )
 from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
+from supervisor.store import limits
 from supervisor.store.base import (
     ERROR_HEAD_CHARS,
     Claim,
@@ -120,6 +121,7 @@ def _check(task: NewTask) -> None:
     options: object = task.options
     max_attempts: object = task.max_attempts
     priority: object = task.priority
+    key: object = task.concurrency_key
     problems: list[str] = []
     if not isinstance(type_, str) or not 1 <= len(type_) <= 64:
         problems.append("type must be a string of 1 to 64 characters")
@@ -131,6 +133,8 @@ def _check(task: NewTask) -> None:
         problems.append(f"max_attempts must be 1 to {MAX_ATTEMPTS_LIMIT}")
     if not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         problems.append("priority must fit a 32-bit integer")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
+        problems.append("concurrency_key must be a string of 1 to 255 characters")
     if problems:
         raise _refused("; ".join(problems))
 
@@ -274,6 +278,42 @@ class MemoryStore(Store):
         found.sort(key=lambda task: (task.priority, task.id))
         return found
 
+    def _admitted(
+        self,
+        types: set[str],
+        limit: int,
+        now: datetime,
+        policies: Mapping[str, HandlerPolicy] | None,
+    ) -> list[TaskRow]:
+        """What a claim takes, keeping the concurrency limits of ``policies`` (module limits).
+
+        The store's lock already serialises count-then-claim, as the type's row lock does
+        on MySQL; types without limits are taken as before.
+        """
+        found = self._claimable(types, now)
+        limited = limits.limited_types(types, policies)
+        if not limited:
+            return found[:limit]
+        taken = [task for task in found if task.type not in limited]
+        for task_type in limited:
+            policy = limits.policy_of(policies, task_type)
+            running = limits.Running.from_counts(
+                Counter(
+                    task.concurrency_key
+                    for task in self._tasks.values()
+                    if task.type == task_type and task.status is Status.RUNNING
+                ).items()
+            )
+            candidates = [
+                limits.Candidate(id=task.id, priority=task.priority, key=task.concurrency_key)
+                for task in found
+                if task.type == task_type
+            ]
+            admitted = limits.admit(candidates, policy, running, limit)
+            taken.extend(self._tasks[candidate.id] for candidate in admitted)
+        taken.sort(key=lambda task: (task.priority, task.id))
+        return taken[:limit]
+
     def _fenced(self, claim: Claim) -> TaskRow | None:
         task = self._tasks.get(claim.id)
         return task if task is not None and _holds(task, claim) else None
@@ -361,13 +401,20 @@ class MemoryStore(Store):
             if not wanted or limit <= 0:
                 return []
             self._reach()
-            return self._claim(owner, wanted, limit, lease_s)
+            return self._claim(owner, wanted, limit, lease_s, policies)
 
-    def _claim(self, owner: str, types: set[str], limit: int, lease_s: float) -> list[Claim]:
+    def _claim(
+        self,
+        owner: str,
+        types: set[str],
+        limit: int,
+        lease_s: float,
+        policies: Mapping[str, HandlerPolicy] | None,
+    ) -> list[Claim]:
         now = self.clock()
         lease_expires_at = _later(now, lease_s)
         claims = []
-        for task in self._claimable(types, now)[:limit]:
+        for task in self._admitted(types, limit, now, policies):
             running = self._update(
                 task,
                 now,
@@ -382,13 +429,15 @@ class MemoryStore(Store):
             claims.append(_claim_of(running, owner, now))
         return claims
 
-    def has_claimable(self, types: Iterable[str]) -> bool:
+    def has_claimable(
+        self, types: Iterable[str], *, policies: Mapping[str, HandlerPolicy] | None = None
+    ) -> bool:
         with self._call("has_claimable", reaches_database=False):
             wanted = set(types)
             if not wanted:
                 return False
             self._reach()
-            return bool(self._claimable(wanted, self.clock()))
+            return bool(self._admitted(wanted, 1, self.clock(), policies))
 
     def complete_and_claim(
         self,
@@ -411,7 +460,7 @@ class MemoryStore(Store):
                 raise ValueError(f"completions of {strangers} passed as {owner!r}'s")
             self._reach()
             won = self._complete(completions)
-            return won, self._claim(owner, wanted, limit, lease_s) if claiming else []
+            return won, self._claim(owner, wanted, limit, lease_s, policies) if claiming else []
 
     def progress(self, claim: Claim, pct: int) -> bool:
         with self._call("progress"):

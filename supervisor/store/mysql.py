@@ -10,6 +10,13 @@ Session rules that keep many supervisors from hurting each other:
 * CLIENT_FOUND_ROWS, so a fenced write reports rows *matched*: a progress
   write of an unchanged value is not mistaken for a lost claim.
 * short lock waits, and 1213/1205/1020 retried with jitter.
+
+Concurrency limits (:mod:`supervisor.store.limits`): a claim of a type whose
+handler declares ``CONCURRENCY`` or ``CONCURRENCY_PER_KEY`` locks the type's
+``task_types`` row (types in sorted order), counts the running rows, and claims
+what fits, all in the claim's transaction; under READ COMMITTED the count sees
+every claim committed before the lock was granted. Types without limits claim
+with the plain statements, without that lock.
 """
 
 from __future__ import annotations
@@ -31,10 +38,19 @@ from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.policy import HandlerPolicy
-from supervisor.store import migrator
+from supervisor.store import limits, migrator
 from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
-from supervisor.store.sql import Params, Row, SqlStore, row_to_claim, seconds
+from supervisor.store.sql import (
+    Params,
+    Row,
+    SqlStore,
+    admitted_rows,
+    claim_order,
+    row_to_claim,
+    running_of,
+    seconds,
+)
 
 T = TypeVar("T")
 
@@ -300,7 +316,7 @@ class MysqlStore(SqlStore):
         *,
         policies: Mapping[str, HandlerPolicy] | None = None,
     ) -> list[Claim]:
-        return self.complete_and_claim((), owner, types, limit, lease_s)[1]
+        return self.complete_and_claim((), owner, types, limit, lease_s, policies=policies)[1]
 
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
         won: set[int] = set()
@@ -328,6 +344,7 @@ class MysqlStore(SqlStore):
         """
         type_list = tuple(self._types_list(types))
         claiming = bool(type_list) and limit > 0
+        limited = limits.limited_types(type_list, policies)
         if not completions and not claiming:
             return set(), []
         assert all(c.owner == owner for c in completions)
@@ -351,7 +368,16 @@ class MysqlStore(SqlStore):
                 if held:
                     cursor.execute(queries["complete_many"], {**fences, "ids": held})
             rows: list[Row] = []
-            if claiming:
+            if claiming and limited:
+                rows = self._claim_with_limits(
+                    cursor,
+                    type_list,
+                    limited,
+                    limit=limit,
+                    claim=(owner, lease_s),
+                    policies=policies,
+                )
+            elif claiming:
                 cursor.execute(
                     queries["claim_select"],
                     {"types": type_list, "limit": limit, "max_options_bytes": MAX_OPTIONS_BYTES},
@@ -369,9 +395,78 @@ class MysqlStore(SqlStore):
             won, rows = self._transaction(functools.partial(body, optimistic=False))
         return won, [row_to_claim(row, owner) for row in rows]
 
-    def has_claimable(self, types: Iterable[str]) -> bool:
-        type_list = tuple(self._types_list(types))
-        return bool(type_list) and bool(self._rows("probe", {"types": type_list}))
+    def _claim_with_limits(
+        self,
+        cursor: pymysql.cursors.DictCursor,
+        types: tuple[str, ...],
+        limited: list[str],
+        *,
+        limit: int,
+        claim: tuple[str, float],
+        policies: Mapping[str, HandlerPolicy] | None,
+    ) -> list[Row]:
+        """The claim when some of ``types`` have concurrency limits (see :mod:`.limits`).
+
+        Types without limits are selected exactly as claim_select does. Each
+        limited type, in sorted order (so two claimers never wait on each other's
+        type locks in opposite orders), locks its ``task_types`` row, counts its
+        running tasks and selects within its room. The first ``limit`` candidates
+        in claim order are claimed; the others were locked only until the commit.
+        """
+        queries = self._queries
+        candidates: list[Row] = []
+        unlimited = tuple(t for t in types if t not in limited)
+        if unlimited:
+            params = {"types": unlimited, "limit": limit, "max_options_bytes": MAX_OPTIONS_BYTES}
+            cursor.execute(queries["claim_select"], params)
+            candidates += cursor.fetchall()
+        for task_type in limited:
+            policy = limits.policy_of(policies, task_type)
+            candidates += self._limited_candidates(cursor, task_type, policy, limit)
+        rows = claim_order(candidates, limit)
+        if rows:
+            owner, lease_s = claim
+            ids = tuple(int(row["id"]) for row in rows)
+            params = {"ids": ids, "owner": owner, "lease_us": seconds(lease_s)["us"]}
+            cursor.execute(queries["claim_update"], params)
+        return rows
+
+    def _limited_candidates(
+        self, cursor: pymysql.cursors.DictCursor, task_type: str, policy: HandlerPolicy, want: int
+    ) -> list[Row]:
+        """Lock the type, count its running tasks, select and keep what fits (locked rows).
+
+        A type with nothing runnable is not locked at all: one plain read first, so
+        a supervisor busy with other types does not queue on the lock of an idle
+        limited type, fleet-wide, at every claim. A task enqueued just after that
+        read waits for the next claim, as one enqueued after any claim does.
+        """
+        queries = self._queries
+        anything = {"type": task_type, "no_full_keys": True, "full_keys": (b"",)}
+        cursor.execute(queries["probe_limited"], anything)
+        if not cursor.fetchall():
+            return []
+        cursor.execute(queries["lock_task_type"], {"type": task_type})
+        cursor.execute(queries["running_by_key"], {"type": task_type})
+        running = running_of(cursor.fetchall())
+        fetch = limits.fetch_limit(policy, running, want)
+        if fetch == 0:
+            return []
+        params = {
+            "type": task_type,
+            "limit": fetch,
+            "max_options_bytes": MAX_OPTIONS_BYTES,
+            **self._key_params(policy, running),
+        }
+        cursor.execute(queries["claim_select_limited"], params)
+        return admitted_rows(list(cursor.fetchall()), policy, running, want)
+
+    def _types_param(self, types: Sequence[str]) -> object:
+        return tuple(types)
+
+    def _full_keys_param(self, keys: Sequence[str]) -> object:
+        """Keys as bytes, compared with the column's bytes; ``(b"",)`` stands in for none."""
+        return tuple(key.encode("utf-8", "surrogateescape") for key in keys) or (b"",)
 
     def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:
         if not claims:

@@ -77,6 +77,56 @@ WHERE status = 'queued'
   AND deadline_at > NOW(6)
 LIMIT 1
 
+-- name: lock_task_type
+-- Claims of a type with a concurrency limit are serialised across the fleet on the type's
+-- row, held until the claim commits. This creates the row on first use and takes its
+-- exclusive lock in one statement: INSERT IGNORE then SELECT ... FOR UPDATE would take a
+-- shared lock on an existing row first, and two claimers upgrading shared locks deadlock.
+INSERT INTO task_types (type) VALUES (%(type)s) ON DUPLICATE KEY UPDATE type = type
+
+-- name: running_by_key
+-- A plain read under READ COMMITTED sees every claim committed before this one took the
+-- type's lock. Keys compare as bytes, as types do (PAD SPACE would merge 'a ' with 'a').
+SELECT CAST(concurrency_key AS BINARY) AS concurrency_key, COUNT(*) AS count
+FROM tasks FORCE INDEX (tasks_concurrency)
+WHERE type = %(type)s AND CAST(type AS BINARY) = %(type)s AND status = 'running'
+GROUP BY CAST(concurrency_key AS BINARY)
+
+-- name: claim_select_limited
+-- claim_select for one type with a concurrency limit, under that type's lock; the key
+-- comes back so the store keeps CONCURRENCY_PER_KEY. Keys already full are not even read:
+-- no_full_keys is true when there are none (full_keys then holds a placeholder, as an
+-- empty IN () is not SQL).
+SELECT id, type, OCTET_LENGTH(task_options) AS options_bytes,
+       CASE WHEN OCTET_LENGTH(task_options) <= %(max_options_bytes)s
+            THEN task_options END AS task_options,
+       attempts + 1 AS attempts, max_attempts, priority,
+       TIMESTAMPDIFF(MICROSECOND, NOW(6), deadline_at) / 1000000.0 AS remaining_s,
+       CAST(concurrency_key AS BINARY) AS concurrency_key
+FROM tasks FORCE INDEX (tasks_claim)
+WHERE status = 'queued'
+  AND CAST(type AS BINARY) = %(type)s
+  AND run_at <= NOW(6)
+  AND deadline_at > NOW(6)
+  AND (%(no_full_keys)s OR concurrency_key IS NULL
+       OR CAST(concurrency_key AS BINARY) NOT IN %(full_keys)s)
+ORDER BY priority, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: probe_limited
+-- probe for one type with a concurrency limit that has room: is a task of a key with a
+-- free slot runnable? Non-locking, in autocommit, like probe.
+SELECT 1 AS found
+FROM tasks FORCE INDEX (tasks_claim)
+WHERE status = 'queued'
+  AND CAST(type AS BINARY) = %(type)s
+  AND run_at <= NOW(6)
+  AND deadline_at > NOW(6)
+  AND (%(no_full_keys)s OR concurrency_key IS NULL
+       OR CAST(concurrency_key AS BINARY) NOT IN %(full_keys)s)
+LIMIT 1
+
 -- name: claim_update
 UPDATE tasks
 SET status = 'running',

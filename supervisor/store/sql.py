@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from supervisor.lifecycle import (
     trim_error,
 )
 from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, effective_max_attempts
+from supervisor.store import limits
 from supervisor.store.base import (
     ERROR_HEAD_CHARS,
     Claim,
@@ -235,6 +236,34 @@ def row_to_claim(row: Row, owner: str) -> Claim:
         remaining_s=0.0 if remaining is None else float(remaining),
         defect="; ".join(defects) if defects else None,
     )
+
+
+def running_of(rows: Iterable[Row]) -> limits.Running:
+    """The running counts of one type from ``running_by_key``'s rows."""
+    return limits.Running.from_counts(
+        (limits.decode_key(row["concurrency_key"]), int(row["count"])) for row in rows
+    )
+
+
+def admitted_rows(
+    rows: Sequence[Row], policy: HandlerPolicy, running: limits.Running, want: int
+) -> list[Row]:
+    """The candidate rows (in claim order) that fit the type's limits."""
+    by_id = {int(row["id"]): row for row in rows}
+    candidates = [
+        limits.Candidate(
+            id=int(row["id"]),
+            priority=int(row["priority"]),
+            key=limits.decode_key(row["concurrency_key"]),
+        )
+        for row in rows
+    ]
+    return [by_id[c.id] for c in limits.admit(candidates, policy, running, want)]
+
+
+def claim_order(rows: Iterable[Row], limit: int) -> list[Row]:
+    """The first ``limit`` rows in claim order (priority, then id), whichever type they are."""
+    return sorted(rows, key=lambda row: (int(row["priority"]), int(row["id"])))[:limit]
 
 
 def _decoded(value: object, column: str, defects: list[str]) -> str:
@@ -488,3 +517,35 @@ class SqlStore(Store):
     @staticmethod
     def _types_list(types: Iterable[str]) -> list[str]:
         return sorted(set(types))
+
+    @abc.abstractmethod
+    def _types_param(self, types: Sequence[str]) -> object:
+        """A list of types as the backend's SQL takes it (a tuple, or JSON text)."""
+
+    @abc.abstractmethod
+    def _full_keys_param(self, keys: Sequence[str]) -> object:
+        """A non-empty list of keys as the backend's SQL takes it (a placeholder if none)."""
+
+    def _key_params(self, policy: HandlerPolicy, running: limits.Running) -> Params:
+        """The keys a limited claim or probe need not look at, as ``no_full_keys``/``full_keys``."""
+        full = limits.full_keys(policy, running)
+        return {"no_full_keys": not full, "full_keys": self._full_keys_param(full)}
+
+    def has_claimable(
+        self, types: Iterable[str], *, policies: Mapping[str, HandlerPolicy] | None = None
+    ) -> bool:
+        """One probe for the types without limits; for each limited type, its running counts
+        and, if it has room, a probe that skips full keys. All plain reads, in autocommit."""
+        type_list = self._types_list(types)
+        limited = limits.limited_types(type_list, policies)
+        unlimited = [t for t in type_list if t not in limited]
+        if unlimited and self._rows("probe", {"types": self._types_param(unlimited)}):
+            return True
+        return any(self._has_room_and_work(t, limits.policy_of(policies, t)) for t in limited)
+
+    def _has_room_and_work(self, task_type: str, policy: HandlerPolicy) -> bool:
+        running = running_of(self._rows("running_by_key", {"type": task_type}))
+        if limits.room(policy, running, 1) == 0:
+            return False
+        params = {"type": task_type, **self._key_params(policy, running)}
+        return bool(self._rows("probe_limited", params))

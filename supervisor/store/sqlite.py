@@ -2,7 +2,10 @@
 
 WAL lets readers proceed during a write; ``BEGIN IMMEDIATE`` takes the write
 lock up front so two claimers queue on the busy timeout instead of failing on
-a lock upgrade; the claim is one ``UPDATE ... RETURNING`` statement.
+a lock upgrade; the claim is one ``UPDATE ... RETURNING`` statement. When a
+claimed type has a concurrency limit, the claim instead reads the running
+counts and the candidates, then claims the ids that fit: ``BEGIN IMMEDIATE``
+already serialises that against every other writer of the file.
 """
 
 from __future__ import annotations
@@ -18,10 +21,20 @@ from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
 from supervisor.policy import HandlerPolicy
-from supervisor.store import migrator
+from supervisor.store import limits, migrator
 from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
-from supervisor.store.sql import Params, Row, SqlStore, fences_json, row_to_claim, seconds
+from supervisor.store.sql import (
+    Params,
+    Row,
+    SqlStore,
+    admitted_rows,
+    claim_order,
+    fences_json,
+    row_to_claim,
+    running_of,
+    seconds,
+)
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -163,14 +176,74 @@ class SqliteStore(SqlStore):
             "lease_s": seconds(lease_s)["s"],
             "max_options_bytes": MAX_OPTIONS_BYTES,
         }
+        limited = limits.limited_types(type_list, policies)
         with self._immediate() as conn:
-            rows = conn.execute(self._queries["claim_batch"], params).fetchall()
+            if limited:
+                rows = self._claim_with_limits(conn, type_list, limited, params, policies)
+            else:
+                rows = conn.execute(self._queries["claim_batch"], params).fetchall()
         rows.sort(key=lambda row: (row["priority"] or 0, row["id"]))
         return [row_to_claim(dict(row), owner) for row in rows]
 
-    def has_claimable(self, types: Iterable[str]) -> bool:
-        type_list = self._types_list(types)
-        return bool(type_list) and bool(self._rows("probe", {"types": json.dumps(type_list)}))
+    def _claim_with_limits(
+        self,
+        conn: sqlite3.Connection,
+        types: list[str],
+        limited: list[str],
+        params: Params,
+        policies: Mapping[str, HandlerPolicy] | None,
+    ) -> list[sqlite3.Row]:
+        """The claim when some of ``types`` have concurrency limits (see :mod:`.limits`).
+
+        Candidates are read first (the types without limits as claim_batch would
+        take them; each limited type within its room), the first ``limit`` in
+        claim order are claimed by id. ``BEGIN IMMEDIATE`` holds the write lock
+        throughout, so no other claim can slip in between the count and the claim.
+        """
+        limit = int(params["limit"])
+        candidates: list[Row] = []
+        unlimited = [t for t in types if t not in limited]
+        if unlimited:
+            candidates += self._candidates(conn, unlimited, limit, no_full_keys=True)
+        for task_type in limited:
+            policy = limits.policy_of(policies, task_type)
+            running = running_of(self._fetch(conn, "running_by_key", {"type": task_type}))
+            fetch = limits.fetch_limit(policy, running, limit)
+            if fetch == 0:
+                continue
+            rows = self._candidates(conn, [task_type], fetch, **self._key_params(policy, running))
+            candidates += admitted_rows(rows, policy, running, limit)
+        chosen = claim_order(candidates, limit)
+        if not chosen:
+            return []
+        ids = json.dumps([int(row["id"]) for row in chosen])
+        return conn.execute(self._queries["claim_ids"], {**params, "ids": ids}).fetchall()
+
+    def _candidates(
+        self,
+        conn: sqlite3.Connection,
+        types: list[str],
+        limit: int,
+        *,
+        no_full_keys: bool,
+        full_keys: object = "[]",
+    ) -> list[Row]:
+        params = {
+            "types": json.dumps(types),
+            "limit": limit,
+            "no_full_keys": no_full_keys,
+            "full_keys": full_keys,
+        }
+        return self._fetch(conn, "claim_candidates", params)
+
+    def _fetch(self, conn: sqlite3.Connection, name: str, params: Params) -> list[Row]:
+        return [dict(row) for row in conn.execute(self._queries[name], params).fetchall()]
+
+    def _types_param(self, types: Sequence[str]) -> object:
+        return json.dumps(list(types))
+
+    def _full_keys_param(self, keys: Sequence[str]) -> object:
+        return json.dumps(list(keys))
 
     def complete_many(self, claims: Sequence[Claim]) -> set[int]:
         if not claims:

@@ -75,6 +75,62 @@ WHERE status = 'queued'
   AND deadline_at > strftime('%Y-%m-%d %H:%M:%f', 'now')
 LIMIT 1
 
+-- name: running_by_key
+-- The claim runs in BEGIN IMMEDIATE, which serialises every writer of the file: the count
+-- and the claim that follows it cannot interleave with another supervisor's claim.
+SELECT CAST(concurrency_key AS BLOB) AS concurrency_key, COUNT(*) AS count
+FROM tasks INDEXED BY tasks_concurrency
+WHERE type = :type AND status = 'running'
+GROUP BY concurrency_key
+
+-- name: claim_candidates
+-- What claim_batch would take, read first when a type with a concurrency limit is among
+-- the claimed types: the store keeps the limits, then claims the chosen ids with claim_ids.
+-- Keys already full are not even read: no_full_keys is true when there are none.
+SELECT id, CAST(priority AS INTEGER) AS priority, type,
+       CAST(concurrency_key AS BLOB) AS concurrency_key
+FROM tasks INDEXED BY tasks_claim
+WHERE status = 'queued'
+  AND type IN (SELECT value FROM json_each(:types))
+  AND run_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+  AND deadline_at > strftime('%Y-%m-%d %H:%M:%f', 'now')
+  AND (:no_full_keys OR concurrency_key IS NULL
+       OR concurrency_key NOT IN (SELECT value FROM json_each(:full_keys)))
+ORDER BY priority, id
+LIMIT :limit
+
+-- name: probe_limited
+-- probe for one type with a concurrency limit that has room: is a task of a key with a
+-- free slot runnable?
+SELECT 1 AS found
+FROM tasks INDEXED BY tasks_claim
+WHERE status = 'queued'
+  AND type = :type
+  AND run_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+  AND deadline_at > strftime('%Y-%m-%d %H:%M:%f', 'now')
+  AND (:no_full_keys OR concurrency_key IS NULL
+       OR concurrency_key NOT IN (SELECT value FROM json_each(:full_keys)))
+LIMIT 1
+
+-- name: claim_ids
+-- claim_batch for ids chosen by the store (see claim_candidates): the same SET and RETURNING.
+UPDATE tasks
+SET status = 'running',
+    attempts = attempts + 1,
+    claimed_by = :owner,
+    max_attempts = COALESCE(max_attempts, 3),
+    progress_pct = 0,
+    started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued'
+RETURNING id, CAST(type AS BLOB) AS type, typeof(task_options) AS options_kind,
+          length(CAST(task_options AS BLOB)) AS options_bytes,
+          CASE WHEN length(CAST(task_options AS BLOB)) <= :max_options_bytes
+               THEN CAST(task_options AS BLOB) END AS task_options,
+          attempts, max_attempts, CAST(priority AS INTEGER) AS priority,
+          (julianday(deadline_at) - julianday('now')) * 86400.0 AS remaining_s
+
 -- name: progress
 UPDATE tasks
 SET progress_pct = :pct, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')

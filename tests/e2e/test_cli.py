@@ -178,6 +178,23 @@ def test_enqueue_flags_land_in_the_row(dsn: str, tmp_path: Path) -> None:
     assert (shown["max_attempts"], shown["priority"], shown["status"]) == (7, -5, "queued")
 
 
+def test_enqueue_concurrency_key_lands_in_the_row(dsn: str, tmp_path: Path) -> None:
+    out = run_cli(
+        tmp_path, "enqueue", "report", "--concurrency-key", "customer 42", dsn=dsn
+    ).assert_ok()
+    shown = json.loads(run_cli(tmp_path, "show", out.strip(), "--json", dsn=dsn).assert_ok())
+    assert shown["concurrency_key"] == "customer 42"
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_enqueue_refuses_a_concurrency_key_the_column_cannot_hold(
+    sqlite_dsn: str, tmp_path: Path, key: str
+) -> None:
+    result = run_cli(tmp_path, "enqueue", "report", "--concurrency-key", key, dsn=sqlite_dsn)
+    line = result.assert_one_line_error(2)
+    assert "concurrency key must be 1 to 255 characters of text" in line
+
+
 def test_enqueue_dash_reads_the_options_from_stdin_byte_for_byte(dsn: str, tmp_path: Path) -> None:
     """OPTIONS `-` stores standard input exactly: non-ASCII, CR LF, tabs, trailing blanks."""
     text = '{"name": "café ☕ 🙂",\t"q": "\\"x\\""}\r\n\n  '
@@ -283,7 +300,7 @@ def test_status_of_an_empty_queue(dsn: str, store: Store, tmp_path: Path) -> Non
     """With no tasks and no supervisors, the table says so and the JSON lists nothing."""
     assert run_cli(tmp_path, "status", dsn=dsn).assert_ok() == "no tasks\n\nsupervisors: 0 alive\n"
     report = json.loads(run_cli(tmp_path, "status", "--json", dsn=dsn).assert_ok())
-    assert report == {"types": {}, "supervisors": []}
+    assert report == {"types": {}, "supervisors": [], "paused": [], "schedules": []}
 
 
 # --- operator transitions ---------------------------------------------------------------------

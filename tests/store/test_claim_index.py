@@ -99,3 +99,46 @@ def test_sqlite_claim_walks_the_claim_index_without_a_sort(sqlite_dsn: str) -> N
         details = [str(step["detail"]) for step in plan]
         assert not any("TEMP B-TREE" in d for d in details), plan_text(plan)
         assert not any(d.startswith("SCAN tasks") for d in details), plan_text(plan)
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("full_keys", [(), ("k1", "k2")])
+def test_mysql_limited_claim_walks_the_claim_index_and_counts_on_the_concurrency_index(
+    mysql_dsn: str, full_keys: tuple[str, ...]
+) -> None:
+    """The select of a limited type is claim_select's plan; its running count reads only
+    the (type, status, key) range of tasks_concurrency, never the whole table."""
+    store = open_store(parse_dsn(mysql_dsn))
+    assert isinstance(store, MysqlStore)
+    store.migrate()
+    conn = store._connection()
+    keyed = [(*row, f"k{n % 7}") for n, row in enumerate(mixed_rows())]
+    try:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO tasks (type, status, priority, run_at, concurrency_key) "
+                "VALUES (%s, %s, %s, NOW(6) + INTERVAL %s SECOND, %s)",
+                keyed,
+            )
+            cursor.execute("ANALYZE TABLE tasks")
+            cursor.fetchall()
+            params = {
+                "type": "a",
+                "limit": 8,
+                "max_options_bytes": MAX_OPTIONS_BYTES,
+                "no_full_keys": not full_keys,
+                "full_keys": store._full_keys_param(full_keys),
+            }
+            cursor.execute("EXPLAIN " + store._queries["claim_select_limited"], params)
+            select_plan = list(cursor.fetchall())
+            cursor.execute("EXPLAIN " + store._queries["running_by_key"], {"type": "a"})
+            count_plan = list(cursor.fetchall())
+    finally:
+        store.close()
+    for step in select_plan:
+        extra = (step.get("Extra") or "").lower()
+        assert step["type"] != "ALL", f"full table scan:\n{plan_text(select_plan)}"
+        assert "filesort" not in extra, f"the claim sorts its rows:\n{plan_text(select_plan)}"
+    assert [step["key"] for step in select_plan] == ["tasks_claim"], plan_text(select_plan)
+    assert [step["key"] for step in count_plan] == ["tasks_concurrency"], plan_text(count_plan)
+    assert count_plan[0]["type"] in ("ref", "range"), plan_text(count_plan)

@@ -24,7 +24,7 @@ import pymysql
 import pytest
 
 import supervisor
-from supervisor.dsn import MysqlDsn, parse_dsn
+from supervisor.dsn import parse_dsn
 from supervisor.errors import StoreError, UnreadableRow, UsageError
 from supervisor.lifecycle import (
     LAST_ERROR_LIMIT,
@@ -46,7 +46,7 @@ from supervisor.store import (
 )
 from supervisor.store.memory import ManualClock, MemoryStore
 from supervisor.store.sqlite import SqliteStore
-from tests.conftest import migrated_store
+from tests.conftest import driver_connection, migrated_store
 
 LONG_LEASE_S = 60.0
 SHORT_LEASE_S = 0.05
@@ -1013,16 +1013,10 @@ def test_close_then_use_reconnects(store: Store) -> None:
 
 
 def _pymysql_connection(mysql_dsn: str) -> pymysql.connections.Connection[Any]:
-    dsn = parse_dsn(mysql_dsn)
-    assert isinstance(dsn, MysqlDsn)
-    return pymysql.connect(
-        host=dsn.host,
-        port=dsn.port,
-        user=dsn.user,
-        password=dsn.password,
-        database=dsn.database,
-        autocommit=False,
+    connection: pymysql.connections.Connection[Any] = driver_connection(
+        mysql_dsn, autocommit=False
     )
+    return connection
 
 
 @pytest.mark.mysql

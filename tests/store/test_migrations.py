@@ -18,7 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import pytest
 
 from supervisor.dsn import MysqlDsn, parse_dsn
@@ -26,26 +25,14 @@ from supervisor.lifecycle import Failure, Status
 from supervisor.store import NewTask, Store, open_store
 from supervisor.store.migrator import SchemaTooNew, latest, migrations
 from supervisor.store.sqlite import SqliteStore
+from tests.conftest import driver_connection
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def connect(dsn: str) -> Any:
-    """A plain driver connection on ``dsn``, as an operator's own client would have."""
-    parsed = parse_dsn(dsn)
-    if isinstance(parsed, MysqlDsn):
-        return pymysql.connect(
-            host=parsed.host,
-            port=parsed.port,
-            user=parsed.user,
-            password=parsed.password,
-            database=parsed.database,
-            autocommit=True,
-            cursorclass=pymysql.cursors.DictCursor,
-        )
-    conn = sqlite3.connect(parsed.path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
+    """An operator's own client: autocommit, rows as dicts."""
+    return driver_connection(dsn, autocommit=True, dict_rows=True)
 
 
 def execute(conn: Any, statement: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

@@ -46,6 +46,10 @@ def test_queue_enqueue_many_is_one_transaction_returning_ids_in_order(dsn: str) 
         ({"type": "t", "budget": 0}, "budget"),
         ({"type": "t", "delay": -1}, "delay"),
         ({"type": "t", "priority": 2**40}, "priority"),
+        ({"type": "t", "concurrency_key": ""}, "concurrency key must be 1 to 255 characters"),
+        ({"type": "t", "concurrency_key": "k" * 256}, "concurrency key must be 1 to 255"),
+        ({"type": "t", "concurrency_key": "\udc80"}, "concurrency key must be UTF-8 text"),
+        ({"type": "t", "concurrency_key": 7}, "concurrency key must be 1 to 255 characters"),
     ],
 )
 def test_queue_refuses_bad_input_before_writing_anything(
@@ -91,3 +95,26 @@ def test_options_that_are_not_json_serialisable_are_refused_before_writing(
         with pytest.raises(UsageError, match="JSON"):
             queue.enqueue("t", {"when": object()})  # type: ignore[arg-type]
         assert queue.store.counts() == []
+
+
+def test_a_concurrency_key_of_up_to_255_characters_is_stored_as_given(dsn: str) -> None:
+    """Any text (four-byte characters too) of 1 to 255 characters, by either producer API."""
+    longest = "😀" * 255
+    with Queue(dsn) as queue:
+        first = queue.enqueue("t", concurrency_key="customer-42")
+        second = queue.enqueue("t", concurrency_key=longest)
+        third = queue.enqueue("t")
+        keys = [row.concurrency_key for row in map(queue.store.get, (first, second, third)) if row]
+    assert keys == ["customer-42", longest, None]
+
+
+def test_enqueue_in_transaction_stores_the_concurrency_key(sqlite_dsn: str) -> None:
+    with Queue(sqlite_dsn) as queue:
+        conn = sqlite3.connect(parse_dsn(sqlite_dsn).path)  # type: ignore[union-attr]
+        try:
+            task_id = enqueue_in_transaction(conn, "mail", None, concurrency_key="shop-7")
+            conn.commit()
+        finally:
+            conn.close()
+        row = queue.store.get(task_id)
+    assert row is not None and row.concurrency_key == "shop-7"

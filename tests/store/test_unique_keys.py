@@ -17,12 +17,11 @@ import pymysql
 import pytest
 
 from supervisor import Queue, enqueue_in_transaction
-from supervisor.dsn import MysqlDsn, parse_dsn
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import Failure, Status
 from supervisor.store import Enqueued, NewTask, Store
 from supervisor.store.memory import ManualClock, MemoryStore
-from tests.conftest import migrated_store
+from tests.conftest import driver_connection, migrated_store
 from tests.store.test_contract import claim_one, raw, row
 
 PRODUCERS = 8
@@ -142,17 +141,7 @@ def test_racing_producers_leave_one_row_and_all_get_its_id(dsn: str) -> None:
 
 
 def _connect(dsn: str) -> Any:
-    parsed = parse_dsn(dsn)
-    if isinstance(parsed, MysqlDsn):
-        return pymysql.connect(
-            host=parsed.host,
-            port=parsed.port,
-            user=parsed.user,
-            password=parsed.password,
-            database=parsed.database,
-            autocommit=False,
-        )
-    return sqlite3.connect(parsed.path)
+    return driver_connection(dsn, autocommit=False)
 
 
 def test_enqueue_in_transaction_answers_the_same_inside_the_callers_transaction(dsn: str) -> None:
@@ -208,3 +197,35 @@ def test_the_mysql_retry_loop_gives_up_with_a_clear_error_when_the_holder_keeps_
     with pytest.raises(StoreError, match="nothing was enqueued"):
         insert_task(cursor, params)
     assert cursor.inserts == UNIQUE_TRIES
+
+
+def test_supervisors_racing_to_fire_one_schedule_slot_enqueue_it_once(dsn: str) -> None:
+    """Eight supervisors (eight connections) fire the same slot at one moment: one task."""
+    from datetime import datetime
+
+    from supervisor.schedules import slot_key
+
+    earlier, slot = datetime(2030, 1, 1, 12, 0), datetime(2030, 1, 1, 12, 5)
+    start = threading.Barrier(PRODUCERS)
+    outcomes: list[Enqueued | None] = []
+    errors: list[BaseException] = []
+
+    def fire() -> None:
+        try:
+            with migrated_store(dsn) as store:
+                start.wait()
+                task = NewTask(type="tick", unique_key=slot_key(slot))
+                outcomes.append(store.fire_slot(task, "*/5 * * * *", slot))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    with migrated_store(dsn) as store:
+        store.fire_slot(NewTask(type="tick"), "*/5 * * * *", earlier)  # the schedule is known
+        threads = [threading.Thread(target=fire) for _ in range(PRODUCERS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+        assert len([o for o in outcomes if o is not None]) == 1
+        assert [(c.type, c.count) for c in store.counts()] == [("tick", 1)]

@@ -190,7 +190,7 @@ def test_metrics_and_healthz_stay_open_while_the_page_needs_its_token(
     sqlite_store: Store, tmp_path: Path
 ) -> None:
     health = Health(stale_after_s=60.0, db_ok_at=0.0)
-    app = http.make_app(str(tmp_path), health, page(sqlite_store, TOKEN))
+    app = http.make_app(str(tmp_path), health, page=page(sqlite_store, TOKEN))
     assert call(app, "/metrics").status == 200
     assert call(app, "/healthz").status in (200, 503)  # open: health, not a 401
     assert call(app, "/").status == 401
