@@ -201,7 +201,8 @@ class WebPage:
                 ("Set-Cookie", f"{COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/")
             )
             rest = {k: v for k, v in query.items() if k != "token"}
-            path = urllib.parse.quote(environ.get("PATH_INFO", "/") or "/")
+            # One leading slash: "//host/x" would send the browser to another host.
+            path = "/" + urllib.parse.quote(str(environ.get("PATH_INFO", "")).lstrip("/"))
             raise _Redirect(path + ("?" + urllib.parse.urlencode(rest, doseq=True) if rest else ""))
         raise Unauthorized
 

@@ -184,6 +184,8 @@ def test_a_token_in_the_address_becomes_a_cookie_and_leaves_the_address(
         f"{web.COOKIE}={TOKEN}; HttpOnly; SameSite=Strict; Path=/"
     )
     assert call(page(sqlite_store, TOKEN), "/", f"token={TOKEN}").headers["Location"] == "/"
+    elsewhere = call(page(sqlite_store, TOKEN), "//evil.example/x", f"token={TOKEN}")
+    assert elsewhere.headers["Location"] == "/evil.example/x"  # stays on this host
 
 
 def test_metrics_and_healthz_stay_open_while_the_page_needs_its_token(
