@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import attrs
 
+from supervisor import bulk, web
 from supervisor.config import Settings, add_run_flags, env_name, settings_from
 from supervisor.dsn import DEFAULT_DSN, Dsn, SqliteDsn, parse_dsn
 from supervisor.errors import StartupError, StoreError, UnreadableRow, UsageError
@@ -54,6 +55,7 @@ SUBCOMMANDS = (
     "resume",
     "migrate",
     "prune",
+    "web",
 )
 
 
@@ -192,11 +194,12 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     show.add_argument("--options", action="store_true", help="include task_options")
 
     for name, text in (
-        ("retry", "put a failed or cancelled task back"),
-        ("cancel", "cancel a queued or running task"),
+        ("retry", "put failed or cancelled tasks back: by id, or every one a filter selects"),
+        ("cancel", "cancel queued or running tasks: by id, or every one a filter selects"),
     ):
         command = sub.add_parser(name, parents=[common], help=text)
-        command.add_argument("id", type=task_id)
+        command.add_argument("id", type=task_id, nargs="*", help="task ids")
+        bulk.add_filter_flags(command, name)
 
     for name, text in (
         ("pause", "stop claims of a type across the fleet; running tasks finish"),
@@ -210,6 +213,10 @@ def build_subcommand_parser(environ: Mapping[str, str]) -> OneLineParser:
     )
     prune = sub.add_parser("prune", parents=[common], help="delete old finished tasks")
     prune.add_argument("--older-than", required=True, help="seconds since they finished")
+    web_parser = sub.add_parser(
+        "web", parents=[common], help="serve the operator's read-only page alone (no workers)"
+    )
+    web.add_flags(web_parser, environ)
     return parser
 
 
@@ -246,6 +253,11 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         store = ready_store(dsn)
         print(f"pruned {store.prune(older_than)} finished tasks")
         return 0
+    if args.command == "web":
+        token = web.token_from(args, environ)
+        web.check_exposure(args.host, token, "--host")
+        page_store = ready_store(dsn)
+        return web.run_alone(page_store, args.host, args.port, token, refresh_s=args.refresh)
     store = ready_store(dsn, create=args.command == "migrate")
     if args.command == "migrate":
         print(f"schema ready at {dsn.redacted()}")
@@ -258,7 +270,16 @@ def run_subcommand(argv: list[str], environ: Mapping[str, str]) -> int:
         return print_show(store, args.id, as_json=args.json, with_options=args.options)
     if args.command in ("pause", "resume"):
         return pause_or_resume(store, args.command, args.type)
-    return operator_transition(store, args.command, args.id)
+    if bulk.wants_bulk(args):
+        if args.id:
+            raise UsageError("give task ids or filters, not both")
+        where = bulk.filter_from_args(args, args.command, store.utc_now())
+        return bulk.run_bulk(
+            store, args.command, where, dry_run=args.dry_run, batch=args.batch, out=sys.stdout
+        )
+    if not args.id:
+        raise UsageError(f"{args.command} needs task ids or a filter such as --type (see --help)")
+    return max(operator_transition(store, args.command, one) for one in args.id)
 
 
 def ready_store(dsn: Dsn, *, create: bool = False) -> Store:

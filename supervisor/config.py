@@ -41,6 +41,8 @@ class Settings:
     log_level: str = "INFO"
     child_user: ChildUser | None = None  # children drop to this user (the parent is root)
     burst: bool = False  # --burst: run what is runnable now, then exit (supervisor.burst)
+    # The operator's page at / needs it when set, and must have it beyond 127.0.0.1.
+    web_token: str | None = attrs.field(default=None, repr=False)
 
     @property
     def heartbeat_s(self) -> float:
@@ -75,6 +77,10 @@ def _positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise ValueError
     return value
+
+
+def _token(text: str) -> str | None:
+    return text or None
 
 
 def _port(text: str) -> int:
@@ -188,14 +194,24 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
         "an existing user other than root (a name or a uid)",
         "run children (handlers) as this user; the supervisor must be started as root",
     ),
+    (
+        "--web-token",
+        _token,
+        "",
+        "a token",
+        "the operator's page at / requires it (needed when --metrics-host is not 127.0.0.1; "
+        "prefer the env variable: a flag shows in ps)",
+    ),
 ]
+# Flags whose value is never shown in --help or an error.
+SECRET_FLAGS = ("--dsn", "--web-token")
 
 
 def add_run_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """Declare the run flags; each default comes from its environment variable when set."""
     for flag, _convert, default, _what, help_text in RUN_FLAGS:
         env = env_name(flag)
-        shown = "(set)" if flag == "--dsn" and env in environ else environ.get(env, default)
+        shown = "(set)" if flag in SECRET_FLAGS and env in environ else environ.get(env, default)
         shown = shown or "(none)"
         parser.add_argument(
             flag,
@@ -219,7 +235,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         try:
             values[attr] = convert(raw)
         except (ValueError, UsageError):
-            shown = "(hidden)" if flag == "--dsn" else repr(raw)
+            shown = "(hidden)" if flag in SECRET_FLAGS else repr(raw)
             raise UsageError(f"{source} must be {what}, got {shown}") from None
     return Settings(
         dsn=parse_dsn(values["dsn"], dict(environ)),
@@ -236,4 +252,5 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         log_format=values["log_format"],
         log_level=values["log_level"],
         child_user=values["child_user"],
+        web_token=values["web_token"],
     )

@@ -35,7 +35,8 @@ import os
 from loguru import logger
 
 PR_SET_DUMPABLE = 4
-SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD")
+# The web token too: a handler must not read the key to the operator's page.
+SECRET_ENV = ("SUPERVISOR_DSN", "SUPERVISOR_DB_PASSWORD", "SUPERVISOR_WEB_TOKEN")
 # Fields of /proc/<pid>/stat (1-based, proc(5)) giving the argv and environment blocks.
 ARG_START, ARG_END, ENV_START, ENV_END = 48, 49, 50, 51
 

@@ -1,8 +1,10 @@
-"""The metrics server: ``/metrics`` (every process's metrics, merged) and ``/healthz``.
+"""The metrics server: ``/metrics`` (every process's metrics, merged), ``/healthz``, and the
+operator's page (:mod:`supervisor.web`) at ``/``.
 
-It runs in one daemon thread of the parent, the only thread besides the loop.
-It reads the multiprocess files and two timestamps the loop publishes; it
-never touches the loop's state or the database.
+It runs in daemon threads of the parent, beside the loop. ``/metrics`` and
+``/healthz`` read the multiprocess files and two timestamps the loop
+publishes; the page reads the database on a connection of its own. None of
+it touches the loop's state.
 """
 
 from __future__ import annotations
@@ -134,9 +136,22 @@ def _non_empty(path: str) -> bool:
     return stat.S_ISREG(status.st_mode) and status.st_size > 0
 
 
+App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
 def make_app(
-    directory: str, health: Health, children_directory: str | None = None
-) -> Callable[..., Iterable[bytes]]:
+    directory: str,
+    health: Health,
+    children_directory: str | None = None,
+    *,
+    page: App | None = None,
+) -> App:
+    """``/metrics`` and ``/healthz`` (always open, for scrapers), and the operator's ``page``
+    (:mod:`supervisor.web`) at every other path, which checks its own token.
+
+    ``children_directory``: where the children write their value files, when not in
+    ``directory`` (``--child-user``).
+    """
     registry = CollectorRegistry()
     ChurnTolerantCollector(registry, directory, children_directory)
 
@@ -148,9 +163,11 @@ def make_app(
             body = ("; ".join(problems) if problems else "ok").encode() + b"\n"
             start_response(status, [("Content-Type", "text/plain")])
             return [body]
-        if path in ("/metrics", "/"):
+        if path == "/metrics" or (path == "/" and page is None):
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [generate_latest(registry)]
+        if page is not None:
+            return page(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics or /healthz\n"]
 
@@ -158,19 +175,22 @@ def make_app(
 
 
 def serve(
-    host: str, port: int, directory: str, health: Health, children_directory: str | None = None
+    host: str,
+    port: int,
+    directory: str,
+    health: Health,
+    children_directory: str | None = None,
+    *,
+    page: App | None = None,
 ) -> WSGIServer:
-    """Start serving in a daemon thread; the caller shuts the server down on exit.
-
-    ``children_directory``: where the children write their value files, when not in
-    ``directory`` (``--child-user``).
-    """
-    server = make_server(
-        host,
-        port,
-        make_app(directory, health, children_directory),
-        server_class=ThreadingServer,
-        handler_class=QuietHandler,
+    """Start serving in a daemon thread; the caller shuts the server down on exit."""
+    server = make_page_server(
+        host, port, make_app(directory, health, children_directory, page=page)
     )
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+def make_page_server(host: str, port: int, app: App) -> WSGIServer:
+    """A bound server with this module's limits (connections, idle timeout, quiet log)."""
+    return make_server(host, port, app, server_class=ThreadingServer, handler_class=QuietHandler)

@@ -67,6 +67,11 @@ class HandlerPolicy:
     schedule: str | None = None
     schedule_options: str | None = None
 
+    def declared(self) -> HandlerPolicy:
+        """The part ``task_types``' policy columns hold: the schedule has columns of its own
+        (written as slots fire), so two declarations never differ by it alone."""
+        return attrs.evolve(self, schedule=None, schedule_options=None)
+
     @property
     def limited(self) -> bool:
         """Whether claims of this type must count its running tasks first."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from supervisor import hardening, logs, metrics
+from supervisor import hardening, logs, metrics, web
 from supervisor.config import Settings
 from supervisor.dblink import check_database
 from supervisor.dsn import Dsn, SqliteDsn
@@ -29,7 +29,8 @@ def run(settings: Settings) -> int:
     one line and an exit status (raised for the command line to report): a
     missing handlers folder (2; it used to idle forever on an empty queue), a
     database that refuses us or never answers within ``--startup-timeout``
-    (1; it used to retry forever), a metrics port in use (1, naming the flag).
+    (1; it used to retry forever), a metrics port in use (1, naming the flag), the
+    page served beyond this host without a token (2).
     """
     handlers = settings.handlers_dir.resolve()
     if not handlers.is_dir():
@@ -41,6 +42,8 @@ def run(settings: Settings) -> int:
             "--child-user (SUPERVISOR_CHILD_USER) needs the supervisor to be started as root;"
             f" it runs as uid {os.geteuid()}"
         )
+    if settings.metrics_port:  # the page at / would show the queue to anyone who can connect
+        web.check_exposure(settings.metrics_host, settings.web_token, "--metrics-host")
     logs.configure(settings.log_format, settings.log_level)
     # Settings hold the parsed DSN now; before any child exists, nothing in this process's
     # environment, /proc files or command line may still show it (see supervisor.hardening).
@@ -67,6 +70,7 @@ def run(settings: Settings) -> int:
                     str(directory.path),
                     supervisor.health,
                     str(children) if children and children != directory.path else None,
+                    page=web.WebPage.for_dsn(settings.dsn, settings.web_token),
                 )
             except OSError as exc:
                 raise StartupError(

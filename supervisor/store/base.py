@@ -28,7 +28,9 @@ __all__ = [
     "StatusCount",
     "Store",
     "SupervisorInfo",
+    "TaskFilter",
     "TaskRow",
+    "TaskSummary",
     "Transition",
     "TypeInfo",
 ]
@@ -94,6 +96,69 @@ class TaskRow:
     completed_at: datetime | None
     lease_expires_at: datetime | None
     updated_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class TaskFilter:
+    """Which tasks an operator means: the web page's listing and the bulk ``retry``/``cancel``.
+
+    Every field narrows; an empty filter matches every task. ``statuses`` empty
+    means any status. ``since``/``until`` (naive UTC, the database clock's zone)
+    bound the moment a task *finished*, or for a live task the moment it was
+    created: "failed since 14:00" means failed after 14:00, whenever it was
+    enqueued. ``error_match`` is a case-sensitive substring of ``last_error``
+    (the same on every backend: no LIKE wildcards, no collation surprises).
+    """
+
+    type: str | None = None
+    statuses: frozenset[Status] = frozenset()
+    failure: Failure | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    error_match: str | None = None
+
+    def matches(self, row: TaskRow) -> bool:
+        """The rule in Python, for MemoryStore and for tests to state what SQL must do."""
+        moment = row.completed_at or row.created_at
+        return (
+            (self.type is None or row.type == self.type)
+            and (not self.statuses or row.status in self.statuses)
+            and (self.failure is None or row.failure is self.failure)
+            and (self.since is None or moment >= self.since)
+            and (self.until is None or moment < self.until)
+            and (
+                self.error_match is None
+                or (row.last_error is not None and self.error_match in row.last_error)
+            )
+        )
+
+
+# How much of last_error a listing carries: enough to recognise an error, never a whole stack.
+ERROR_HEAD_CHARS = 300
+
+
+@attrs.frozen(kw_only=True)
+class TaskSummary:
+    """One line of a task listing: no ``task_options``, and only the head of ``last_error``.
+
+    A listing may show hundreds of rows every few seconds; the options (up to
+    1 MiB, and possibly secret) and whole stacks stay on the one-task page.
+    """
+
+    id: int
+    type: str
+    status: Status
+    failure: Failure | None
+    attempts: int
+    max_attempts: int | None
+    progress_pct: int
+    claimed_by: str | None
+    unique_key: str | None
+    error_head: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    deadline_at: datetime
 
 
 @attrs.frozen(kw_only=True)
@@ -351,6 +416,49 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def counts(self, *, live_only: bool = False) -> list[StatusCount]:
         """Counts by type and status; ``live_only``: queued and running only (a cheap read)."""
+
+    @abc.abstractmethod
+    def find_tasks(
+        self,
+        where: TaskFilter,
+        *,
+        before_id: int | None = None,
+        min_id: int | None = None,
+        limit: int = 50,
+    ) -> list[TaskSummary]:
+        """Up to ``limit`` tasks matching ``where``, newest (highest id) first, below ``before_id``.
+
+        Keyset pagination: the next page passes the last id of this one, so a
+        page costs the same on the thousandth page as on the first. ``min_id``
+        (inclusive) bounds the ids examined: a filter that matches few tasks
+        would otherwise read the whole table to fill one page.
+        """
+
+    @abc.abstractmethod
+    def count_tasks(self, where: TaskFilter) -> int:
+        """How many tasks match ``where`` (a ``--dry-run``'s answer; a read, no locks)."""
+
+    @abc.abstractmethod
+    def finished_counts(self, within_s: float) -> list[StatusCount]:
+        """Counts by type and terminal status of tasks finished in the last ``within_s``.
+
+        The overview's history: a range of the ``(status, completed_at)`` index,
+        so its cost follows the window, not the years a table keeps until pruned.
+        ``oldest_age_s`` is None here.
+        """
+
+    @abc.abstractmethod
+    def retry_many(self, task_ids: Sequence[int]) -> int:
+        """Retry each failed or cancelled task of ``task_ids`` that has no unique key; one
+        transaction. Returns how many were put back.
+
+        Tasks with a unique key go one by one through :meth:`retry`, which
+        explains a refusal (another live task holds the key).
+        """
+
+    @abc.abstractmethod
+    def cancel_many(self, task_ids: Sequence[int]) -> int:
+        """Cancel each queued or running task of ``task_ids``; one transaction; how many."""
 
     @abc.abstractmethod
     def get(self, task_id: int) -> TaskRow | None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from supervisor.policy import DEFAULT_POLICY, HandlerPolicy
+from supervisor.policy import HandlerPolicy, policy_of
 
 
 @attrs.frozen(kw_only=True)
@@ -50,13 +50,6 @@ class Running:
             if key is not None:
                 by_key[key] = by_key.get(key, 0) + count
         return cls(total=total, by_key=by_key)
-
-
-def policy_of(policies: Mapping[str, HandlerPolicy] | None, task_type: str) -> HandlerPolicy:
-    """The claimer's policy for ``task_type``; a type it declares nothing for has the default."""
-    if policies is None:
-        return DEFAULT_POLICY
-    return policies.get(task_type, DEFAULT_POLICY)
 
 
 def limited_types(types: Iterable[str], policies: Mapping[str, HandlerPolicy] | None) -> list[str]:

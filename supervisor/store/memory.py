@@ -44,9 +44,11 @@ from supervisor.policy import (
     HandlerPolicy,
     claim_defaults,
     effective_max_attempts,
+    policy_of,
 )
 from supervisor.store import limits
 from supervisor.store.base import (
+    ERROR_HEAD_CHARS,
     Claim,
     Enqueued,
     NewTask,
@@ -55,7 +57,9 @@ from supervisor.store.base import (
     StatusCount,
     Store,
     SupervisorInfo,
+    TaskFilter,
     TaskRow,
+    TaskSummary,
     Transition,
     TypeInfo,
 )
@@ -184,6 +188,26 @@ class _Registration:
     expires_at: datetime
 
 
+def _summary(task: TaskRow) -> TaskSummary:
+    head = None if task.last_error is None else task.last_error[:ERROR_HEAD_CHARS]
+    return TaskSummary(
+        id=task.id,
+        type=task.type,
+        status=task.status,
+        failure=task.failure,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        progress_pct=task.progress_pct,
+        claimed_by=task.claimed_by,
+        unique_key=task.unique_key,
+        error_head=head,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        deadline_at=task.deadline_at,
+    )
+
+
 class MemoryStore(Store):
     """The :class:`Store` contract over plain Python objects, with an injectable clock.
 
@@ -282,7 +306,7 @@ class MemoryStore(Store):
             return found[:limit]
         taken = [task for task in found if task.type not in limited]
         for task_type in limited:
-            policy = limits.policy_of(policies, task_type)
+            policy = policy_of(policies, task_type)
             running = limits.Running.from_counts(
                 Counter(
                     task.concurrency_key
@@ -658,8 +682,7 @@ class MemoryStore(Store):
             now = self.clock()
             overwritten = []
             for task_type, declaring in sorted(policies.items()):
-                # The columns hold no schedule (its own columns do), as in the SQL stores.
-                policy = attrs.evolve(declaring, schedule=None, schedule_options=None)
+                policy = declaring.declared()
                 known = self._type_info(task_type)
                 if (
                     known.policy is not None
@@ -758,17 +781,19 @@ class MemoryStore(Store):
                 return Transition(before=None, applied=False)
             if task.status not in (Status.QUEUED, Status.RUNNING):
                 return Transition(before=task.status, applied=False)
-            now = self.clock()
-            self._update(
-                task,
-                now,
-                status=Status.CANCELLED,
-                failure=None,
-                lease_expires_at=None,
-                last_error=CANCELLED_ERROR,
-                completed_at=now,
-            )
+            self._cancel(task, self.clock())
             return Transition(before=task.status, applied=True)
+
+    def _cancel(self, task: TaskRow, now: datetime) -> None:
+        self._update(
+            task,
+            now,
+            status=Status.CANCELLED,
+            failure=None,
+            lease_expires_at=None,
+            last_error=CANCELLED_ERROR,
+            completed_at=now,
+        )
 
     def retry(self, task_id: int) -> Transition:
         """The fresh budget is the row's ``deadline_at - created_at``, as the SQL computes it."""
@@ -781,22 +806,94 @@ class MemoryStore(Store):
             holder = self._live_holder(task.type, task.unique_key)
             if holder is not None:
                 return Transition(before=task.status, applied=False, blocked_by=holder)
-            now = self.clock()
-            self._update(
-                task,
-                now,
-                deadline_at=now + (task.deadline_at - task.created_at),
-                status=Status.QUEUED,
-                failure=None,
-                attempts=0,
-                progress_pct=0,
-                claimed_by=None,
-                lease_expires_at=None,
-                started_at=None,
-                completed_at=None,
-                run_at=now,
-            )
+            self._retry(task, self.clock())
             return Transition(before=task.status, applied=True)
+
+    def _retry(self, task: TaskRow, now: datetime) -> None:
+        self._update(
+            task,
+            now,
+            deadline_at=now + (task.deadline_at - task.created_at),
+            status=Status.QUEUED,
+            failure=None,
+            attempts=0,
+            progress_pct=0,
+            claimed_by=None,
+            lease_expires_at=None,
+            started_at=None,
+            completed_at=None,
+            run_at=now,
+        )
+
+    def retry_many(self, task_ids: Sequence[int]) -> int:
+        with self._call("retry_many"):
+            now = self.clock()
+            found = [self._tasks.get(task_id) for task_id in set(task_ids)]
+            chosen = [
+                task
+                for task in found
+                if task is not None
+                and task.status in (Status.FAILED, Status.CANCELLED)
+                and task.unique_key is None
+            ]
+            for task in chosen:
+                self._retry(task, now)
+            return len(chosen)
+
+    def cancel_many(self, task_ids: Sequence[int]) -> int:
+        with self._call("cancel_many"):
+            now = self.clock()
+            found = [self._tasks.get(task_id) for task_id in set(task_ids)]
+            chosen = [
+                task
+                for task in found
+                if task is not None and task.status in (Status.QUEUED, Status.RUNNING)
+            ]
+            for task in chosen:
+                self._cancel(task, now)
+            return len(chosen)
+
+    def find_tasks(
+        self,
+        where: TaskFilter,
+        *,
+        before_id: int | None = None,
+        min_id: int | None = None,
+        limit: int = 50,
+    ) -> list[TaskSummary]:
+        with self._call("find_tasks"):
+            ids = sorted(
+                (
+                    task_id
+                    for task_id, task in self._tasks.items()
+                    if (before_id is None or task_id < before_id)
+                    and (min_id is None or task_id >= min_id)
+                    and where.matches(task)
+                ),
+                reverse=True,
+            )
+            return [_summary(self._tasks[task_id]) for task_id in ids[:limit]]
+
+    def count_tasks(self, where: TaskFilter) -> int:
+        with self._call("count_tasks"):
+            return sum(1 for task in self._tasks.values() if where.matches(task))
+
+    def finished_counts(self, within_s: float) -> list[StatusCount]:
+        with self._call("finished_counts"):
+            cutoff = self.clock() - _duration(within_s)
+            number: Counter[tuple[str, Status]] = Counter(
+                (task.type, task.status)
+                for task in self._tasks.values()
+                if task.status.is_terminal
+                and task.completed_at is not None
+                and task.completed_at >= cutoff
+            )
+            return [
+                StatusCount(type=task_type, status=status, count=count, oldest_age_s=None)
+                for (task_type, status), count in sorted(
+                    number.items(), key=lambda item: (item[0][0], item[0][1].value)
+                )
+            ]
 
     def prune(self, older_than_s: float, batch: int = 1000) -> int:
         """``batch`` is accepted for the SQL backends' signature; there are no locks to spare."""

@@ -37,7 +37,7 @@ from pymysql.constants import CLIENT
 from supervisor.dsn import MysqlDsn
 from supervisor.errors import StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
-from supervisor.policy import HandlerPolicy, claim_defaults
+from supervisor.policy import HandlerPolicy, claim_defaults, policy_of
 from supervisor.store import limits, migrator
 from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
@@ -418,7 +418,7 @@ class MysqlStore(SqlStore):
             cursor.execute(queries["claim_select"], params)
             candidates += cursor.fetchall()
         for task_type in limited:
-            policy = limits.policy_of(policies, task_type)
+            policy = policy_of(policies, task_type)
             candidates += self._limited_candidates(cursor, task_type, policy, limit)
         rows = claim_order(candidates, limit)
         self._claim_rows(cursor, rows, claim, policies)

@@ -318,11 +318,14 @@ GROUP BY type, status
 ORDER BY type, status
 
 -- name: live_counts
--- The queue-depth gauge: only queued and running rows (a range of every status-led index),
--- so its cost follows the live queue, not the history the table keeps until pruned.
+-- The queue-depth gauge and the web page: only queued and running rows, so its cost follows
+-- the live queue, not the history the table keeps until pruned. The claim index holds status,
+-- type and run_at, so the read never leaves it (reading created_at from each row took 0.44 s
+-- for a 90,000-row backlog, against 0.06 s). Ages count from run_at, as in counts (for a
+-- running task, from when it became due).
 SELECT type, status, COUNT(*) AS count,
-       TIMESTAMPDIFF(MICROSECOND, MIN(created_at), NOW(6)) / 1000000.0 AS oldest_age_s
-FROM tasks
+       TIMESTAMPDIFF(MICROSECOND, MIN(run_at), NOW(6)) / 1000000.0 AS oldest_age_s
+FROM tasks FORCE INDEX (tasks_claim)
 WHERE status IN ('queued', 'running')
 GROUP BY type, status
 ORDER BY type, status
@@ -380,3 +383,58 @@ ON DUPLICATE KEY UPDATE
 -- name: declared_policy
 SELECT max_attempts, backoff, timeout_s, concurrency, concurrency_per_key, declared_by
 FROM task_types WHERE type = %(type)s
+
+-- name: find_tasks
+-- The web page's listings and the bulk commands' pages. Every condition is off when its
+-- parameter is NULL (pymysql inlines the values, so the optimizer folds the dead ones away).
+-- Newest first by primary key: a keyset page (id < before) costs the same on every page;
+-- min_id bounds how far back one page may look, however rare the matches.
+-- Types compare as bytes as well: the column's PAD SPACE collation would match 'echo '.
+SELECT id, type, status, failure, attempts, max_attempts, progress_pct, claimed_by,
+       unique_key, SUBSTRING(last_error, 1, %(error_head)s) AS error_head,
+       created_at, started_at, completed_at, deadline_at
+FROM tasks
+WHERE (%(type)s IS NULL OR (type = %(type)s AND CAST(type AS BINARY) = CAST(%(type)s AS BINARY)))
+  AND (%(any_status)s = 1 OR status IN %(statuses)s)
+  AND (%(failure)s IS NULL OR failure = %(failure)s)
+  AND (%(since)s IS NULL OR COALESCE(completed_at, created_at) >= %(since)s)
+  AND (%(until)s IS NULL OR COALESCE(completed_at, created_at) < %(until)s)
+  AND (%(error_match)s IS NULL OR INSTR(last_error, %(error_match)s) > 0)
+  AND (%(before_id)s IS NULL OR id < %(before_id)s)
+  AND (%(min_id)s IS NULL OR id >= %(min_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: count_tasks
+SELECT COUNT(*) AS count
+FROM tasks
+WHERE (%(type)s IS NULL OR (type = %(type)s AND CAST(type AS BINARY) = CAST(%(type)s AS BINARY)))
+  AND (%(any_status)s = 1 OR status IN %(statuses)s)
+  AND (%(failure)s IS NULL OR failure = %(failure)s)
+  AND (%(since)s IS NULL OR COALESCE(completed_at, created_at) >= %(since)s)
+  AND (%(until)s IS NULL OR COALESCE(completed_at, created_at) < %(until)s)
+  AND (%(error_match)s IS NULL OR INSTR(last_error, %(error_match)s) > 0)
+
+-- name: finished_counts
+-- One status at a time keeps each branch a range of tasks_finished (status, completed_at).
+SELECT type, status, COUNT(*) AS count
+FROM tasks
+WHERE status IN ('completed', 'failed', 'cancelled')
+  AND completed_at >= NOW(6) - INTERVAL %(within_us)s MICROSECOND
+GROUP BY type, status
+ORDER BY type, status
+
+-- name: retry_many
+-- The bulk form of retry, for tasks without a unique key (those go one by one, see retry).
+UPDATE tasks
+SET deadline_at = NOW(6) + INTERVAL TIMESTAMPDIFF(MICROSECOND, created_at, deadline_at) MICROSECOND,
+    status = 'queued', failure = NULL, attempts = 0, progress_pct = 0,
+    claimed_by = NULL, lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
+    run_at = NOW(6)
+WHERE id IN %(ids)s AND status IN ('failed', 'cancelled') AND unique_key IS NULL
+
+-- name: cancel_many
+UPDATE tasks
+SET status = 'cancelled', failure = NULL, lease_expires_at = NULL,
+    last_error = 'cancelled by an operator', completed_at = NOW(6)
+WHERE id IN %(ids)s AND status IN ('queued', 'running')

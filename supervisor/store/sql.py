@@ -35,6 +35,7 @@ from supervisor.policy import (
 )
 from supervisor.store import limits
 from supervisor.store.base import (
+    ERROR_HEAD_CHARS,
     Claim,
     NewTask,
     Overwritten,
@@ -42,7 +43,9 @@ from supervisor.store.base import (
     StatusCount,
     Store,
     SupervisorInfo,
+    TaskFilter,
     TaskRow,
+    TaskSummary,
     Transition,
     TypeInfo,
 )
@@ -116,6 +119,56 @@ def row_to_task(row: Row) -> TaskRow:
     )
 
 
+def filter_params(where: TaskFilter) -> Params:
+    """A :class:`TaskFilter` as the named parameters of ``find_tasks``/``count_tasks``.
+
+    Statuses come in both spellings: a tuple for MySQL's ``IN %(statuses)s``
+    and JSON for SQLite's ``json_each``; a never-matching placeholder keeps an
+    empty tuple from being a syntax error (``any_status`` switches it off).
+    Times go as millisecond text, which compares correctly with SQLite's text
+    dates and converts implicitly on MySQL.
+    """
+    statuses = sorted(s.value for s in where.statuses)
+    return {
+        "type": where.type,
+        "any_status": 0 if statuses else 1,
+        "statuses": tuple(statuses) or ("",),
+        "statuses_json": json.dumps(statuses),
+        "failure": where.failure.value if where.failure else None,
+        "since": _moment(where.since),
+        "until": _moment(where.until),
+        "error_match": where.error_match,
+    }
+
+
+def _moment(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(sep=" ", timespec="milliseconds")
+
+
+def ids_params(task_ids: Sequence[int]) -> Params:
+    ids = [int(i) for i in task_ids]
+    return {"ids": tuple(ids), "ids_json": json.dumps(ids)}
+
+
+def row_to_summary(row: Row) -> TaskSummary:
+    return TaskSummary(
+        id=int(row["id"]),
+        type=str(row["type"]),
+        status=Status(row["status"]),
+        failure=Failure(row["failure"]) if row["failure"] else None,
+        attempts=int(row["attempts"]),
+        max_attempts=_optional_int(row["max_attempts"]),
+        progress_pct=int(row["progress_pct"]),
+        claimed_by=row["claimed_by"],
+        unique_key=row["unique_key"],
+        error_head=row["error_head"],
+        created_at=to_datetime(row["created_at"]),
+        started_at=to_optional_datetime(row["started_at"]),
+        completed_at=to_optional_datetime(row["completed_at"]),
+        deadline_at=to_datetime(row["deadline_at"]),
+    )
+
+
 def row_to_type_info(row: Row) -> TypeInfo:
     """A ``task_types`` row; its policy is None until a supervisor declared one."""
     return TypeInfo(
@@ -128,6 +181,10 @@ def row_to_type_info(row: Row) -> TypeInfo:
         schedule=row["schedule"],
         schedule_last_slot=to_optional_datetime(row["schedule_last_slot"]),
     )
+
+
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
 
 
 def row_to_claim(
@@ -428,6 +485,55 @@ class SqlStore(Store):
             for row in self._rows("live_counts" if live_only else "counts")
         ]
 
+    def find_tasks(
+        self,
+        where: TaskFilter,
+        *,
+        before_id: int | None = None,
+        min_id: int | None = None,
+        limit: int = 50,
+    ) -> list[TaskSummary]:
+        """Rows a listing cannot read (an empty status, zero dates) are left out of it.
+
+        ``show`` displays such a row raw; one must not blank the whole page.
+        """
+        params = {
+            **filter_params(where),
+            "before_id": before_id,
+            "min_id": min_id,
+            "limit": limit,
+            "error_head": ERROR_HEAD_CHARS,
+        }
+        found = []
+        for row in self._rows("find_tasks", params):
+            try:
+                found.append(row_to_summary(row))
+            except (ValueError, TypeError):
+                continue
+        return found
+
+    def count_tasks(self, where: TaskFilter) -> int:
+        return int(self._rows("count_tasks", filter_params(where))[0]["count"])
+
+    def finished_counts(self, within_s: float) -> list[StatusCount]:
+        window = seconds(within_s)
+        params = {"within_s": window["s"], "within_us": window["us"]}
+        return [
+            StatusCount(
+                type=row["type"],
+                status=status_or_raw(row["status"]),
+                count=int(row["count"]),
+                oldest_age_s=None,
+            )
+            for row in self._rows("finished_counts", params)
+        ]
+
+    def retry_many(self, task_ids: Sequence[int]) -> int:
+        return self._changed("retry_many", ids_params(task_ids)) if task_ids else 0
+
+    def cancel_many(self, task_ids: Sequence[int]) -> int:
+        return self._changed("cancel_many", ids_params(task_ids)) if task_ids else 0
+
     def get(self, task_id: int) -> TaskRow | None:
         """The row, or :class:`UnreadableRow` carrying it raw when it holds odd values."""
         rows = self._rows("get", {"id": task_id})
@@ -448,7 +554,8 @@ class SqlStore(Store):
         declaration can only make it name the one before.
         """
         overwritten = []
-        for task_type, policy in sorted(policies.items()):
+        for task_type, declaring in sorted(policies.items()):
+            policy = declaring.declared()
             rows = self._rows("declared_by_other", {"type": task_type, "me": supervisor_id})
             if rows and declared_policy(rows[0]) != policy:
                 before = declared_policy(rows[0])
@@ -492,7 +599,7 @@ class SqlStore(Store):
         unlimited = [t for t in type_list if t not in limited]
         if unlimited and self._rows("probe", {"types": self._types_param(unlimited)}):
             return True
-        return any(self._has_room_and_work(t, limits.policy_of(policies, t)) for t in limited)
+        return any(self._has_room_and_work(t, policy_of(policies, t)) for t in limited)
 
     def _has_room_and_work(self, task_type: str, policy: HandlerPolicy) -> bool:
         running = running_of(self._rows("running_by_key", {"type": task_type}))

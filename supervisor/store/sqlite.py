@@ -20,7 +20,7 @@ from datetime import datetime
 from supervisor.dsn import SqliteDsn
 from supervisor.errors import StoreError, StoreUnavailable
 from supervisor.lifecycle import MAX_OPTIONS_BYTES
-from supervisor.policy import HandlerPolicy, claim_defaults
+from supervisor.policy import HandlerPolicy, claim_defaults, policy_of
 from supervisor.store import limits, migrator
 from supervisor.store.base import Claim, Enqueued, NewTask
 from supervisor.store.queries import load_queries
@@ -207,7 +207,7 @@ class SqliteStore(SqlStore):
         if unlimited:
             candidates += self._candidates(conn, unlimited, limit, no_full_keys=True)
         for task_type in limited:
-            policy = limits.policy_of(policies, task_type)
+            policy = policy_of(policies, task_type)
             running = running_of(self._fetch(conn, "running_by_key", {"type": task_type}))
             fetch = limits.fetch_limit(policy, running, limit)
             if fetch == 0:

@@ -341,9 +341,11 @@ GROUP BY type, status
 ORDER BY type, status
 
 -- name: live_counts
--- The queue-depth gauge: only queued and running rows, so its cost follows the live queue.
+-- The queue-depth gauge and the web page: only queued and running rows, so its cost follows
+-- the live queue. Ages count from run_at, as in counts (for a running task, from when it
+-- became due), which the claim index holds.
 SELECT type, status, count(*) AS count,
-       (julianday('now') - julianday(min(created_at))) * 86400.0 AS oldest_age_s
+       (julianday('now') - julianday(min(run_at))) * 86400.0 AS oldest_age_s
 FROM tasks
 WHERE status IN ('queued', 'running')
 GROUP BY type, status
@@ -407,3 +409,60 @@ ON CONFLICT (type) DO UPDATE SET
 -- name: declared_policy
 SELECT max_attempts, backoff, timeout_s, concurrency, concurrency_per_key, declared_by
 FROM task_types WHERE type = :type
+
+-- name: find_tasks
+-- The web page's listings and the bulk commands' pages. Every condition is off when its
+-- parameter is NULL. Newest first by rowid: a keyset page (id < before) costs the same on
+-- every page; min_id bounds how far back one page may look, however rare the matches. INSTR is case-sensitive, as on MySQL (LIKE would not be, here).
+SELECT id, type, status, failure, attempts, max_attempts, progress_pct, claimed_by,
+       unique_key, substr(last_error, 1, :error_head) AS error_head,
+       created_at, started_at, completed_at, deadline_at
+FROM tasks
+WHERE (:type IS NULL OR type = :type)
+  AND (:any_status = 1 OR status IN (SELECT value FROM json_each(:statuses_json)))
+  AND (:failure IS NULL OR failure = :failure)
+  AND (:since IS NULL OR coalesce(completed_at, created_at) >= :since)
+  AND (:until IS NULL OR coalesce(completed_at, created_at) < :until)
+  AND (:error_match IS NULL OR instr(last_error, :error_match) > 0)
+  AND (:before_id IS NULL OR id < :before_id)
+  AND (:min_id IS NULL OR id >= :min_id)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: count_tasks
+SELECT count(*) AS count
+FROM tasks
+WHERE (:type IS NULL OR type = :type)
+  AND (:any_status = 1 OR status IN (SELECT value FROM json_each(:statuses_json)))
+  AND (:failure IS NULL OR failure = :failure)
+  AND (:since IS NULL OR coalesce(completed_at, created_at) >= :since)
+  AND (:until IS NULL OR coalesce(completed_at, created_at) < :until)
+  AND (:error_match IS NULL OR instr(last_error, :error_match) > 0)
+
+-- name: finished_counts
+SELECT type, status, count(*) AS count
+FROM tasks
+WHERE status IN ('completed', 'failed', 'cancelled')
+  AND completed_at >= strftime('%Y-%m-%d %H:%M:%f', 'now', '-' || :within_s || ' seconds')
+GROUP BY type, status
+ORDER BY type, status
+
+-- name: retry_many
+-- The bulk form of retry, for tasks without a unique key (those go one by one, see retry).
+UPDATE tasks
+SET status = 'queued', failure = NULL, attempts = 0, progress_pct = 0,
+    claimed_by = NULL, lease_expires_at = NULL, started_at = NULL, completed_at = NULL,
+    deadline_at = strftime('%Y-%m-%d %H:%M:%f', 'now',
+        '+' || ((julianday(deadline_at) - julianday(created_at)) * 86400.0) || ' seconds'),
+    run_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (SELECT value FROM json_each(:ids_json))
+  AND status IN ('failed', 'cancelled') AND unique_key IS NULL
+
+-- name: cancel_many
+UPDATE tasks
+SET status = 'cancelled', failure = NULL, lease_expires_at = NULL,
+    last_error = 'cancelled by an operator',
+    completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id IN (SELECT value FROM json_each(:ids_json)) AND status IN ('queued', 'running')

@@ -145,6 +145,17 @@ def test_a_declaration_replacing_another_live_supervisors_different_policy_is_re
     assert store.declare_types("B", {"t": FIVE_TRIES}) == [], "its own declaration: no warning"
 
 
+def test_a_schedule_is_not_part_of_the_declared_policy(store: Store) -> None:
+    """The schedule has columns of its own: two supervisors whose handler files differ only
+    in their SCHEDULE make no warning, and the declared policy reads back without it."""
+    store.register(info("A"), ttl_s=LONG_LEASE_S)
+    store.register(info("B"), ttl_s=LONG_LEASE_S)
+    store.declare_types("A", {"t": HandlerPolicy(max_attempts=2, schedule="* * * * *")})
+    every_five = HandlerPolicy(max_attempts=2, schedule="*/5 * * * *", schedule_options="x")
+    assert store.declare_types("B", {"t": every_five}) == []
+    assert store.declared_policy("t") == HandlerPolicy(max_attempts=2)
+
+
 def test_replacing_a_dead_supervisors_declaration_is_not_reported(store: Store) -> None:
     store.register(info("A"), ttl_s=SHORT_LEASE_S)
     store.declare_types("A", {"t": FIVE_TRIES})
