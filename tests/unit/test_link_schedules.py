@@ -5,12 +5,15 @@ Turned by hand on a MemoryStore whose database clock moves with the link's.
 
 from __future__ import annotations
 
-from datetime import datetime
+import random
+from datetime import datetime, timedelta
+
+import pytest
 
 from supervisor.dblink import DatabaseLink
 from supervisor.link_events import ScheduleFired
 from supervisor.schedules import Schedule
-from supervisor.store import ManualClock, MemoryStore, SupervisorInfo
+from supervisor.store import ManualClock, MemoryStore, SupervisorInfo, TaskRow
 from tests.unit.test_dblink import Clocks
 
 EVERY_MINUTE = Schedule(type="tick", cron="* * * * *", options='{"n": 1}')
@@ -74,15 +77,16 @@ def test_two_supervisors_fire_each_slot_once() -> None:
     assert sum(c.count for c in store.counts()) == 1
 
 
-def test_after_everyone_was_down_only_the_most_recent_missed_slot_is_enqueued() -> None:
+@pytest.mark.parametrize("missed", [2, 10])
+def test_after_everyone_was_down_only_the_most_recent_missed_slot_is_enqueued(missed: int) -> None:
     clocks, store = start_at(datetime(2030, 1, 1, 12, 0, 30))
     link = link_for(store, clocks)
     link.turn()  # the schedule is known: its mark is at 12:00
-    clocks.advance(10 * 60)  # ten slots pass with no supervisor running
+    clocks.advance(missed * 60)  # slots pass with no supervisor running
     restarted = link_for(store, clocks, "B")
     restarted.turn()
     [event] = fired(restarted)
-    assert event.slot == datetime(2030, 1, 1, 12, 10)
+    assert event.slot == datetime(2030, 1, 1, 12, missed)
     assert sum(c.count for c in store.counts()) == 1
 
 
@@ -94,3 +98,33 @@ def test_a_slot_older_than_its_budget_is_skipped_rather_than_born_expired() -> N
     clocks.advance(86400)  # the next 03:00 slot passed 9.5 hours before this look
     link.turn()
     assert fired(link) == [] and store.counts() == []
+
+
+def test_three_supervisors_over_three_hours_enqueue_exactly_one_task_per_slot() -> None:
+    """The fleet test on an injected clock: every minute for three hours, three links turning
+    at their own moments; each slot has exactly one task, and none is missing."""
+    clocks, store = start_at(datetime(2030, 1, 1, 12, 0, 30))
+    fleet = [link_for(store, clocks, owner) for owner in "ABC"]
+    for link in fleet:
+        link.turn()  # the schedule is known from 12:00; its first firing is 12:01
+    events: list[ScheduleFired] = []
+    firers: set[str] = set()
+    order = random.Random(7)  # who looks first after each step: seeded, so the test repeats
+    for _ in range(3 * 60 * 6):  # ten-second steps, each link turning when it is due
+        clocks.advance(10.0)
+        for link in order.sample(fleet, len(fleet)):
+            if link.next_due() <= clocks.now:
+                link.turn()
+            mine = fired(link)
+            events += mine
+            firers |= {link.owner} if mine else set()
+    slots = sorted(e.slot for e in events)
+    expected = [datetime(2030, 1, 1, 12, 1) + timedelta(minutes=n) for n in range(180)]
+    assert slots == expected, "one task per slot, none missing, none twice"
+    assert sum(c.count for c in store.counts()) == 180
+    assert {e.task_id for e in events} == {t.id for t in store_tasks(store)}
+    assert firers == {"A", "B", "C"}, "no leader: whoever looks first fires the slot"
+
+
+def store_tasks(store: MemoryStore) -> list[TaskRow]:
+    return [row for row in (store.get(i) for i in range(1, 400)) if row is not None]
