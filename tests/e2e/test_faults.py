@@ -414,7 +414,8 @@ def test_while_the_database_is_away_the_parent_backs_off_and_sleeps_until_each_r
         gap = log_time(later) - log_time(earlier)
         assert gap >= earlier["retry_in_s"] - 0.01, (earlier, later)
     assert max(f["held"] for f in failures) == 1
-    [back] = events(a, message="database is back")
+    # The row is written before the loop logs that the database is back: wait for the line.
+    [back] = wait_until(lambda: events(a, message="database is back") or None, 10, "the log line")
     assert log_time(back) >= restored_at
     assert a.process.running
 
