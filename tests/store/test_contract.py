@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -55,23 +55,7 @@ TOLERANCE_S = 2.0  # slack for timestamps taken a few statements apart on a busy
 CLOCK_STEP_S = 0.001  # SQLite's clock has millisecond steps, its ages float rounding
 
 
-# --- backends ------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql), "memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """A fresh store per backend: the two SQL databases, and MemoryStore on a manual clock.
-
-    This overrides the shared ``store`` (SQL only, paired with ``dsn`` for the
-    end-to-end tests) for this module: the in-memory backend cannot serve
-    a CLI in another process, but it must keep this contract.
-    """
-    if request.param == "memory":
-        yield MemoryStore(clock=ManualClock())
-        return
-    name = "sqlite_dsn" if request.param == "sqlite" else "mysql_dsn"
-    with migrated_store(str(request.getfixturevalue(name))) as sql:
-        yield sql
+# --- backends: the ``store`` fixture of tests/store/conftest.py (SQLite, MariaDB, memory) ---
 
 
 # --- helpers -------------------------------------------------------------------------------

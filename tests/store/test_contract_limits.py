@@ -16,11 +16,7 @@ from supervisor.errors import StoreError
 from supervisor.lifecycle import Failure, Status
 from supervisor.policy import HandlerPolicy
 from supervisor.store import NewTask, Store
-from tests.store import test_contract
 from tests.store.test_contract import LONG_LEASE_S, enqueue, row
-
-# The contract's own fixture: every backend, a fresh store per test.
-store = test_contract.store
 
 TWO_AT_ONCE = {"lim": HandlerPolicy(concurrency=2)}
 ONE_PER_KEY = {"lim": HandlerPolicy(concurrency_per_key=1)}

@@ -8,28 +8,17 @@ below holds on SQLite, MariaDB/MySQL and MemoryStore alike.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 
 from supervisor.lifecycle import Failure, Status
-from supervisor.store import MemoryStore, NewTask, Store, TaskFilter
+from supervisor.store import NewTask, Store, TaskFilter
 from supervisor.store.base import ERROR_HEAD_CHARS
-from supervisor.store.memory import ManualClock
-from tests.conftest import migrated_store
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql), "memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore(clock=ManualClock())
-        return
-    name = "sqlite_dsn" if request.param == "sqlite" else "mysql_dsn"
-    with migrated_store(str(request.getfixturevalue(name))) as sql:
-        yield sql
 
 
 def failed(store: Store, task_type: str, error: str, failure: Failure = Failure.ERROR) -> int:

@@ -14,7 +14,6 @@ import pytest
 from supervisor.lifecycle import Failure, Status
 from supervisor.policy import HandlerPolicy
 from supervisor.store import NewTask, Rescued, Store, SupervisorInfo
-from tests.store import test_contract
 from tests.store.test_contract import (
     LEASE_RUN_OUT_S,
     LONG_LEASE_S,
@@ -25,7 +24,6 @@ from tests.store.test_contract import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-store = test_contract.store  # the contract's fixture: SQLite, MariaDB/MySQL and memory
 
 FIVE_TRIES = HandlerPolicy(max_attempts=5, timeout_s=2.5)
 POLICIES = {"t": FIVE_TRIES, "u": HandlerPolicy(max_attempts=1)}

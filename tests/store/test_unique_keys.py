@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pymysql
@@ -20,21 +19,12 @@ from supervisor import Queue, enqueue_in_transaction
 from supervisor.errors import StoreError, UsageError
 from supervisor.lifecycle import Failure, Status
 from supervisor.store import Enqueued, NewTask, Store
-from supervisor.store.memory import ManualClock, MemoryStore
 from tests.conftest import driver_connection, migrated_store
 from tests.store.test_contract import claim_one, raw, row
 
 PRODUCERS = 8
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql), "memory"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore(clock=ManualClock())
-        return
-    name = "sqlite_dsn" if request.param == "sqlite" else "mysql_dsn"
-    with migrated_store(str(request.getfixturevalue(name))) as sql:
-        yield sql
 
 
 def keyed(task_type: str = "t", key: str | None = "k") -> NewTask:
