@@ -87,8 +87,11 @@ INSERT INTO task_types (type) VALUES (%(type)s) ON DUPLICATE KEY UPDATE type = t
 -- name: running_by_key
 -- A plain read under READ COMMITTED sees every claim committed before this one took the
 -- type's lock. Keys compare as bytes, as types do (PAD SPACE would merge 'a ' with 'a').
+-- The (type, status) range of tasks_type_status holds only the type's running rows (a few,
+-- at most the fleet's workers); their keys are read from the rows. An index that held the
+-- key too would be written at every status change of every task, for this one read.
 SELECT CAST(concurrency_key AS BINARY) AS concurrency_key, COUNT(*) AS count
-FROM tasks FORCE INDEX (tasks_concurrency)
+FROM tasks FORCE INDEX (tasks_type_status)
 WHERE type = %(type)s AND CAST(type AS BINARY) = %(type)s AND status = 'running'
 GROUP BY CAST(concurrency_key AS BINARY)
 

@@ -48,9 +48,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     KEY tasks_deadline (status, deadline_at),
     KEY tasks_lease (status, lease_expires_at),
     KEY tasks_finished (status, completed_at),
+    -- Also where a claim of a type with a concurrency limit counts its running tasks.
     KEY tasks_type_status (type, status, created_at),
-    -- Claims of a type with a concurrency limit count its running tasks (per key) here.
-    KEY tasks_concurrency (type, status, concurrency_key),
     UNIQUE KEY tasks_unique_live (type, live_unique_key)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 

@@ -86,8 +86,11 @@ LIMIT 1
 -- name: running_by_key
 -- The claim runs in BEGIN IMMEDIATE, which serialises every writer of the file: the count
 -- and the claim that follows it cannot interleave with another supervisor's claim.
+-- The (type, status) range of tasks_type_status holds only the type's running rows (a few,
+-- at most the fleet's workers); their keys are read from the rows. An index that held the
+-- key too would be written at every status change of every task, for this one read.
 SELECT CAST(concurrency_key AS BLOB) AS concurrency_key, COUNT(*) AS count
-FROM tasks INDEXED BY tasks_concurrency
+FROM tasks INDEXED BY tasks_type_status
 WHERE type = :type AND status = 'running'
 GROUP BY concurrency_key
 

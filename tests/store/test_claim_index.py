@@ -105,11 +105,11 @@ def test_sqlite_claim_walks_the_claim_index_without_a_sort(sqlite_dsn: str) -> N
 
 @pytest.mark.mysql
 @pytest.mark.parametrize("full_keys", [(), ("k1", "k2")])
-def test_mysql_limited_claim_walks_the_claim_index_and_counts_on_the_concurrency_index(
+def test_mysql_limited_claim_walks_the_claim_index_and_counts_on_the_type_status_index(
     mysql_dsn: str, full_keys: tuple[str, ...]
 ) -> None:
     """The select of a limited type is claim_select's plan; its running count reads only
-    the (type, status, key) range of tasks_concurrency, never the whole table."""
+    the (type, status) range of tasks_type_status, never the whole table."""
     store = open_store(parse_dsn(mysql_dsn))
     assert isinstance(store, MysqlStore)
     store.migrate()
@@ -142,5 +142,5 @@ def test_mysql_limited_claim_walks_the_claim_index_and_counts_on_the_concurrency
         assert step["type"] != "ALL", f"full table scan:\n{plan_text(select_plan)}"
         assert "filesort" not in extra, f"the claim sorts its rows:\n{plan_text(select_plan)}"
     assert [step["key"] for step in select_plan] == ["tasks_claim"], plan_text(select_plan)
-    assert [step["key"] for step in count_plan] == ["tasks_concurrency"], plan_text(count_plan)
+    assert [step["key"] for step in count_plan] == ["tasks_type_status"], plan_text(count_plan)
     assert count_plan[0]["type"] in ("ref", "range"), plan_text(count_plan)

@@ -15,8 +15,7 @@ ALTER TABLE tasks
     MODIFY max_attempts INT UNSIGNED NULL DEFAULT NULL,
     MODIFY failure ENUM('error', 'panic', 'timeout', 'expired', 'lost', 'attempt_timeout') NULL,
     ADD COLUMN timeout_s DOUBLE NULL AFTER max_attempts,
-    ADD COLUMN concurrency_key VARCHAR(255) NULL AFTER timeout_s,
-    ADD KEY tasks_concurrency (type, status, concurrency_key);
+    ADD COLUMN concurrency_key VARCHAR(255) NULL AFTER timeout_s;
 
 -- What the fleet knows about a task type: whether an operator paused it, and the policy
 -- its handler file declares (written by each supervisor that has the file, at start and

@@ -50,7 +50,6 @@ CREATE INDEX tasks_deadline ON tasks (status, deadline_at);
 CREATE INDEX tasks_lease ON tasks (status, lease_expires_at);
 CREATE INDEX tasks_finished ON tasks (status, completed_at);
 CREATE INDEX tasks_type_status ON tasks (type, status, created_at);
-CREATE INDEX tasks_concurrency ON tasks (type, status, concurrency_key);
 
 -- What the fleet knows about a task type: whether an operator paused it, and the policy
 -- its handler file declares (written by each supervisor that has the file, at start and
