@@ -218,7 +218,8 @@ def test_after_kill_9_a_task_on_its_last_attempt_is_failed_lost(fleet: Fleet) ->
     assert row.last_error == f"lease of {a.owner} expired on the last attempt"
     assert row.completed_at is not None
     assert len(fleet.executions(task_id)) == 1  # never run again
-    assert events(b, outcome="lost", type="sleepy")
+    # The row is written before the sweeper's log line: wait for the line.
+    wait_until(lambda: events(b, outcome="lost", type="sleepy") or None, 10, "the lost line")
 
 
 # ---------------------------------------------------------------- SIGSTOP past the lease
