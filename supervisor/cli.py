@@ -399,10 +399,12 @@ def effective_record(store: Store, row: TaskRow) -> dict[str, dict[str, Any]]:
     A row never claimed reads its type's declared policy: that is what the
     next claim (by a supervisor with the handler) writes into it.
     """
-    claimed = row.started_at is not None or row.attempts > 0
-    declared = None if claimed else store.declared_policy(row.type)
+    declared = None if row.was_claimed else store.declared_policy(row.type)
     found = effective_values(
-        max_attempts=row.max_attempts, timeout_s=row.timeout_s, claimed=claimed, declared=declared
+        max_attempts=row.max_attempts,
+        timeout_s=row.timeout_s,
+        claimed=row.was_claimed,
+        declared=declared,
     )
     return {name: {"value": e.value, "source": e.source} for name, e in found.items()}
 

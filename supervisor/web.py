@@ -38,6 +38,7 @@ from supervisor import bulk
 from supervisor.dsn import Dsn
 from supervisor.errors import StartupError, StoreError, UnreadableRow, UsageError
 from supervisor.lifecycle import Failure, Status
+from supervisor.policy import effective_values
 from supervisor.store import (
     StatusCount,
     Store,
@@ -587,13 +588,25 @@ def task_body(row: TaskRow, info: TypeInfo | None, with_options: bool) -> str:
 
 
 def policy_table(row: TaskRow, info: TypeInfo | None) -> str:
-    """What applies: the task's own values, else the handler's declared ones, else defaults."""
+    """What applies, with its source, by the same rule as ``show`` (``policy.effective_values``)."""
     declared = info.policy if info else None
-    max_attempts = row.max_attempts or (declared.max_attempts if declared else None) or 3
-    timeout = row.timeout_s or (declared.timeout_s if declared else None)
+    found = effective_values(
+        max_attempts=row.max_attempts,
+        timeout_s=row.timeout_s,
+        claimed=row.was_claimed,
+        declared=None if row.was_claimed else declared,
+    )
+    attempts, timeout = found["max_attempts"], found["timeout_s"]
     rows = [
-        [td("max_attempts"), td(max_attempts)],
-        [td("attempt timeout"), td(f"{timeout:g} s" if timeout else "none (the budget only)")],
+        [td("max_attempts"), td(f"{attempts.value} ({attempts.source})")],
+        [
+            td("attempt timeout"),
+            td(
+                f"{timeout.value:g} s ({timeout.source})"
+                if timeout.value is not None
+                else "none (the budget only)"
+            ),
+        ],
         [td("budget ends"), td(stamp(row.deadline_at))],
         [td("paused type"), td("yes" if info and info.paused else "no")],
     ]

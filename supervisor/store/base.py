@@ -97,6 +97,11 @@ class TaskRow:
     lease_expires_at: datetime | None
     updated_at: datetime
 
+    @property
+    def was_claimed(self) -> bool:
+        """Whether a claim has written its effective values into the row (see ``policy``)."""
+        return self.started_at is not None or self.attempts > 0
+
 
 @attrs.frozen(kw_only=True)
 class TaskFilter:
