@@ -55,6 +55,7 @@ class Failure(enum.StrEnum):
     EXPIRED = "expired"
     LOST = "lost"
     ATTEMPT_TIMEOUT = "attempt_timeout"
+    MEMORY = "memory"  # over the handler's MAX_RSS: killed, never retried (it would happen again)
 
 
 class Outcome(enum.StrEnum):
@@ -75,6 +76,7 @@ class Outcome(enum.StrEnum):
     EXPIRED = "expired"
     LOST = "lost"
     ATTEMPT_TIMEOUT = "attempt_timeout"
+    MEMORY = "memory"
 
 
 @attrs.frozen

@@ -96,6 +96,15 @@ class TaskRow:
     completed_at: datetime | None
     lease_expires_at: datetime | None
     updated_at: datetime
+    # What the last attempt used (None until an attempt has ended, or written by an older version).
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
+    wall_s: float | None = None
+    # The last stack taken of the running child (``supervisor stack ID``, a cancel), and when;
+    # stack_requested_at: an operator's request not answered yet.
+    stack: str | None = attrs.field(default=None, repr=False)
+    stack_at: datetime | None = None
+    stack_requested_at: datetime | None = None
 
     @property
     def was_claimed(self) -> bool:

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     live_unique_key  VARCHAR(255)
         GENERATED ALWAYS AS (IF(status IN ('queued', 'running'), unique_key, NULL)) VIRTUAL,
     progress_pct     TINYINT UNSIGNED NOT NULL DEFAULT 0,
-    failure          ENUM('error', 'panic', 'timeout', 'expired', 'lost', 'attempt_timeout') NULL,
+    failure          ENUM('error', 'panic', 'timeout', 'expired', 'lost', 'attempt_timeout',
+                          'memory') NULL,
     last_error       TEXT             NULL,
     claimed_by       VARCHAR(255)     NULL,
     created_at       DATETIME(6)      NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
@@ -40,6 +41,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_expires_at DATETIME(6)      NULL,
     updated_at       DATETIME(6)      NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
                                       ON UPDATE CURRENT_TIMESTAMP(6),
+    -- What the last attempt used: CPU of the child's tree, peak resident memory, wall time.
+    cpu_s              DOUBLE           NULL,
+    peak_rss_bytes     BIGINT UNSIGNED  NULL,
+    wall_s             DOUBLE           NULL,
+    -- The last stack taken of the task's running child, and an operator's pending request.
+    stack              MEDIUMTEXT       NULL,
+    stack_at           DATETIME(6)      NULL,
+    stack_requested_at DATETIME(6)      NULL,
     PRIMARY KEY (id),
     -- The claim reads this index in ORDER BY order (status = 'queued', then
     -- priority, id) and filters type/run_at/deadline_at inside it: no filesort,
@@ -115,3 +124,7 @@ INSERT IGNORE INTO schema_migrations (version, name)
 SELECT 4, 'schedules' FROM schema_migrations WHERE version = 3 AND EXISTS (
     SELECT 1 FROM information_schema.columns
     WHERE table_schema = DATABASE() AND table_name = 'task_types' AND column_name = 'schedule');
+INSERT IGNORE INTO schema_migrations (version, name)
+SELECT 5, 'resources' FROM schema_migrations WHERE version = 4 AND EXISTS (
+    SELECT 1 FROM information_schema.columns
+    WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'stack');

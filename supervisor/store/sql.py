@@ -116,6 +116,12 @@ def row_to_task(row: Row) -> TaskRow:
         completed_at=to_optional_datetime(row["completed_at"]),
         lease_expires_at=to_optional_datetime(row["lease_expires_at"]),
         updated_at=to_datetime(row["updated_at"]),
+        cpu_s=None if row.get("cpu_s") is None else float(row["cpu_s"]),
+        peak_rss_bytes=None if row.get("peak_rss_bytes") is None else int(row["peak_rss_bytes"]),
+        wall_s=None if row.get("wall_s") is None else float(row["wall_s"]),
+        stack=row.get("stack"),
+        stack_at=to_optional_datetime(row.get("stack_at")),
+        stack_requested_at=to_optional_datetime(row.get("stack_requested_at")),
     )
 
 

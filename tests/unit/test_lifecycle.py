@@ -55,6 +55,7 @@ def test_failure_kinds_are_the_column_values() -> None:
         "expired",
         "lost",
         "attempt_timeout",
+        "memory",
     ]
 
 
