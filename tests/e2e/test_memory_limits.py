@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from supervisor.lifecycle import Failure, Status
+from supervisor.lifecycle import Failure, Outcome, Status
 from supervisor.pool import MAX_CHILD_RSS_MESSAGE
 from supervisor.telemetry import MEMORY_KILL_MESSAGE, MEMORY_REAPED_MESSAGE
+from supervisor.testing import run_handler
 from tests.e2e.harness import Launcher, wait_until
 from tests.e2e.test_metrics import free_port, metrics_args, wait_scrape
 
@@ -168,6 +170,20 @@ def test_the_limit_counts_the_whole_tree(tmp_path: Path, sqlite_dsn: str) -> Non
         found = PEAK.search(row.last_error)
         assert found is not None and float(found.group(1)) < 250, row.last_error
         wait_until(lambda: not _alive(grandchild), 10, "the grandchild killed with the tree")
+
+
+def test_run_handler_runs_a_handler_under_a_memory_limit_as_the_supervisor_does(
+    tmp_path: Path,
+) -> None:
+    handlers = tmp_path / "handlers"
+    handlers.mkdir()
+    (handlers / "grows.py").write_text(textwrap.dedent(GROWS))
+
+    run = run_handler("grows", {}, handlers=handlers, max_rss=100, max_attempts=3)
+    assert (run.outcome, run.status, run.failure) == (Outcome.MEMORY, Status.FAILED, Failure.MEMORY)
+    assert run.last_error is not None and PEAK.search(run.last_error), run.last_error
+    assert "Stack at the kill:" in run.last_error and "in handle" in run.stack
+    assert run.peak_rss_bytes is not None and 100 * MIB < run.peak_rss_bytes < 200 * MIB
 
 
 def _alive(pid: int) -> bool:
