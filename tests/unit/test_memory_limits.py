@@ -228,6 +228,7 @@ def breach(loop: Loop, rss: dict[int, int]) -> None:
     loop.sup.memory.list_descendants = lambda pid: ()
     loop.cycle()
     assert loop.sup.memory.next_due() == loop.clock() + SAMPLE_INTERVAL_S
+    assert loop.sup.next_wakeup() == loop.clock() + SAMPLE_INTERVAL_S, "the loop wakes to sample"
     loop.advance(SAMPLE_INTERVAL_S)
     loop.step()
 
@@ -290,6 +291,23 @@ def test_a_child_under_max_rss_is_sampled_until_its_task_ends_then_no_more(
     loop.turn()
     assert loop.row(task_id).status is Status.COMPLETED
     assert loop.sup.memory.next_due() is None
+
+
+def test_only_the_child_over_its_limit_is_killed(make_loop: MakeLoop) -> None:
+    loop = make_loop(workers=2, constants=LIMITED)
+    [first_id, second_id] = loop.enqueue(2)
+    over, under = loop.child(0), loop.child(1)
+    breach(loop, {over.pid: 150 * MIB, under.pid: 50 * MIB})
+    assert [c.task().id for c in (over, under)] == [first_id, second_id]
+    loop.advance(MEMORY_STACK_LEAD_S)
+    loop.step()
+    assert (over.kills, under.kills, under.stack_requests) == (1, 0, 0)
+    assert loop.sup.memory.watching() == 1, "the other is still watched"
+    under.say_done()
+    loop.step()
+    loop.turn()
+    assert loop.row(first_id).failure is Failure.MEMORY
+    assert loop.row(second_id).status is Status.COMPLETED
 
 
 def test_a_type_without_max_rss_is_not_watched(make_loop: MakeLoop) -> None:
