@@ -151,10 +151,10 @@ class Pool:
         """The child is idle again: keep it, or let it go (recycling, reload, scaling, drain)."""
         if should_recycle(child.tasks_done, self._max_tasks_per_child):
             self._retire(child, "recycled")
-        elif self._over_rss(child):
-            self._retire(child, "max_rss")
         elif self.draining or child.retire_when_idle or child.slot >= self.target:
             self._retire(child, child.exit_reason)
+        elif self._over_rss(child):  # last: a child that goes anyway is not read
+            self._retire(child, "max_rss")
 
     def _over_rss(self, child: Child) -> bool:
         """``--max-child-rss``: the child's own RSS, read (one ``statm``) only when it is set.
