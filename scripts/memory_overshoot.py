@@ -56,12 +56,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per limit")
     parser.add_argument("--limits", default="100,200", help="MAX_RSS values in MiB")
-    parser.add_argument("--step-mb", type=float, default=10.0, help="MB allocated per step")
+    parser.add_argument("--step-mb", type=float, default=10.0, help="MiB written per step")
     parser.add_argument("--step-s", type=float, default=0.1, help="seconds between steps")
     args = parser.parse_args()
     limits = [int(text) for text in args.limits.split(",")]
     rate = args.step_mb / args.step_s
-    print(f"allocating {args.step_mb:g} MB every {args.step_s:g} s ({rate:.0f} MB/s)")
+    print(f"allocating {args.step_mb:g} MiB every {args.step_s:g} s ({rate:.0f} MiB/s)")
 
     with tempfile.TemporaryDirectory(prefix="memory-overshoot-") as scratch:
         work = Path(scratch)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.lifecycle import Failure, Outcome, Status
+from supervisor.memory_watch import descendants
 from supervisor.pool import MAX_CHILD_RSS_MESSAGE
 from supervisor.telemetry import MEMORY_KILL_MESSAGE, MEMORY_REAPED_MESSAGE
 from supervisor.testing import run_handler
@@ -184,6 +185,32 @@ def test_run_handler_runs_a_handler_under_a_memory_limit_as_the_supervisor_does(
     assert run.last_error is not None and PEAK.search(run.last_error), run.last_error
     assert "Stack at the kill:" in run.last_error and "in handle" in run.stack
     assert run.peak_rss_bytes is not None and 100 * MIB < run.peak_rss_bytes < 200 * MIB
+
+
+def test_one_scan_finds_the_descendants_of_each_root() -> None:
+    """``sh`` starts a ``sleep``: both are below this process, nothing is below the sleep."""
+    import os
+    import subprocess
+
+    import psutil
+
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+
+        def grandchild() -> list[int] | None:
+            below = psutil.Process(shell.pid).children()
+            return [p.pid for p in below] or None
+
+        [sleeper] = wait_until(grandchild, 10, "the shell's sleep")
+        found = descendants([os.getpid(), shell.pid, sleeper])
+        assert {shell.pid, sleeper} <= set(found[os.getpid()])
+        assert found[shell.pid] == (sleeper,)
+        assert found[sleeper] == ()
+    finally:
+        for proc in psutil.Process(shell.pid).children(recursive=True):
+            proc.kill()
+        shell.kill()
+        shell.wait()
 
 
 def _alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Collection
 
 import pytest
 
@@ -41,15 +42,15 @@ class Readings:
         self.rss: dict[int, int] = {}
         self.reads: list[int] = []
         self.tree: dict[int, tuple[int, ...]] = {}
-        self.listings: list[int] = []
+        self.scans: list[list[int]] = []  # the roots of each scan of the process table
 
     def read(self, pid: int) -> int | None:
         self.reads.append(pid)
         return self.rss.get(pid)
 
-    def list(self, pid: int) -> tuple[int, ...]:
-        self.listings.append(pid)
-        return self.tree.get(pid, ())
+    def list(self, roots: Collection[int]) -> dict[int, tuple[int, ...]]:
+        self.scans.append(sorted(roots))
+        return {root: self.tree.get(root, ()) for root in roots}
 
 
 def watch_with(readings: Readings, clock: MonotonicClock) -> MemoryWatch:
@@ -61,7 +62,7 @@ def test_nothing_watched_costs_nothing() -> None:
     watch = watch_with(readings, clock)
     assert watch.next_due() is None, "the loop's wait is not shortened"
     assert watch.sample(clock()) == []
-    assert readings.reads == [] and readings.listings == []
+    assert readings.reads == [] and readings.scans == []
 
 
 def test_a_tree_is_read_every_interval_and_reported_once_when_over_its_limit() -> None:
@@ -98,15 +99,15 @@ def test_the_tree_is_the_child_plus_its_descendants_listed_at_a_slower_rate() ->
 
     clock.now += SAMPLE_INTERVAL_S
     assert watch.sample(clock()) == []
-    assert readings.listings == [10]
+    assert readings.scans == [[10]]
     assert watch.last_reading(10) == (90 * MIB, 100 * MIB)
 
-    # Between listings the known descendants are read again, but not listed again.
+    # Between scans the known descendants are read again, but not looked for again.
     readings.rss[11] = 45 * MIB
     clock.now += SAMPLE_INTERVAL_S
     [breach] = watch.sample(clock())
     assert breach.rss_bytes == 105 * MIB
-    assert readings.listings == [10], "listed once per TREE_INTERVAL_S"
+    assert readings.scans == [[10]], "one scan per TREE_INTERVAL_S"
 
 
 def test_a_new_descendant_counts_from_the_next_listing_and_a_gone_one_reads_as_nothing() -> None:
@@ -122,10 +123,36 @@ def test_a_new_descendant_counts_from_the_next_listing_and_a_gone_one_reads_as_n
     readings.tree[10] = (11, 12)
     del readings.rss[11]  # exited since the listing
     clock.now += SAMPLE_INTERVAL_S
-    assert watch.sample(clock()) == [] and readings.listings == [10]
+    assert watch.sample(clock()) == [] and readings.scans == [[10]]
     clock.now += TREE_INTERVAL_S
     [breach] = watch.sample(clock())
-    assert readings.listings == [10, 10] and breach.rss_bytes == 110 * MIB
+    assert readings.scans == [[10], [10]] and breach.rss_bytes == 110 * MIB
+
+
+def test_one_scan_serves_every_watched_tree_and_a_later_one_waits_for_the_next_scan() -> None:
+    """The scan reads the whole process table: at most one per TREE_INTERVAL_S, for all."""
+    readings, clock = Readings(), MonotonicClock()
+    watch = watch_with(readings, clock)
+    readings.rss.update({10: MIB, 20: MIB, 21: 200 * MIB})
+    readings.tree[20] = (21,)
+    watch.start(10, 100 * MIB)
+    clock.now += SAMPLE_INTERVAL_S / 2
+    watch.start(20, 100 * MIB)  # due half an interval after the first
+    clock.now += SAMPLE_INTERVAL_S / 2
+    assert watch.sample(clock()) == []
+    assert readings.scans == [[10, 20]], "both trees, though only the first was due"
+    clock.now += SAMPLE_INTERVAL_S / 2
+    [breach] = watch.sample(clock())
+    assert (breach.pid, breach.rss_bytes) == (20, 201 * MIB)
+
+    watch.start(30, 100 * MIB)
+    readings.rss[30] = MIB
+    clock.now += SAMPLE_INTERVAL_S
+    watch.sample(clock())
+    assert readings.scans == [[10, 20]], "a new tree waits for the next scan"
+    clock.now += TREE_INTERVAL_S
+    watch.sample(clock())
+    assert readings.scans == [[10, 20], [10, 20, 30]]
 
 
 def test_a_child_that_is_gone_is_no_breach_and_its_exit_settles_the_attempt() -> None:
@@ -135,7 +162,6 @@ def test_a_child_that_is_gone_is_no_breach_and_its_exit_settles_the_attempt() ->
     clock.now += SAMPLE_INTERVAL_S
     assert watch.sample(clock()) == []
     assert watch.next_due() == clock() + SAMPLE_INTERVAL_S
-    assert readings.listings == [], "not listed: the child itself could not be read"
 
 
 def test_the_last_reading_is_the_peak_seen_including_a_read_just_before_the_kill() -> None:
@@ -169,7 +195,7 @@ def test_statm_reads_a_real_process_and_nothing_for_a_missing_one() -> None:
     own = statm_rss(os.getpid())
     assert own is not None and own > 10 * MIB  # a Python interpreter with pytest loaded
     assert statm_rss(FAKE_PID_BASE) is None
-    assert descendants(FAKE_PID_BASE) == ()
+    assert descendants([FAKE_PID_BASE]) == {FAKE_PID_BASE: ()}
 
 
 # --- the constant --------------------------------------------------------------------------
@@ -225,7 +251,7 @@ LIMITED = {"echo": {"MAX_RSS": 100}}
 def breach(loop: Loop, rss: dict[int, int]) -> None:
     """Dispatch one task; the watch samples it at ``rss`` (by pid) one interval later."""
     loop.sup.memory.read_rss = rss.get
-    loop.sup.memory.list_descendants = lambda pid: ()
+    loop.sup.memory.list_descendants = lambda roots: {}
     loop.cycle()
     assert loop.sup.memory.next_due() == loop.clock() + SAMPLE_INTERVAL_S
     assert loop.sup.next_wakeup() == loop.clock() + SAMPLE_INTERVAL_S, "the loop wakes to sample"
