@@ -8,6 +8,8 @@ exactly one of these ways, each decided here and nowhere else:
   stack faulthandler dumped just before; or its per-attempt ``TIMEOUT`` (the
   claim's ``timeout_s``) passes first: the same kill, but a failed attempt,
   retried while attempts remain (``attempt_timeout`` on the last one);
+* its tree goes over the handler's ``MAX_RSS`` (:mod:`supervisor.memory_watch`):
+  the same kill, with the stack, and the task fails ``memory``, not retried;
 * the child dies (``panic``), or breaks the protocol (treated the same);
 * the heartbeat finds the claim lost: the child is killed, nothing is written;
 * the drain deadline passes: the child is killed and the attempt refunded.
@@ -42,9 +44,11 @@ from supervisor.lifecycle import (
     decide_error,
     exception_type,
     handler_error,
+    memory_error,
     panic_error,
     timeout_error,
 )
+from supervisor.memory_watch import MEMORY_STACK_LEAD_S, MemoryWatch
 from supervisor.policy import HandlerPolicy
 from supervisor.pool import Pool
 from supervisor.protocol import (
@@ -83,6 +87,7 @@ class Attempts:
         handlers: Callable[[], Mapping[str, Path]],
         fresh_s: float,
         policies: Callable[[], Mapping[str, HandlerPolicy]],
+        memory: MemoryWatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
@@ -92,6 +97,7 @@ class Attempts:
         self._handlers = handlers
         self._policies = policies
         self._clock = clock
+        self._memory = memory or MemoryWatch(clock=clock)
         # A claim is dispatched only this soon after it was made: its lease then surely still
         # holds (it is a heartbeat interval, so the lease has two left and the next renewal is due).
         self._fresh_s = fresh_s
@@ -168,6 +174,9 @@ class Attempts:
             )
         )
         self._telemetry.dispatched(claim, child.pid)
+        declared = self._policies().get(claim.type)
+        if declared is not None and declared.max_rss_bytes is not None:
+            self._memory.start(child.pid, declared.max_rss_bytes)
         message = TaskMessage(
             id=claim.id,
             type=claim.type,
@@ -213,6 +222,7 @@ class Attempts:
         already gone (``died``). ``result_for(running, duration_s)`` builds the
         result; None writes nothing (a lost claim is not ours to write).
         """
+        self._memory.stop(child.pid)
         if died:
             running = child.died()
         elif kill is not None:
@@ -289,6 +299,9 @@ class Attempts:
         ``TIMEOUT`` the attempt failed, retried while attempts remain.
         """
         stack = child.read_dump()
+        if running.limit is Failure.MEMORY:
+            self._kill_over_memory(child, running, stack)
+            return
         per_attempt = running.limit is Failure.ATTEMPT_TIMEOUT
         self._telemetry.deadline_kill(running.claim, child.pid, per_attempt=per_attempt)
         if per_attempt:
@@ -297,6 +310,14 @@ class Attempts:
         else:
             error = timeout_error(running.deadline - running.started, stack)
             self.settle(child, self._failed(Failure.TIMEOUT, error), kill=running.limit.value)
+
+    def _kill_over_memory(self, child: Child, running: Running, stack: str) -> None:
+        reading = self._memory.last_reading(child.pid)
+        assert reading is not None, "a memory kill is set only for a watched child"
+        peak, limit = reading
+        self._telemetry.memory_kill(running.claim, child.pid, peak, limit)
+        error = memory_error(peak, limit, stack)
+        self.settle(child, self._failed(Failure.MEMORY, error), kill=Failure.MEMORY.value)
 
     def _attempt_timed_out(self, error: str) -> ResultFor:
         def result_for(running: Running, duration_s: float) -> PendingResult:
@@ -378,6 +399,8 @@ class Attempts:
         status = child.reap()
         if status is None:
             return
+        if child.exit_reason == Failure.MEMORY.value:
+            self._telemetry.memory_killed_reaped(child.pid, status.peak_rss_bytes)
         if child.running is not None and not child.killed_by_parent:
             error = panic_error(status.describe(), child.read_dump())
             child.exit_reason = Failure.PANIC.value
@@ -395,6 +418,30 @@ class Attempts:
         if self.backlog:
             due.append(self.backlog[0][1] + BACKLOG_WAIT_MAX_S)
         return min(due, default=None)
+
+    def enforce_memory(self, now: float) -> None:
+        """Ask for the stack of each child the watch found over its ``MAX_RSS``; kill it soon.
+
+        The kill is the deadline mechanism's: the attempt's deadline moves to
+        :data:`~supervisor.memory_watch.MEMORY_STACK_LEAD_S` from now, with
+        ``Failure.MEMORY`` as its limit, and :meth:`enforce_deadlines` kills
+        then (with the stack faulthandler wrote meanwhile). So the timeout's
+        rule holds: an outcome the child reports after this moment is not the
+        handler's (:meth:`_too_late`), and the task fails ``memory``. A child
+        whose stack was already asked for (its deadline is at most
+        :data:`STACK_LEAD_S` away) is left to that kill: the first limit wins.
+        The lead is shorter than the deadline's because the handler may be
+        allocating all along: at 100 MB/s, 20 ms is 2 MB more.
+        """
+        for breach in self._memory.sample(now):
+            for child in self._pool.busy():
+                running = child.running
+                if child.pid != breach.pid or running is None or running.stack_requested:
+                    continue
+                running.stack_requested = True
+                running.limit = Failure.MEMORY
+                running.deadline = min(running.deadline, now + MEMORY_STACK_LEAD_S)
+                child.request_stack()
 
     def enforce_deadlines(self, now: float) -> None:
         for child in self._pool.busy():

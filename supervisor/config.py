@@ -34,6 +34,7 @@ class Settings:
     lease_s: float = 60.0
     poll_interval_s: float = 0.15
     max_tasks_per_child: int = 0
+    max_child_rss_mib: float = 0.0  # --max-child-rss: recycle a child over it after a task
     metrics_port: int = 9191
     startup_timeout_s: float = 60.0
     metrics_host: str = "127.0.0.1"
@@ -52,6 +53,10 @@ class Settings:
         renews at the first answer, which keeps that margin during outages.
         """
         return self.lease_s / 3
+
+    @property
+    def max_child_rss_bytes(self) -> int:
+        return int(self.max_child_rss_mib * 1024 * 1024)
 
 
 def env_name(flag: str) -> str:
@@ -75,6 +80,13 @@ def _non_negative_int(text: str) -> int:
 def _positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
+        raise ValueError
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
         raise ValueError
     return value
 
@@ -165,6 +177,13 @@ RUN_FLAGS: list[tuple[str, Callable[[str], Any], str, str, str]] = [
         "recycle a child after this many tasks (0 = never, 1 = fresh process per task)",
     ),
     (
+        "--max-child-rss",
+        _non_negative_float,
+        "0",
+        "MiB >= 0",
+        "recycle a child whose RSS is over this many MiB after a task (0 = never)",
+    ),
+    (
         "--metrics-port",
         _port,
         "9191",
@@ -246,6 +265,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         lease_s=values["lease"],
         poll_interval_s=values["poll_interval"],
         max_tasks_per_child=values["max_tasks_per_child"],
+        max_child_rss_mib=values["max_child_rss"],
         metrics_port=values["metrics_port"],
         startup_timeout_s=values["startup_timeout"],
         metrics_host=values["metrics_host"],

@@ -8,8 +8,10 @@ file, its output on a pipe), and it is told about the task with the same
 ``task`` message. The attempt then ends the way it ends in production, by the
 same rules (:mod:`supervisor.lifecycle`): a return is ``completed``, a raise is
 retried or failed by the backoff and attempts left, the deadline kills the
-child's tree after asking for its stack (``timeout``), and a child that dies
-is a ``panic``. Nothing of it raises into the caller: the outcome is a record.
+child's tree after asking for its stack (``timeout``), a ``max_rss`` limit
+is watched and enforced as ``MAX_RSS`` is (:mod:`supervisor.memory_watch`:
+the stack, then the kill, ``memory``), and a child that dies is a ``panic``.
+Nothing of it raises into the caller: the outcome is a record.
 
 Only the database is missing: nothing is claimed or written, so a test needs
 no queue to see what its handler would do to a row.
@@ -40,10 +42,12 @@ from supervisor.lifecycle import (
     decide_error,
     decision_for_failure,
     handler_error,
+    memory_error,
     panic_error,
     timeout_error,
     trim_error,
 )
+from supervisor.memory_watch import MEMORY_STACK_LEAD_S, MemoryWatch
 from supervisor.protocol import (
     DoneMessage,
     ErrorMessage,
@@ -109,6 +113,7 @@ class _Attempt:
     progress: list[int] = attrs.Factory(list)
     output: list[str] = attrs.Factory(list)
     stack_requested: bool = False
+    over_memory: bool = False  # the watch found the tree over max_rss: the kill is ``memory``
     decision: Decision | None = None
     last_error: str | None = None
     stack: str = ""
@@ -126,9 +131,16 @@ def handler_path(task_type: str, handlers: Path) -> Path:
 
 
 def run_attempt(
-    message: TaskMessage, *, backoff: Backoff, env: dict[str, str] | None = None
+    message: TaskMessage,
+    *,
+    backoff: Backoff,
+    env: dict[str, str] | None = None,
+    max_rss_bytes: int | None = None,
 ) -> HandlerRun:
-    """Start a child, hand it ``message``, and settle the attempt as the parent would."""
+    """Start a child, hand it ``message``, and settle the attempt as the parent would.
+
+    ``max_rss_bytes``: the child's tree is watched and killed over it, as under ``MAX_RSS``.
+    """
     runtime_dir = Path(tempfile.mkdtemp(prefix="supervisor-test-"))
     lifeline_r, lifeline_w = os.pipe()
     try:
@@ -140,7 +152,7 @@ def run_attempt(
         )
         os.close(lifeline_r)
         lifeline_r = -1
-        runner = _Runner(child, backoff)
+        runner = _Runner(child, backoff, max_rss_bytes)
         try:
             return runner.run(message)
         finally:
@@ -155,9 +167,11 @@ def run_attempt(
 class _Runner:
     """The parent's side of one attempt: a selector on the child's socket, exit and output."""
 
-    def __init__(self, child: Child, backoff: Backoff) -> None:
+    def __init__(self, child: Child, backoff: Backoff, max_rss_bytes: int | None = None) -> None:
         self._child = child
         self._backoff = backoff
+        self._max_rss_bytes = max_rss_bytes
+        self._memory = MemoryWatch(clock=time.monotonic)
         self._selector = selectors.DefaultSelector()
         self._selector.register(child.sock, selectors.EVENT_READ, "socket")
         self._selector.register(child.pidfd, selectors.EVENT_READ, "exit")
@@ -179,6 +193,8 @@ class _Runner:
                 budget_s=message.remaining_s,
             )
             self._child.send(message)
+            if self._max_rss_bytes is not None:
+                self._memory.start(self._child.pid, self._max_rss_bytes)
             while attempt.decision is None:
                 self._turn(attempt, message)
             duration_s = time.monotonic() - started
@@ -284,6 +300,9 @@ class _Runner:
     def _turn(self, attempt: _Attempt, message: TaskMessage) -> None:
         now = time.monotonic()
         due = attempt.deadline if attempt.stack_requested else attempt.deadline - STACK_LEAD_S
+        sample_due = self._memory.next_due()
+        if sample_due is not None:
+            due = min(due, sample_due)
         for key, _ in self._selector.select(max(0.0, due - now)):
             if key.data == "output":
                 self._read_output(attempt)
@@ -299,6 +318,12 @@ class _Runner:
             self._child.request_stack()
         if now >= attempt.deadline:
             self._time_out(attempt)
+            return
+        if self._memory.sample(now) and not attempt.stack_requested:
+            # As the parent does: the stack now, the kill MEMORY_STACK_LEAD_S later.
+            attempt.stack_requested = attempt.over_memory = True
+            attempt.deadline = now + MEMORY_STACK_LEAD_S
+            self._child.request_stack()
 
     def _read_output(self, attempt: _Attempt, *, final: bool = False) -> None:
         reader = self._output
@@ -359,6 +384,12 @@ class _Runner:
     def _time_out(self, attempt: _Attempt) -> None:
         dump = self._child.read_dump()
         attempt.stack = dump
+        reading = self._memory.last_reading(self._child.pid)
+        if attempt.over_memory and reading is not None:
+            peak, limit = reading
+            error = memory_error(peak, limit, dump)
+            self._settle_failure(attempt, Failure.MEMORY, error, kill=True)
+            return
         self._settle_failure(
             attempt, Failure.TIMEOUT, timeout_error(attempt.budget_s, dump), kill=True
         )

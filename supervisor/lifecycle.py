@@ -334,6 +334,16 @@ def attempt_timeout_error(timeout_s: float, stack: str) -> str:
     return text + (f"\n\nStack at the timeout:\n{stack}" if stack else "")
 
 
+def memory_error(peak_bytes: int, limit_bytes: int, stack: str) -> str:
+    """``last_error`` of a ``MAX_RSS`` kill: the peak the watch saw, the limit, then the stack."""
+    mib = 1024 * 1024
+    text = (
+        f"memory: the child's tree used {peak_bytes / mib:.1f} MiB, over this handler's"
+        f" MAX_RSS of {limit_bytes / mib:g} MiB; the child and its process tree were killed"
+    )
+    return text + (f"\n\nStack at the kill:\n{stack}" if stack else "")
+
+
 def panic_error(exit_description: str, crash_dump: str) -> str:
     """``last_error`` of a child that died: how it ended, then faulthandler's crash stack."""
     return f"panic: {exit_description}" + (f"\n\n{crash_dump}" if crash_dump else "")

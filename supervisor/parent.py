@@ -13,6 +13,8 @@ The rooms:
 * :class:`~supervisor.pool.Pool`: the children, their slots, respawns, scaling;
 * :class:`~supervisor.attempts.Attempts`: dispatch, messages, deadlines,
   panics, lost claims, drain, and the one place an attempt is settled;
+* :class:`~supervisor.memory_watch.MemoryWatch`: the RSS of children whose
+  handler sets ``MAX_RSS``, sampled while such a task runs;
 * :class:`~supervisor.dblink.DatabaseLink`: every statement, on its own thread;
 * :class:`~supervisor.telemetry.Telemetry`: metrics and log lines;
 * :class:`~supervisor.relay.OutputRelay`: handler output, tagged, into the log;
@@ -58,6 +60,7 @@ from supervisor.link_events import (
     ScheduleFired,
     Swept,
 )
+from supervisor.memory_watch import MemoryWatch
 from supervisor.policy import DEFAULT_POLICY, HandlerPolicy, PolicyError, from_constants
 from supervisor.pool import Pool, Spawner
 from supervisor.reaping import become_subreaper, kill_orphans
@@ -158,11 +161,13 @@ class Supervisor:
             clock=clock,
         )
         self.own_factory = spawner is None
+        self.memory = MemoryWatch(clock=clock)
         self.pool = Pool(
             spawner=spawner or self.factory,
             selector=self.selector,
             workers=settings.workers,
             max_tasks_per_child=settings.max_tasks_per_child,
+            max_child_rss_bytes=settings.max_child_rss_bytes,
             on_restart=self.telemetry.restart,
             on_slot_dead=self.slot_dead,
             clock=clock,
@@ -175,6 +180,7 @@ class Supervisor:
             handlers=lambda: self.handlers,
             policies=lambda: self.policies,
             fresh_s=settings.heartbeat_s,
+            memory=self.memory,
             clock=clock,
         )
         self.output = OutputRelay(self.pool, self.log)
@@ -371,6 +377,7 @@ class Supervisor:
         now = self.clock()
         self.imports.check_deadline(now)
         self.attempts.enforce_deadlines(now)
+        self.attempts.enforce_memory(now)  # after: a kill already announced by a stack request wins
         self.pool.kill_overdue(now)
         self.pool.respawn_due(now)
         self.attempts.dispatch_backlog()
@@ -402,6 +409,7 @@ class Supervisor:
         due = [
             self.next_housekeeping,
             self.attempts.next_due(),
+            self.memory.next_due(),
             self.pool.next_due(),
             self.drain_deadline,
             self.imports.next_due(),

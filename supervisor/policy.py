@@ -9,11 +9,16 @@ A handler module may set::
     CONCURRENCY_PER_KEY = 1        # the same, per concurrency key
     SCHEDULE = "*/5 * * * *"       # enqueue one task per slot (5-field cron, UTC)
     SCHEDULE_OPTIONS = '{"a": 1}'  # each firing's options (a string, or a dict/list as JSON)
+    MAX_RSS = 512                  # MiB: a child's tree over it is killed, the task fails 'memory'
 
 The parent never imports handler code: the import check reads the constants
 in its own process and reports them as JSON; :func:`from_constants` validates
 them here. A bad value is an import-check error, reported like a broken
 handler, and its type is not claimed.
+
+``MAX_RSS`` is a local policy of the handler file: it is not declared into
+``task_types`` (there is no column for it), so ``show`` and the web page do not
+report it; a ``memory`` failure's ``last_error`` names it.
 
 A value the producer set explicitly on the task (``max_attempts``,
 ``timeout_s``) beats the handler's; :func:`effective_max_attempts` and
@@ -46,9 +51,13 @@ CONSTANTS = (
     "CONCURRENCY_PER_KEY",
     "SCHEDULE",
     "SCHEDULE_OPTIONS",
+    "MAX_RSS",
 )
 # A concurrency limit beyond this is surely a typo; and the limit is an INT UNSIGNED column.
 MAX_CONCURRENCY = 100_000
+# MAX_RSS is in MiB; beyond 1 TiB it is surely a typo (or bytes where MiB are meant).
+MAX_RSS_LIMIT_MIB = 1024 * 1024
+MIB = 1024 * 1024
 
 
 class PolicyError(ValueError):
@@ -66,11 +75,18 @@ class HandlerPolicy:
     concurrency_per_key: int | None = None
     schedule: str | None = None
     schedule_options: str | None = None
+    max_rss_mib: float | None = None
 
     def declared(self) -> HandlerPolicy:
         """The part ``task_types``' policy columns hold: the schedule has columns of its own
-        (written as slots fire), so two declarations never differ by it alone."""
-        return attrs.evolve(self, schedule=None, schedule_options=None)
+        (written as slots fire), so two declarations never differ by it alone; ``MAX_RSS``
+        has none (it binds only the supervisor that has this handler file)."""
+        return attrs.evolve(self, schedule=None, schedule_options=None, max_rss_mib=None)
+
+    @property
+    def max_rss_bytes(self) -> int | None:
+        """``MAX_RSS`` in bytes, the unit the memory watch reads."""
+        return None if self.max_rss_mib is None else int(self.max_rss_mib * MIB)
 
     @property
     def limited(self) -> bool:
@@ -86,6 +102,7 @@ class HandlerPolicy:
             "CONCURRENCY": self.concurrency,
             "CONCURRENCY_PER_KEY": self.concurrency_per_key,
             "SCHEDULE": self.schedule,
+            "MAX_RSS": self.max_rss_mib,
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -110,7 +127,24 @@ def from_constants(values: Mapping[str, object]) -> HandlerPolicy:
         concurrency_per_key=_whole(values, "CONCURRENCY_PER_KEY", 1, MAX_CONCURRENCY),
         schedule=_schedule(values.get("SCHEDULE")),
         schedule_options=_schedule_options(values),
+        max_rss_mib=_max_rss(values.get("MAX_RSS")),
     )
+
+
+def _max_rss(value: object) -> float | None:
+    """``MAX_RSS``: MiB above 0, at most :data:`MAX_RSS_LIMIT_MIB` (a float is allowed: 0.5)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or not 0 < value <= MAX_RSS_LIMIT_MIB
+    ):
+        raise PolicyError(
+            f"MAX_RSS must be a number of MiB above 0 and up to {MAX_RSS_LIMIT_MIB}, got {value!r}"
+        )
+    return float(value)
 
 
 def _schedule(value: object) -> str | None:
@@ -158,8 +192,7 @@ def _seconds(values: Mapping[str, object], name: str) -> float | None:
         or math.isnan(value)
     ):
         raise PolicyError(
-            f"{name} must be a number of seconds above 0 and up to {MAX_SECONDS:.0f},"
-            f" got {value!r}"
+            f"{name} must be a number of seconds above 0 and up to {MAX_SECONDS:.0f}, got {value!r}"
         )
     return float(value)
 

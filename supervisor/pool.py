@@ -19,6 +19,7 @@ from collections.abc import Callable
 from loguru import logger
 
 from supervisor.lifecycle import doubling_delay, should_recycle
+from supervisor.memory_watch import MIB, RssReader, statm_rss
 from supervisor.reaping import ExitStatus
 from supervisor.workers import Child, ChildState
 
@@ -27,6 +28,7 @@ SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
 # that leaves a non-daemon thread keeps its child alive after ``stop``: without this the
 # slot was lost for good and a drain waited out its whole timeout.
 STOP_GRACE_S = 5.0
+MAX_CHILD_RSS_MESSAGE = "child over --max-child-rss after its task; recycling it"
 
 Spawner = Callable[[int], Child]
 
@@ -39,6 +41,7 @@ class Pool:
         selector: selectors.BaseSelector,
         workers: int,
         max_tasks_per_child: int,
+        max_child_rss_bytes: int = 0,
         on_restart: Callable[[str], None],
         on_slot_dead: Callable[[int], None],
         clock: Callable[[], float] = time.monotonic,
@@ -46,6 +49,8 @@ class Pool:
         self._spawner = spawner
         self._selector = selector
         self._max_tasks_per_child = max_tasks_per_child
+        self._max_child_rss_bytes = max_child_rss_bytes
+        self.read_rss: RssReader = statm_rss  # replaceable: unit tests have no real children
         self._on_restart = on_restart
         self._on_slot_dead = on_slot_dead
         self._clock = clock
@@ -148,6 +153,27 @@ class Pool:
             self._retire(child, "recycled")
         elif self.draining or child.retire_when_idle or child.slot >= self.target:
             self._retire(child, child.exit_reason)
+        elif self._over_rss(child):  # last: a child that goes anyway is not read
+            self._retire(child, "max_rss")
+
+    def _over_rss(self, child: Child) -> bool:
+        """``--max-child-rss``: the child's own RSS, read (one ``statm``) only when it is set.
+
+        Not a failure: the task it ran is done; the child is replaced before its next one.
+        """
+        if not self._max_child_rss_bytes:
+            return False
+        rss = self.read_rss(child.pid)
+        if rss is None or rss <= self._max_child_rss_bytes:
+            return False
+        logger.info(
+            MAX_CHILD_RSS_MESSAGE,
+            pid=child.pid,
+            slot=child.slot,
+            rss_mib=round(rss / MIB, 1),
+            limit_mib=round(self._max_child_rss_bytes / MIB, 1),
+        )
+        return True
 
     def on_exit(self, child: Child, status: ExitStatus) -> None:
         """The child is reaped: forget it and refill its slot if the slot is still wanted."""

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 # The parent logs this when it kills a child at its deadline; the benchmark times kills by it.
 DEADLINE_KILL_MESSAGE = "deadline reached; killing the child's tree"
 ATTEMPT_TIMEOUT_KILL_MESSAGE = "attempt TIMEOUT reached; killing the child's tree"
+MEMORY_KILL_MESSAGE = "over the handler's MAX_RSS; killing the child's tree"
+MEMORY_REAPED_MESSAGE = "child killed over MAX_RSS reaped"
+MIB = 1024 * 1024
 
 
 def task_fields(claim: Claim) -> dict[str, Any]:
@@ -129,6 +132,20 @@ class Telemetry:
     def deadline_kill(self, claim: Claim, pid: int, *, per_attempt: bool = False) -> None:
         message = ATTEMPT_TIMEOUT_KILL_MESSAGE if per_attempt else DEADLINE_KILL_MESSAGE
         self.log.warning(message, **task_fields(claim), pid=pid)
+
+    def memory_kill(self, claim: Claim, pid: int, peak_bytes: int, limit_bytes: int) -> None:
+        self.log.warning(
+            MEMORY_KILL_MESSAGE,
+            **task_fields(claim),
+            pid=pid,
+            rss_mib=round(peak_bytes / MIB, 1),
+            limit_mib=round(limit_bytes / MIB, 1),
+        )
+
+    def memory_killed_reaped(self, pid: int, peak_rss_bytes: int) -> None:
+        """The kernel's count of the killed child's peak (wait4's ``ru_maxrss``, the child
+        itself only): a figure independent of the watch's own readings."""
+        self.log.info(MEMORY_REAPED_MESSAGE, pid=pid, peak_rss_mib=round(peak_rss_bytes / MIB, 1))
 
     def dispatched(self, claim: Claim, pid: int) -> None:
         self.metrics.observe_started(claim.type)

@@ -37,6 +37,7 @@ from supervisor.lifecycle import (
     validate_max_attempts,
     validate_type,
 )
+from supervisor.policy import from_constants
 from supervisor.producer import Options, options_text
 from supervisor.protocol import TaskMessage
 from supervisor.store.queries import load_queries
@@ -75,6 +76,7 @@ def run_handler(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff: Backoff | None = None,
     task_id: int = 1,
+    max_rss: float | None = None,
 ) -> HandlerRun:
     """Run ``handlers/<type>.py`` on ``options`` in a fresh child process; what happened.
 
@@ -85,6 +87,10 @@ def run_handler(
     stack is captured and its whole tree killed. ``attempt``, ``max_attempts``
     and ``backoff`` decide a raise as the supervisor would: ``retried`` with
     ``retry_in_s`` while attempts remain, else ``failed`` with ``error``.
+    ``max_rss`` (MiB) runs it under a memory limit as the handler's ``MAX_RSS``
+    does in production: over it, the child's tree is killed and the outcome is
+    ``memory``. The handler file's constants (``MAX_RSS``, ``TIMEOUT``...) are
+    not read here: pass the limit you want to test.
 
     Raises only for mistakes of the test itself (no such handler file, a bad
     argument) and :class:`ChildStartError` if no child can be started at all.
@@ -99,7 +105,8 @@ def run_handler(
         max_attempts=validate_max_attempts(max_attempts),
         remaining_s=validate_budget(float(budget)),
     )
-    return run_attempt(message, backoff=backoff or Backoff())
+    limit = None if max_rss is None else from_constants({"MAX_RSS": max_rss}).max_rss_bytes
+    return run_attempt(message, backoff=backoff or Backoff(), max_rss_bytes=limit)
 
 
 @attrs.define

@@ -56,7 +56,7 @@ class Running:
     started: float
     deadline: float  # the kill: the task's deadline, or the per-attempt TIMEOUT if sooner
     stack_at: float
-    limit: Failure = Failure.TIMEOUT  # which of the two ``deadline`` is
+    limit: Failure = Failure.TIMEOUT  # which of the two ``deadline`` is (MEMORY: over MAX_RSS)
     stack_requested: bool = False
     pct: int | None = None  # the last progress the child reported
 

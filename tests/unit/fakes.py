@@ -317,6 +317,7 @@ class Loop:
         poll_interval_s: float = 0.2,
         drain_timeout_s: float = 10.0,
         max_tasks_per_child: int = 0,
+        max_child_rss_mib: float = 0.0,
         import_check: bool = False,
         constants: Mapping[str, Mapping[str, object]] | None = None,
         hold_check: bool = False,
@@ -338,6 +339,7 @@ class Loop:
             lease_s=lease_s,
             poll_interval_s=poll_interval_s,
             max_tasks_per_child=max_tasks_per_child,
+            max_child_rss_mib=max_child_rss_mib,
             metrics_port=0,
         )
         dumps = tmp_path / "dumps"
