@@ -417,15 +417,17 @@ class Attempts:
         for child in self._pool.busy():
             running = child.running
             if running is not None and running.claim.id in ids:
-
-                def lost(r: Running, seconds: float) -> None:
-                    self._telemetry.claim_lost(r.claim, seconds, cancelled=r.claim.id in cancelled)
-
-                self.settle(
-                    child, lost, kill="cancelled" if running.claim.id in cancelled else "lost"
-                )
+                self.drop(child, cancelled=running.claim.id in cancelled)
         kept = [(c, at) for c, at in self.backlog if c.id not in ids]
         self.backlog = collections.deque(kept)
+
+    def drop(self, child: Child, *, cancelled: bool) -> None:
+        """Kill the child of a claim that is not ours any more; write nothing."""
+
+        def lost(r: Running, seconds: float) -> None:
+            self._telemetry.claim_lost(r.claim, seconds, cancelled=cancelled)
+
+        self.settle(child, lost, kill="cancelled" if cancelled else "lost")
 
     def abandon_all(self) -> None:
         """Drain time is up: kill what still runs and put those tasks back, attempt refunded."""
