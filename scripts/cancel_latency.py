@@ -11,7 +11,8 @@ in ``wait_for_the_disk``. For each of ``--repeat`` tasks this script
   child process is dead (a pidfd, which becomes readable the moment the
   process exits) and until the stack is in the cancelled row.
 
-Every stack is checked to name ``wait_for_the_disk``. One line per task, then
+Each request and cancel comes after a random pause, out of step with the
+supervisor's poll. Every stack is checked to name ``wait_for_the_disk``. One line per task, then
 the median and the maximum per backend.
 
 Examples::
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import select
 import statistics
 import subprocess
@@ -58,6 +60,9 @@ FUNCTION = "wait_for_the_disk"
 LEASE_S = 60.0
 READ_EVERY_S = 0.005
 GIVE_UP_S = 30.0
+# A random pause before each request and cancel, so they do not fall into step with the
+# supervisor's poll (which would show one phase of it, not the spread).
+JITTER_S = 0.3
 
 
 def wait_for(check: Callable[[], object], what: str) -> float:
@@ -111,6 +116,7 @@ def wait_pid(path: Path) -> int:
 
 
 def stack_round_trip(store: Store, task_id: int) -> float:
+    time.sleep(random.uniform(0, JITTER_S))
     request = store.request_stack(task_id)
     committed = time.monotonic()
     assert request.requested_at is not None, f"task {task_id} is not running: {request}"
@@ -144,6 +150,7 @@ def stack_command(db: Scratch, task_id: int) -> float:
 def cancel(store: Store, task_id: int, pid: int) -> tuple[float, float]:
     """Cancel; seconds from the cancel's commit until the child is dead, and until the stack."""
     pidfd = os.pidfd_open(pid)
+    time.sleep(random.uniform(0, JITTER_S))
     try:
         transition = store.cancel(task_id)
         committed = time.monotonic()

@@ -288,7 +288,7 @@ class Attempts:
         At the task's deadline the task fails ``timeout``; at the per-attempt
         ``TIMEOUT`` the attempt failed, retried while attempts remain.
         """
-        stack = child.read_dump()
+        stack = child.read_dump(since=running.dump_seen)  # not the stacks taken on demand
         per_attempt = running.limit is Failure.ATTEMPT_TIMEOUT
         self._telemetry.deadline_kill(running.claim, child.pid, per_attempt=per_attempt)
         if per_attempt:
@@ -379,7 +379,7 @@ class Attempts:
         if status is None:
             return
         if child.running is not None and not child.killed_by_parent:
-            error = panic_error(status.describe(), child.read_dump())
+            error = panic_error(status.describe(), child.read_dump(since=child.running.dump_seen))
             child.exit_reason = Failure.PANIC.value
             self.settle(child, self._failed(Failure.PANIC, error), died=True)
         self._pool.on_exit(child, status)

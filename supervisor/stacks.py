@@ -115,6 +115,8 @@ class StackTaker:
             stack = child.read_dump(since=taking.offset) or NO_STACK.format(
                 lead_ms=STACK_READ_LEAD_S * 1000
             )
+            # A timeout's or a panic's error shows what the child writes after this.
+            taking.running.dump_seen = child.dump_size()
             claim = taking.running.claim
             if taking.cancel:
                 self._attempts.drop(child, cancelled=True)

@@ -59,6 +59,7 @@ class Running:
     limit: Failure = Failure.TIMEOUT  # which of the two ``deadline`` is
     stack_requested: bool = False
     pct: int | None = None  # the last progress the child reported
+    dump_seen: int = 0  # the dump file's size after the last stack on demand was read
 
 
 def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import attrs
 
 from supervisor.errors import StoreUnavailable
-from supervisor.lifecycle import Status
+from supervisor.lifecycle import Failure, Status
 from supervisor.link_events import LeasesLost, StacksWanted
 from supervisor.stacks import NO_STACK, STACK_READ_LEAD_S
 from tests.unit.conftest import MakeLoop
@@ -213,3 +213,37 @@ def test_a_request_for_a_task_not_on_a_child_yet_is_passed_on_again_later(
     loop.turn()
     assert loop.row(task_id).stack == STACK_TEXT
     assert asked >= 1
+
+
+def test_a_timeout_after_a_stack_on_demand_reports_only_the_stack_at_the_deadline(
+    make_loop: MakeLoop,
+) -> None:
+    """The dump file keeps every stack of the attempt; the timeout's error names its own."""
+    loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
+    [task_id] = loop.enqueue(budget_s=10)
+    claimed_at = loop.clock()
+    loop.cycle()
+    child = loop.child(0)
+
+    def earlier() -> None:
+        with child.dump_path.open("a") as dump:
+            dump.write("EARLIER STACK\n")
+
+    child.request_stack = earlier  # type: ignore[method-assign]
+    loop.store.request_stack(task_id)
+    loop.poll()
+    loop.advance(STACK_READ_LEAD_S)
+    loop.step()
+    loop.turn()
+    assert loop.row(task_id).stack == "EARLIER STACK"
+    del child.request_stack  # the deadline's own request writes STACK_TEXT
+
+    loop.advance_to(claimed_at + 10)
+    loop.step()
+    loop.advance_to(claimed_at + 10 + STACK_READ_LEAD_S)
+    loop.step()
+    loop.turn()
+    row = loop.row(task_id)
+    assert row.failure is Failure.TIMEOUT and row.last_error is not None
+    assert STACK_TEXT in row.last_error
+    assert "EARLIER STACK" not in row.last_error
