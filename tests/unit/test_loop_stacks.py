@@ -247,3 +247,19 @@ def test_a_timeout_after_a_stack_on_demand_reports_only_the_stack_at_the_deadlin
     assert row.failure is Failure.TIMEOUT and row.last_error is not None
     assert STACK_TEXT in row.last_error
     assert "EARLIER STACK" not in row.last_error
+
+
+def test_a_second_request_while_a_stack_is_being_taken_sends_no_second_signal(
+    make_loop: MakeLoop,
+) -> None:
+    loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    child = loop.child(0)
+    loop.sup.stacks.wanted(frozenset({task_id}))
+    loop.sup.stacks.wanted(frozenset({task_id}))
+    assert child.stack_requests == 1
+    loop.advance(STACK_READ_LEAD_S)
+    loop.step()
+    loop.turn()
+    assert loop.row(task_id).stack == STACK_TEXT
