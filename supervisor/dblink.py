@@ -361,6 +361,7 @@ class DatabaseLink:
             elif not completions_wait and any(r.is_completion for r in self._held):
                 self._complete()
             if self._leased and now >= self._next_controls:
+                self._announce()  # what was written is the loop's news now, not after this read
                 self._read_controls(now)  # after the writes: what still runs is what is read
             if schedules:
                 self._fire_schedules(now, schedules)
