@@ -15,7 +15,9 @@ end-to-end tests check with a handler that sleeps. (A C extension that does
 not retry, such as libc ``sleep()`` called through ctypes, may return early;
 the deadline logic treats its stack request as the start of the kill for that
 reason, see ``Attempts._too_late``; an on-demand stack does not, since the
-task carries on.)
+task carries on.) A handler that reset ``SIGUSR1`` to its default action
+(which terminates) is not signalled for an on-demand stack at all: see
+:func:`catches`.
 
 Two uses:
 
@@ -43,10 +45,32 @@ from supervisor.attempts import Attempts
 from supervisor.dblink import DatabaseLink
 from supervisor.lifecycle import Status
 from supervisor.pool import Pool
-from supervisor.workers import Child, Running
+from supervisor.workers import STACK_SIGNAL, Child, Running
 
 STACK_READ_LEAD_S = 0.05  # time faulthandler has to write every thread's stack
 NO_STACK = "(no stack: the child wrote none within {lead_ms:.0f} ms of the signal)"
+NOT_CAUGHT = (
+    "(no stack: the handler reset the child's SIGUSR1 to its default action, which would"
+    " kill it; no signal was sent)"
+)
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (the kernel's ``SigCgt`` mask).
+
+    A handler may reset ``SIGUSR1`` to its default action, which terminates
+    the process: sending it then would kill the task an operator only wanted
+    to look at. When the mask cannot be read (the process is gone, no procfs),
+    the answer is yes: the signal then reaches nobody or does what it always did.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 @attrs.define(kw_only=True)
@@ -81,8 +105,13 @@ class StackTaker:
         again by the link a little later.
         """
         for child in self._children_of(ids):
-            if child not in self._taking:
-                self._start(child, cancel=False)
+            if child in self._taking:
+                continue
+            if not catches(child.pid, STACK_SIGNAL):
+                assert child.running is not None
+                self._link.record_stack(child.running.claim, NOT_CAUGHT, status=Status.RUNNING)
+                continue
+            self._start(child, cancel=False)
 
     def cancelled(self, ids: frozenset[int]) -> frozenset[int]:
         """Start the cancel of these tasks' children: stack first, kill when it is read.

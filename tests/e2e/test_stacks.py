@@ -53,6 +53,15 @@ def handle(task, progress):
         out.write(f"{os.getpid()}\\n")
     wait_for_the_disk(3600)
 """
+# A handler that resets SIGUSR1 to its default action, which would terminate the child.
+RESETS_USR1 = """
+import signal, time
+
+def handle(task, progress):
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    open(task.options, "w").close()
+    time.sleep(2)
+"""
 SLEEP_S = 3.0
 LONG_LEASE = 60.0  # a heartbeat every 20 s
 DEFAULT_POLL_S = 0.15  # the --poll-interval default
@@ -102,6 +111,24 @@ def test_stack_prints_every_thread_of_a_running_task_which_then_completes_normal
     plain = cli(launch, "show", str(task_id))
     assert plain.rc == 0 and "wait_for_the_disk" not in plain.out
     assert f"show {task_id} --stack prints it" in plain.out
+
+
+def test_a_child_whose_handler_reset_sigusr1_is_not_signalled_and_completes(
+    launch: Launcher,
+) -> None:
+    """The default action of SIGUSR1 terminates: sending it would kill the task."""
+    launch.handler("reset", RESETS_USR1)
+    supervisor = launch.start_ready(poll_interval=DEFAULT_POLL_S)
+    task_id = launch.enqueue("reset", str(launch.path("started")))
+    wait_until(lambda: launch.path("started").exists(), 15, "the handler to start")
+    children = supervisor.child_pids()
+
+    result = cli(launch, "stack", str(task_id))
+    assert result.rc == 0, result.err
+    assert "no signal was sent" in result.out
+    row = launch.wait_terminal(task_id)
+    assert (row.status, row.failure) == (Status.COMPLETED, None), row.last_error
+    assert supervisor.child_pids() == children, "no child died"
 
 
 def test_stack_of_a_task_that_does_not_run_says_so(launch: Launcher) -> None:

@@ -7,14 +7,19 @@ faulthandler would.
 
 from __future__ import annotations
 
-import attrs
+import os
+import signal
 
+import attrs
+import pytest
+
+from supervisor import stacks
 from supervisor.errors import StoreUnavailable
 from supervisor.lifecycle import Failure, Status
 from supervisor.link_events import LeasesLost, StacksWanted
-from supervisor.stacks import NO_STACK, STACK_READ_LEAD_S
+from supervisor.stacks import NO_STACK, NOT_CAUGHT, STACK_READ_LEAD_S
 from tests.unit.conftest import MakeLoop
-from tests.unit.fakes import STACK_TEXT
+from tests.unit.fakes import FAKE_PID_BASE, STACK_TEXT
 
 LONG_LEASE_S = 60.0  # a heartbeat every 20 s: far later than any cancel below is seen
 POLL_S = 0.2
@@ -263,3 +268,29 @@ def test_a_second_request_while_a_stack_is_being_taken_sends_no_second_signal(
     loop.step()
     loop.turn()
     assert loop.row(task_id).stack == STACK_TEXT
+
+
+def test_a_child_that_does_not_catch_the_stack_signal_is_not_sent_it(
+    make_loop: MakeLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its default action would kill the task; the answer says why there is no stack."""
+    monkeypatch.setattr(stacks, "catches", lambda pid, signum: False)
+    loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    loop.store.request_stack(task_id)
+    loop.poll()
+    loop.turn()
+    assert loop.child(0).stack_requests == 0
+    row = loop.row(task_id)
+    assert (row.stack, row.status) == (NOT_CAUGHT, Status.RUNNING)
+
+
+def test_catches_reads_the_kernels_mask_of_caught_signals() -> None:
+    assert stacks.catches(os.getpid(), signal.SIGINT), "Python catches SIGINT"
+    previous = signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    try:
+        assert not stacks.catches(os.getpid(), signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stacks.catches(FAKE_PID_BASE - 1, signal.SIGUSR1), "unknown: as before, signalled"
