@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from supervisor import stacks
+from supervisor.controls import STACK_REASK_S
 from supervisor.errors import StoreUnavailable
 from supervisor.lifecycle import Failure, Status
 from supervisor.link_events import LeasesLost, StacksWanted
@@ -205,19 +206,26 @@ def test_a_request_for_a_task_not_on_a_child_yet_is_passed_on_again_later(
     """A claim waiting in the backlog has no child to signal: the link asks again a bit later."""
     loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
     [task_id] = loop.enqueue()
-    loop.turn()  # claimed, but the loop has not taken the claim yet
+    loop.turn()  # claimed; the loop has not taken the claim yet
     loop.store.request_stack(task_id)
     loop.advance(POLL_S)
     loop.turn()
-    loop.step()  # the claim and the request arrive together; the request may come first
-    asked = len(loop.events(StacksWanted))
-    for _ in range(int(1.5 / POLL_S)):
+    # The request reaches the loop before the claim does (as if the claim waited for a child).
+    wanted = [e for e in loop.link._events if isinstance(e, StacksWanted)]
+    assert wanted == [StacksWanted(ids=frozenset({task_id}))]
+    loop.link._events.remove(wanted[0])
+    loop.sup.stacks.wanted(wanted[0].ids)
+    loop.step()
+    child = loop.child(0)
+    assert child.running is not None and child.stack_requests == 0
+
+    for _ in range(int(STACK_REASK_S / POLL_S) + 1):
         loop.poll()
+    assert child.stack_requests == 1, "asked again once the request was still pending"
     loop.advance(STACK_READ_LEAD_S)
     loop.step()
     loop.turn()
     assert loop.row(task_id).stack == STACK_TEXT
-    assert asked >= 1
 
 
 def test_a_timeout_after_a_stack_on_demand_reports_only_the_stack_at_the_deadline(
