@@ -298,7 +298,7 @@ class Attempts:
         At the task's deadline the task fails ``timeout``; at the per-attempt
         ``TIMEOUT`` the attempt failed, retried while attempts remain.
         """
-        stack = child.read_dump()
+        stack = child.read_dump(since=running.dump_seen)  # not the stacks taken on demand
         if running.limit is Failure.MEMORY:
             self._kill_over_memory(child, running, stack)
             return
@@ -402,7 +402,7 @@ class Attempts:
         if child.exit_reason == Failure.MEMORY.value:
             self._telemetry.memory_killed_reaped(child.pid, status.peak_rss_bytes)
         if child.running is not None and not child.killed_by_parent:
-            error = panic_error(status.describe(), child.read_dump())
+            error = panic_error(status.describe(), child.read_dump(since=child.running.dump_seen))
             child.exit_reason = Failure.PANIC.value
             self.settle(child, self._failed(Failure.PANIC, error), died=True)
         self._pool.on_exit(child, status)
@@ -464,15 +464,17 @@ class Attempts:
         for child in self._pool.busy():
             running = child.running
             if running is not None and running.claim.id in ids:
-
-                def lost(r: Running, seconds: float) -> None:
-                    self._telemetry.claim_lost(r.claim, seconds, cancelled=r.claim.id in cancelled)
-
-                self.settle(
-                    child, lost, kill="cancelled" if running.claim.id in cancelled else "lost"
-                )
+                self.drop(child, cancelled=running.claim.id in cancelled)
         kept = [(c, at) for c, at in self.backlog if c.id not in ids]
         self.backlog = collections.deque(kept)
+
+    def drop(self, child: Child, *, cancelled: bool) -> None:
+        """Kill the child of a claim that is not ours any more; write nothing."""
+
+        def lost(r: Running, seconds: float) -> None:
+            self._telemetry.claim_lost(r.claim, seconds, cancelled=cancelled)
+
+        self.settle(child, lost, kill="cancelled" if cancelled else "lost")
 
     def abandon_all(self) -> None:
         """Drain time is up: kill what still runs and put those tasks back, attempt refunded."""

@@ -11,7 +11,12 @@ The loop hands over
 * results (:meth:`submit`): outcomes to write, fenced by owner and attempt;
 * progress (:meth:`progress`): the latest value per task, written at most
   once a second per task;
-* a claim need (:meth:`want`): how many tasks the idle children could take.
+* a claim need (:meth:`want`): how many tasks the idle children could take;
+* stacks taken of running children (:meth:`record_stack`), fenced.
+
+While anything is leased, the link also reads its rows' control state once
+per poll interval (:mod:`supervisor.controls`): a cancel, a rescue or an
+operator's stack request reaches the loop within a poll interval.
 
 The link's thread turns (:meth:`turn`) whenever something is due. Whatever
 arrived while one round trip was in flight goes together in the next one
@@ -38,6 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from supervisor.controls import StackAsks, judge
 from supervisor.dsn import Dsn
 from supervisor.errors import StartupError, StoreError, StoreMisconfigured, StoreUnavailable
 from supervisor.health import Health
@@ -55,6 +61,7 @@ from supervisor.link_events import (
     RanDry,
     Recorded,
     ScheduleFired,
+    StacksWanted,
     Swept,
 )
 from supervisor.policy import HandlerPolicy
@@ -103,6 +110,7 @@ class DatabaseLink:
         self._wake = threading.Condition(self._lock)
         self._inbox: list[PendingResult] = []
         self._progress: dict[int, tuple[Claim, int]] = {}
+        self._stacks: list[tuple[Claim, str, Status]] = []  # stacks taken, to write
         self._need = 0
         self._seen = 0
         self._types: tuple[str, ...] = ()
@@ -124,6 +132,8 @@ class DatabaseLink:
         self._next_housekeeping = now
         self._next_sample = now
         self._next_poll = now
+        self._next_controls = now
+        self._stack_asks = StackAsks()
         self._retry_at = now
         self._failures = 0
         self._migrated = False
@@ -158,6 +168,12 @@ class DatabaseLink:
     def progress(self, claim: Claim, pct: int) -> None:
         with self._lock:
             self._progress[claim.id] = (claim, pct)
+            self._fresh = True
+
+    def record_stack(self, claim: Claim, stack: str, *, status: Status) -> None:
+        """Write the stack taken of ``claim``'s child (fenced on ``status``; see the store)."""
+        with self._lock:
+            self._stacks.append((claim, stack, status))
             self._fresh = True
 
     def want(self, need: int, *, seen: int) -> None:
@@ -278,8 +294,10 @@ class DatabaseLink:
         due = [self._next_heartbeat, self._next_housekeeping, self._next_sample]
         if self._schedules:
             due.append(self._next_schedule_check)
-        if self._results_due_locked():
+        if self._results_due_locked() or self._stacks:
             due.append(now)
+        if self._leased:
+            due.append(self._next_controls)
         if self._claim_wanted_locked():
             due.append(self._next_poll)
         for claim_id in self._progress:
@@ -321,6 +339,7 @@ class DatabaseLink:
             self._inbox.clear()
             self._turn_submitted = self._submitted  # all written (or failed) before this claim
             progress = self._due_progress_locked(now)
+            stacks, self._stacks = self._stacks, []
             need = self._need if self._claim_wanted_locked() else 0
             completions_wait = self._awaiting_loop_locked()
             types, policies = self._types, self._policies
@@ -332,6 +351,7 @@ class DatabaseLink:
                 self._migrated = True
             if now >= self._next_heartbeat:
                 self._heartbeat(now)
+            self._write_stacks(stacks)  # first: a request answered now is not read as pending
             if to_declare is not None:  # after registering: others see who declared
                 self._declare(to_declare)
             self._write_progress(progress, now)
@@ -340,6 +360,9 @@ class DatabaseLink:
                 self._complete_and_claim(now, need, types, policies)
             elif not completions_wait and any(r.is_completion for r in self._held):
                 self._complete()
+            if self._leased and now >= self._next_controls:
+                self._announce()  # what was written is the loop's news now, not after this read
+                self._read_controls(now)  # after the writes: what still runs is what is read
             if schedules:
                 self._fire_schedules(now, schedules)
             if now >= self._next_housekeeping:
@@ -347,7 +370,7 @@ class DatabaseLink:
             if now >= self._next_sample:
                 self._sample(now)
         except Exception as exc:  # noqa: BLE001 - not only StoreError: the thread must not die
-            self._failed(exc, progress)
+            self._failed(exc, progress, stacks)
         else:
             self._answered()
         self._announce()
@@ -371,6 +394,10 @@ class DatabaseLink:
         held = self._store.renew_leases(self.owner, claims, self._lease_s)
         lost = frozenset(c.id for c in claims if c.id not in held)
         cancelled = self._cancelled_among([c for c in claims if c.id in lost])
+        self._lose(lost, cancelled)
+
+    def _lose(self, lost: frozenset[int], cancelled: frozenset[int]) -> None:
+        """Forget claims that are not ours any more, and tell the loop (it kills their children)."""
         with self._lock:  # progress still pending for a lost claim would be written for nothing
             for claim_id in lost:
                 self._progress.pop(claim_id, None)
@@ -379,6 +406,30 @@ class DatabaseLink:
             self._progress_written.pop(claim_id, None)
         if lost:
             self._post(LeasesLost(ids=lost, cancelled=cancelled))
+
+    def _read_controls(self, now: float) -> None:
+        """Learn of cancels, rescues and stack requests within a poll interval (see controls.py).
+
+        One read by primary key, at most once per poll interval and only while
+        something is leased: an idle supervisor pays nothing for it.
+        """
+        self._next_controls = now + self._poll_interval_s
+        ending = {r.claim.id for r in self._held}  # their results are on their way
+        claims = [c for c in self._leased.values() if c.id not in ending]
+        if not claims:
+            return
+        verdict = judge(self.owner, claims, self._store.task_controls([c.id for c in claims]))
+        self._lose(verdict.lost | verdict.cancelled, verdict.cancelled)
+        wanted = self._stack_asks.due(verdict.stacks, now)
+        if wanted:
+            self._post(StacksWanted(ids=wanted))
+
+    def _write_stacks(self, stacks: list[tuple[Claim, str, Status]]) -> None:
+        """Each stack in one fenced statement; one whose fence lost is dropped (not ours)."""
+        while stacks:
+            claim, stack, status = stacks[0]
+            self._store.record_stack(claim, stack, status=status)
+            del stacks[0]
 
     def _write_progress(self, progress: list[tuple[Claim, int]], now: float) -> None:
         """Write what is due; each value leaves ``progress`` once written (the rest is kept)."""
@@ -577,7 +628,12 @@ class DatabaseLink:
             self._progress_written.pop(claim.id, None)
         self._post(Recorded(result=result, won=won, cancelled=cancelled))
 
-    def _failed(self, exc: Exception, progress: list[tuple[Claim, int]]) -> None:
+    def _failed(
+        self,
+        exc: Exception,
+        progress: list[tuple[Claim, int]],
+        stacks: list[tuple[Claim, str, Status]] | None = None,
+    ) -> None:
         """Back off (capped at half a heartbeat, so leases survive), and renew at first contact.
 
         Any exception counts, not only a :class:`StoreError`: an unexpected one
@@ -585,8 +641,9 @@ class DatabaseLink:
         leave every lease to expire and every result unwritten without a word.
 
         Progress taken for this turn and not written is kept for the next one,
-        unless a newer value came meanwhile. (Should the task's result have come
-        too, the value is written first, fenced; the result carries its own.)
+        unless a newer value came meanwhile; so are stacks not written. (Should the
+        task's result have come too, the value is written first, fenced; the result
+        carries its own.)
         """
         self._failures += 1
         cap = min(DB_RETRY_MAX_S, self._heartbeat_s / 2)
@@ -598,6 +655,7 @@ class DatabaseLink:
         with self._lock:
             for claim, pct in progress:
                 self._progress.setdefault(claim.id, (claim, pct))
+            self._stacks[:0] = stacks or []  # not written yet: kept, in order
         error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
         self._post(DbFailed(error=error, retry_in_s=delay, held=len(self._held)))
 
@@ -618,6 +676,7 @@ class DatabaseLink:
         with self._lock:
             self._held.extend(self._inbox)
             self._inbox.clear()
+            stacks, self._stacks = self._stacks, []
         settled = {(r.claim.id, r.claim.attempt) for r in self._held}
         self._held.extend(
             refund(c) for c in self._leased.values() if (c.id, c.attempt) not in settled
@@ -631,6 +690,7 @@ class DatabaseLink:
                 answered = True
             if answered or self._failures == 0:
                 self._store.deregister(self.owner)
+            self._write_stacks(stacks)  # after the results: a stack is worth less than they are
         except Exception:  # noqa: BLE001 - what was not written is reported just below
             pass
         for result in list(self._held):

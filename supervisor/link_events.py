@@ -54,6 +54,13 @@ class LeasesLost:
 
 
 @attrs.frozen(kw_only=True)
+class StacksWanted:
+    """Operators asked for the stacks of these running tasks (``supervisor stack ID``)."""
+
+    ids: frozenset[int]
+
+
+@attrs.frozen(kw_only=True)
 class Swept:
     """What housekeeping did: expired queued tasks and lost leases by type, requeued rescues."""
 
@@ -120,6 +127,7 @@ LinkEvent = (
     | Declared
     | Recorded
     | LeasesLost
+    | StacksWanted
     | Swept
     | DepthSampled
     | PausedChanged

@@ -15,6 +15,8 @@ The rooms:
   panics, lost claims, drain, and the one place an attempt is settled;
 * :class:`~supervisor.memory_watch.MemoryWatch`: the RSS of children whose
   handler sets ``MAX_RSS``, sampled while such a task runs;
+* :class:`~supervisor.stacks.StackTaker`: stacks of running children, on
+  demand and before a cancelled task's child is killed;
 * :class:`~supervisor.dblink.DatabaseLink`: every statement, on its own thread;
 * :class:`~supervisor.telemetry.Telemetry`: metrics and log lines;
 * :class:`~supervisor.relay.OutputRelay`: handler output, tagged, into the log;
@@ -58,6 +60,7 @@ from supervisor.link_events import (
     RanDry,
     Recorded,
     ScheduleFired,
+    StacksWanted,
     Swept,
 )
 from supervisor.memory_watch import MemoryWatch
@@ -69,6 +72,7 @@ from supervisor.relay import OutputRelay
 from supervisor.schedules import Schedule
 from supervisor.signals import SignalInbox
 from supervisor.spawning import ChildFactory
+from supervisor.stacks import StackTaker
 from supervisor.telemetry import Telemetry
 from supervisor.workers import child_environment
 
@@ -182,6 +186,9 @@ class Supervisor:
             fresh_s=settings.heartbeat_s,
             memory=self.memory,
             clock=clock,
+        )
+        self.stacks = StackTaker(
+            pool=self.pool, attempts=self.attempts, link=self.link, clock=clock
         )
         self.output = OutputRelay(self.pool, self.log)
         self.imports = ImportWatch(
@@ -376,6 +383,7 @@ class Supervisor:
                 self.imports.on_readable()
         now = self.clock()
         self.imports.check_deadline(now)
+        self.stacks.collect(now)
         self.attempts.enforce_deadlines(now)
         self.attempts.enforce_memory(now)  # after: a kill already announced by a stack request wins
         self.pool.kill_overdue(now)
@@ -413,6 +421,7 @@ class Supervisor:
             self.pool.next_due(),
             self.drain_deadline,
             self.imports.next_due(),
+            self.stacks.next_due(),
         ]
         return min(d for d in due if d is not None)
 
@@ -430,7 +439,11 @@ class Supervisor:
                 else:
                     self.attempts.claimed(event.claims, event.claimed_at)
             elif isinstance(event, LeasesLost):
-                self.attempts.leases_lost(event.ids, cancelled=event.cancelled)
+                # A cancelled task's child is killed once its stack is read (see stacks.py).
+                stacked = self.stacks.cancelled(event.cancelled)
+                self.attempts.leases_lost(event.ids - stacked, cancelled=event.cancelled)
+            elif isinstance(event, StacksWanted):
+                self.stacks.wanted(event.ids)
             elif isinstance(event, Declared):
                 self.declared(event)
             elif isinstance(event, Swept):

@@ -567,10 +567,15 @@ def task_body(row: TaskRow, info: TypeInfo | None, with_options: bool) -> str:
         f.name: getattr(row, f.name) for f in attrs.fields(TaskRow) if f.name != "options"
     }
     fields.pop("last_error")
+    fields.pop("stack")  # dozens of lines: below the table, as last_error
     parts = [fields_table(fields)]
     parts.append("<h2>Effective policy</h2>" + policy_table(row, info))
     if row.last_error is not None:
         parts.append(f"<h2>last_error</h2><pre id=last_error>{e(row.last_error)}</pre>")
+    if row.stack is not None:
+        taken = e(str(row.stack_at))
+        parts.append(f"<h2>stack <span class=muted>taken at {taken}</span></h2>")
+        parts.append(f"<pre id=stack>{e(row.stack)}</pre>")
     if with_options:
         parts.append(f"<h2>task_options</h2><pre id=options>{e(row.options)}</pre>")
     else:
@@ -583,6 +588,8 @@ def task_body(row: TaskRow, info: TypeInfo | None, with_options: bool) -> str:
         commands.append(f"python -m supervisor retry {int(row.id)}")
     if row.status in bulk.ALLOWED["cancel"]:
         commands.append(f"python -m supervisor cancel {int(row.id)}")
+    if row.status is Status.RUNNING:
+        commands.append(f"python -m supervisor stack {int(row.id)}")
     parts.append("".join(f"<code class=cmd>{e(c)}</code>" for c in commands))
     return "\n".join(parts)
 

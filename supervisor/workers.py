@@ -59,6 +59,7 @@ class Running:
     limit: Failure = Failure.TIMEOUT  # which of the two ``deadline`` is (MEMORY: over MAX_RSS)
     stack_requested: bool = False
     pct: int | None = None  # the last progress the child reported
+    dump_seen: int = 0  # the dump file's size after the last stack on demand was read
 
 
 def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -291,17 +292,27 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, STACK_SIGNAL)
 
-    def read_dump(self) -> str:
-        """The last :data:`DUMP_TAIL_BYTES` of the dump file, decoded leniently.
+    def dump_size(self) -> int:
+        """How much the dump file holds now: a stack asked for next is written after it."""
+        try:
+            return self.dump_path.stat().st_size
+        except OSError:
+            return 0
+
+    def read_dump(self, since: int = 0) -> str:
+        """The last :data:`DUMP_TAIL_BYTES` of the dump file (after offset ``since``), decoded
+        leniently.
 
         The file is the child's, so a handler can write anything there (gigabytes
         before it dies): only a bounded tail is read. faulthandler writes the
         innermost frames first, so a cut-off dump loses only its start.
+        ``since`` (a :meth:`dump_size` taken before a stack was asked for) leaves
+        out what earlier stacks of the same attempt wrote.
         """
         try:
             with self.dump_path.open("rb") as dump:
                 size = os.fstat(dump.fileno()).st_size
-                dump.seek(max(0, size - DUMP_TAIL_BYTES))
+                dump.seek(max(0, since, size - DUMP_TAIL_BYTES))
                 data = dump.read(DUMP_TAIL_BYTES)
         except OSError:
             return ""

@@ -25,9 +25,11 @@ __all__ = [
     "NewTask",
     "Overwritten",
     "Rescued",
+    "StackRequest",
     "StatusCount",
     "Store",
     "SupervisorInfo",
+    "TaskControl",
     "TaskFilter",
     "TaskRow",
     "TaskSummary",
@@ -217,6 +219,31 @@ class TypeInfo:
 
 
 @attrs.frozen(kw_only=True)
+class StackRequest:
+    """What ``supervisor stack ID`` asked: the status found, and if it was running, the moment
+    (database clock) the request was written; a stack taken at or after it answers it."""
+
+    before: Status | str | None
+    requested_at: datetime | None
+    claimed_by: str | None
+
+
+@attrs.frozen(kw_only=True)
+class TaskControl:
+    """What operators may have changed on a row a supervisor runs (read once per poll interval).
+
+    The owner compares it with its claim: no longer ``running`` under its name and attempt
+    means cancelled or rescued; ``stack_requested_at`` set means a stack is wanted.
+    """
+
+    id: int
+    status: Status | str
+    claimed_by: str | None
+    attempts: int
+    stack_requested_at: datetime | None
+
+
+@attrs.frozen(kw_only=True)
 class Transition:
     """The result of an operator's cancel or retry: the status found, and whether it applied.
 
@@ -356,6 +383,31 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def task_controls(self, task_ids: Sequence[int]) -> list[TaskControl]:
+        """The control state of these rows, by primary key (missing rows are left out).
+
+        A supervisor reads its running rows with it once per poll interval, and
+        only while it runs any: that is how a cancel, a rescue or a stack request
+        reaches it within a poll interval instead of at the next heartbeat.
+        """
+
+    @abc.abstractmethod
+    def request_stack(self, task_id: int) -> StackRequest:
+        """Ask the supervisor running ``task_id`` for its child's stack (``supervisor stack``).
+
+        Applies only to a running task; the request time is read back in the
+        same transaction, so an answer that comes at once cannot hide it.
+        """
+
+    @abc.abstractmethod
+    def record_stack(self, claim: Claim, stack: str, *, status: Status) -> bool:
+        """Write the stack taken of ``claim``'s child and clear the request (fenced).
+
+        ``status`` is what the row must be in: ``running`` for a stack on
+        demand, ``cancelled`` for the one taken as a cancelled task is killed.
+        """
+
+    @abc.abstractmethod
     def rescue_expired(self, limit: int) -> Rescued:
         """Requeue running tasks whose lease ran out; fail them ``lost`` if no attempt is left."""
 
@@ -415,8 +467,8 @@ class Store(abc.ABC):
     def cancel(self, task_id: int) -> Transition:
         """Cancel a queued or running task.
 
-        A running task's supervisor sees the cancellation at its next heartbeat
-        and kills the child.
+        A running task's supervisor sees the cancellation within a poll interval
+        (:meth:`task_controls`), takes its child's stack and kills it.
         """
 
     @abc.abstractmethod

@@ -54,9 +54,11 @@ from supervisor.store.base import (
     NewTask,
     Overwritten,
     Rescued,
+    StackRequest,
     StatusCount,
     Store,
     SupervisorInfo,
+    TaskControl,
     TaskFilter,
     TaskRow,
     TaskSummary,
@@ -773,6 +775,50 @@ class MemoryStore(Store):
     def type_infos(self) -> list[TypeInfo]:
         with self._call("type_infos"):
             return [self._types[name] for name in sorted(self._types)]
+
+    def task_controls(self, task_ids: Sequence[int]) -> list[TaskControl]:
+        with self._call("task_controls", reaches_database=False):
+            if not task_ids:
+                return []
+            self._reach()
+            found = [self._tasks[i] for i in sorted(set(task_ids)) if i in self._tasks]
+            return [
+                TaskControl(
+                    id=task.id,
+                    status=task.status,
+                    claimed_by=task.claimed_by,
+                    attempts=task.attempts,
+                    stack_requested_at=task.stack_requested_at,
+                )
+                for task in found
+            ]
+
+    def request_stack(self, task_id: int) -> StackRequest:
+        with self._call("request_stack"):
+            task = self._tasks.get(task_id)
+            if task is None:
+                return StackRequest(before=None, requested_at=None, claimed_by=None)
+            if task.status is not Status.RUNNING:
+                return StackRequest(
+                    before=task.status, requested_at=None, claimed_by=task.claimed_by
+                )
+            now = self.clock()
+            self._update(task, now, stack_requested_at=now)
+            return StackRequest(before=task.status, requested_at=now, claimed_by=task.claimed_by)
+
+    def record_stack(self, claim: Claim, stack: str, *, status: Status) -> bool:
+        with self._call("record_stack"):
+            task = self._tasks.get(claim.id)
+            if (
+                task is None
+                or task.status is not status
+                or task.claimed_by != claim.owner
+                or task.attempts != claim.attempt
+            ):
+                return False
+            now = self.clock()
+            self._update(task, now, stack=stack, stack_at=now, stack_requested_at=None)
+            return True
 
     def cancel(self, task_id: int) -> Transition:
         with self._call("cancel"):

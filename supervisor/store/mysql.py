@@ -237,6 +237,14 @@ class MysqlStore(SqlStore):
 
         return self._with_retries(work)
 
+    def _write_then_read(self, write: str, read: str, params: Params) -> list[Row]:
+        def body(cursor: pymysql.cursors.DictCursor) -> list[Row]:
+            cursor.execute(self._queries[write], params)
+            cursor.execute(self._queries[read], params)
+            return list(cursor.fetchall())
+
+        return self._transaction(body)
+
     def migrate(self) -> None:
         """Apply the pending migrations (see :mod:`supervisor.store.migrator`).
 

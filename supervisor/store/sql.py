@@ -40,9 +40,11 @@ from supervisor.store.base import (
     NewTask,
     Overwritten,
     Rescued,
+    StackRequest,
     StatusCount,
     Store,
     SupervisorInfo,
+    TaskControl,
     TaskFilter,
     TaskRow,
     TaskSummary,
@@ -275,6 +277,8 @@ def admitted_rows(
 def claim_order(rows: Iterable[Row], limit: int) -> list[Row]:
     """The first ``limit`` rows in claim order (priority, then id), whichever type they are."""
     return sorted(rows, key=lambda row: (int(row["priority"]), int(row["id"])))[:limit]
+
+
 def declared_policy(row: Row) -> HandlerPolicy:
     """A ``task_types`` row's policy columns as the policy they declare."""
 
@@ -371,6 +375,41 @@ class SqlStore(Store):
 
     def refund(self, claim: Claim) -> bool:
         return self._changed("refund", fence(claim)) == 1
+
+    def task_controls(self, task_ids: Sequence[int]) -> list[TaskControl]:
+        if not task_ids:
+            return []
+        return [
+            TaskControl(
+                id=int(row["id"]),
+                status=status_or_raw(row["status"]),
+                claimed_by=row["claimed_by"],
+                attempts=int(row["attempts"]),
+                stack_requested_at=to_optional_datetime(row["stack_requested_at"]),
+            )
+            for row in self._rows("task_controls", ids_params(task_ids))
+        ]
+
+    def request_stack(self, task_id: int) -> StackRequest:
+        rows = self._write_then_read("request_stack", "stack_request_of", {"id": task_id})
+        if not rows:
+            return StackRequest(before=None, requested_at=None, claimed_by=None)
+        row = rows[0]
+        return StackRequest(
+            before=status_or_raw(row["status"]),
+            requested_at=to_optional_datetime(row["stack_requested_at"])
+            if row["status"] == Status.RUNNING.value
+            else None,
+            claimed_by=row["claimed_by"],
+        )
+
+    @abc.abstractmethod
+    def _write_then_read(self, write: str, read: str, params: Params) -> list[Row]:
+        """Run query ``write`` then ``read`` in one transaction; the rows ``read`` returned."""
+
+    def record_stack(self, claim: Claim, stack: str, *, status: Status) -> bool:
+        params = {**fence(claim), "stack": stack, "status": status.value}
+        return self._changed("record_stack", params) == 1
 
     def rescue_expired(self, limit: int) -> Rescued:
         lost = count_types(self._sweep("rescue_lost", limit))

@@ -112,6 +112,11 @@ class SqliteStore(SqlStore):
                 raise
             conn.execute("COMMIT")
 
+    def _write_then_read(self, write: str, read: str, params: Params) -> list[Row]:
+        with self._immediate() as conn:
+            conn.execute(self._queries[write], params)
+            return [dict(row) for row in conn.execute(self._queries[read], params).fetchall()]
+
     def migrate(self) -> None:
         """Apply the pending migrations (see :mod:`supervisor.store.migrator`).
 

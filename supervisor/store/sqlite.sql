@@ -469,3 +469,30 @@ SET status = 'cancelled', failure = NULL, lease_expires_at = NULL,
     completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
     updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
 WHERE id IN (SELECT value FROM json_each(:ids_json)) AND status IN ('queued', 'running')
+
+-- name: request_stack
+-- An operator asks for a running task's stack; the supervisor holding it answers within a
+-- poll interval (task_controls), writing stack and stack_at (record_stack).
+UPDATE tasks
+SET stack_requested_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = 'running'
+
+-- name: stack_request_of
+-- Read in the request's own transaction: the value it wrote, before any answer clears it.
+SELECT status, claimed_by, stack_requested_at FROM tasks WHERE id = :id
+
+-- name: task_controls
+-- What operators changed on the rows a supervisor runs: read by primary key, once per poll
+-- interval while it runs any (a cancel, a rescue, a stack request).
+SELECT id, status, claimed_by, attempts, stack_requested_at FROM tasks
+WHERE id IN (SELECT value FROM json_each(:ids_json))
+
+-- name: record_stack
+-- Fenced like every worker's write, with the status the attempt is in: 'running' for a stack
+-- on demand, 'cancelled' for the stack taken just before a cancelled task's child is killed
+-- (a cancel keeps claimed_by and attempts).
+UPDATE tasks
+SET stack = :stack, stack_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    stack_requested_at = NULL, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE id = :id AND status = :status AND claimed_by = :owner AND attempts = :attempt

@@ -174,8 +174,10 @@ class FakeChild(Child):
         return sent
 
     def request_stack(self) -> None:
+        """faulthandler appends each stack to the dump file (opened ``O_APPEND``)."""
         self.stack_requests += 1
-        self.dump_path.write_text(STACK_TEXT)
+        with self.dump_path.open("a") as dump:
+            dump.write(STACK_TEXT)
 
     def kill_tree(self) -> None:
         self.killed_by_parent = True

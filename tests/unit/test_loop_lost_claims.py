@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from supervisor.lifecycle import Status
+from supervisor.stacks import STACK_READ_LEAD_S
 from supervisor.store.memory import CANCELLED_ERROR
 from tests.unit.conftest import MakeLoop
 
@@ -21,6 +22,8 @@ def test_a_heartbeat_that_finds_the_lease_gone_kills_the_child_and_writes_nothin
     loop.advance(10)  # one heartbeat (lease / 3)
     mark = len(loop.store.log)
     loop.turn()
+    loop.step()
+    loop.advance(STACK_READ_LEAD_S)  # a cancelled task's stack is read, then its child killed
     loop.step()
     assert child.kills == 1
     loop.step()
@@ -43,6 +46,7 @@ def test_an_operators_cancel_of_a_running_task_is_counted_and_logged_cancelled_n
     loop.advance(10)  # one heartbeat (lease / 3) finds the claim gone
     loop.turn()
     loop.step()
+    loop.advance(STACK_READ_LEAD_S)
     loop.step()
 
     assert loop.metric("tasks_processed_total", type="echo", outcome="cancelled") == 1

@@ -24,8 +24,8 @@ from supervisor import http, web
 from supervisor.dsn import parse_dsn
 from supervisor.errors import StoreUnavailable, UnreadableRow, UsageError
 from supervisor.health import Health
-from supervisor.lifecycle import Failure
-from supervisor.store import MemoryStore, NewTask, Store, SupervisorInfo, TaskRow
+from supervisor.lifecycle import Failure, Status
+from supervisor.store import Claim, MemoryStore, NewTask, Store, SupervisorInfo, TaskRow
 from supervisor.store.memory import ManualClock
 from tests.conftest import migrated_store
 
@@ -382,3 +382,23 @@ def test_a_request_behind_a_hung_read_is_told_busy_not_queued(
     assert response.status == 503
     assert response.headers["Retry-After"] == "5"
     assert call(app, "/").status == 200
+
+
+def test_a_running_task_shows_its_last_stack_escaped_and_the_stack_command() -> None:
+    store = memory_with_work()
+    row = store.get(1)
+    assert row is not None and row.status is Status.RUNNING and row.claimed_by is not None
+    claim = Claim(
+        id=1,
+        type=row.type,
+        options=None,
+        attempt=row.attempts,
+        max_attempts=1,
+        owner=row.claimed_by,
+        remaining_s=60.0,
+    )
+    assert store.record_stack(claim, 'File "h.py" in <wait_for_the_disk>', status=Status.RUNNING)
+    body = call(page(store), "/tasks/1").body
+    assert "<pre id=stack>File &quot;h.py&quot; in &lt;wait_for_the_disk&gt;</pre>" in body
+    assert "python -m supervisor stack 1" in body
+    assert "<td>stack</td>" not in body, "below the table, not in it"
