@@ -331,7 +331,13 @@ def test_a_10_s_outage_while_tasks_run_loses_no_result(fleet: Fleet) -> None:
         row = fleet.wait_row(task_id, Status.COMPLETED, timeout=45)
         assert (row.attempts, row.claimed_by) == (1, a.owner)
         assert [e.event for e in fleet.executions(task_id)] == ["start", "return"]
-        assert len(events(a, task_id=task_id, message="task completed")) == 1
+        # The log line follows the write (the loop hears of it from the link): wait for it.
+        logged = wait_until(
+            lambda t=task_id: events(a, task_id=t, message="task completed"),
+            10,
+            f"the completion of {task_id} to be logged",
+        )
+        assert len(logged) == 1
     assert max(r["held"] for r in held) >= 1
     assert events(a, message="database is back")
     assert not events(a, outcome="lost")
