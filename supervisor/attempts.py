@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import attrs
 from loguru import logger
 
 from supervisor.dblink import DatabaseLink
@@ -59,6 +60,7 @@ from supervisor.protocol import (
 from supervisor.records import Claim
 from supervisor.results import PendingResult, completion, failure_result, refund
 from supervisor.telemetry import Telemetry
+from supervisor.usage import exit_usage, measure_live
 from supervisor.workers import Child, Running
 
 STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
@@ -216,6 +218,8 @@ class Attempts:
         if died:
             running = child.died()
         elif kill is not None:
+            if child.running is not None:  # measured alive: a kill leaves nothing to read
+                child.running.usage = measure_live(child.pid, child.cpu_total_s)
             running = child.kill(kill)
         else:
             running = child.release()
@@ -224,6 +228,12 @@ class Attempts:
         duration_s = self._clock() - running.started
         result = result_for(running, duration_s)
         if result is not None:
+            if running.usage is not None and not result.refund:
+                result = attrs.evolve(
+                    result,
+                    cpu_s=running.usage.cpu_s,
+                    peak_rss_bytes=running.usage.peak_rss_bytes,
+                )
             self._link.submit(result)
         if kill is None and not died:
             self._observe(duration_s)
@@ -248,6 +258,7 @@ class Attempts:
 
     def on_message(self, child: Child, message: Message) -> None:
         if isinstance(message, ReadyMessage):
+            child.cpu_total_s = message.cpu_total_s
             self._pool.on_ready(child)
             self.dispatch_backlog()
             return
@@ -263,10 +274,17 @@ class Attempts:
         elif isinstance(message, DoneMessage | ErrorMessage) and self._too_late(running):
             self._time_out(child, running)
         elif isinstance(message, DoneMessage):
-            self.settle(child, lambda r, seconds: completion(r.claim, seconds))
+            self.settle(
+                child,
+                lambda r, seconds: completion(
+                    r.claim, seconds, message.cpu_s, message.peak_rss_bytes
+                ),
+            )
+            child.cpu_total_s = message.cpu_total_s
             self.dispatch_backlog()
         elif isinstance(message, ErrorMessage):
             self.settle(child, self._errored(message))
+            child.cpu_total_s = message.cpu_total_s
             self.dispatch_backlog()
 
     def _too_late(self, running: Running) -> bool:
@@ -341,6 +359,8 @@ class Attempts:
                 else exception_type(message.message),
                 duration_s=duration_s,
                 progress_pct=running.pct,
+                cpu_s=message.cpu_s,
+                peak_rss_bytes=message.peak_rss_bytes,
             )
 
         return result_for
@@ -379,6 +399,7 @@ class Attempts:
         if status is None:
             return
         if child.running is not None and not child.killed_by_parent:
+            child.running.usage = exit_usage(status.cpu_s, status.peak_rss_bytes, child.cpu_total_s)
             error = panic_error(status.describe(), child.read_dump())
             child.exit_reason = Failure.PANIC.value
             self.settle(child, self._failed(Failure.PANIC, error), died=True)
@@ -419,7 +440,9 @@ class Attempts:
             if running is not None and running.claim.id in ids:
 
                 def lost(r: Running, seconds: float) -> None:
-                    self._telemetry.claim_lost(r.claim, seconds, cancelled=r.claim.id in cancelled)
+                    self._telemetry.claim_lost(
+                        r.claim, seconds, cancelled=r.claim.id in cancelled, usage=r.usage
+                    )
 
                 self.settle(
                     child, lost, kill="cancelled" if running.claim.id in cancelled else "lost"

@@ -7,10 +7,17 @@ parent -> child
     ``stop``      finish (the child is idle when it gets this) and exit 0.
 
 child -> parent
-    ``ready``     ``{pid}``: started, ignoring SIGINT/SIGTERM, waiting for a task.
+    ``ready``     ``{pid, cpu_total_s}``: started, ignoring SIGINT/SIGTERM, waiting for a task.
     ``progress``  ``{id, pct}``: the handler reported progress (already clamped to 0..100).
-    ``done``      ``{id}``: the handler returned.
-    ``error``     ``{id, message, traceback, permanent}``: the handler raised.
+    ``done``      ``{id, cpu_s, peak_rss_bytes, cpu_total_s}``: the handler returned.
+    ``error``     ``{id, message, traceback, permanent, cpu_s, peak_rss_bytes, cpu_total_s}``:
+                  the handler raised.
+
+``cpu_s`` and ``peak_rss_bytes`` are what the attempt used (:mod:`supervisor.usage`;
+null where the child could not measure), ``cpu_total_s`` the child's CPU so
+far: the parent's baseline for measuring the next attempt if it has to kill it.
+A figure that is not a finite, non-negative number (or, for bytes, an integer
+the columns can hold) makes the message malformed.
 
 JSON, never pickle: decoding a child's bytes can never make the parent run
 code, and a malformed line is a :class:`ProtocolError` (the parent then treats
@@ -21,9 +28,12 @@ strings, so a line is always one whole message.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from supervisor.usage import valid_bytes, valid_seconds
 
 # Bytes asked of the socket per read. A message longer than this arrives in several reads
 # (LineBuffer joins them); a larger buffer would be allocated, and mmapped, on every read.
@@ -54,6 +64,7 @@ class StopMessage:
 @attrs.frozen(kw_only=True)
 class ReadyMessage:
     pid: int
+    cpu_total_s: float | None = None
     kind: str = "ready"
 
 
@@ -67,6 +78,9 @@ class ProgressMessage:
 @attrs.frozen(kw_only=True)
 class DoneMessage:
     id: int
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
+    cpu_total_s: float | None = None
     kind: str = "done"
 
 
@@ -76,6 +90,9 @@ class ErrorMessage:
     message: str
     traceback: str
     permanent: bool
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
+    cpu_total_s: float | None = None
     kind: str = "error"
 
 
@@ -104,6 +121,15 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "message": (str,),
     "traceback": (str,),
     "permanent": (bool,),
+    "cpu_s": (int, float, type(None)),
+    "peak_rss_bytes": (int, type(None)),
+    "cpu_total_s": (int, float, type(None)),
+}
+# Figures whose value is checked beyond its type (see supervisor.usage).
+_FIGURES: dict[str, Callable[[object], bool]] = {
+    "cpu_s": valid_seconds,
+    "peak_rss_bytes": valid_bytes,
+    "cpu_total_s": valid_seconds,
 }
 
 
@@ -133,6 +159,9 @@ def decode(line: bytes) -> Message:
             raise ProtocolError(f"field {name!r} has the wrong type")
         if not isinstance(value, wanted):
             raise ProtocolError(f"field {name!r} has the wrong type")
+        check = _FIGURES.get(name)
+        if check is not None and value is not None and not check(value):
+            raise ProtocolError(f"field {name!r} is not a valid figure")
     return cls(**data)
 
 

@@ -49,6 +49,7 @@ from supervisor.store.base import (
     Transition,
     TypeInfo,
 )
+from supervisor.usage import Usage
 
 Row = dict[str, Any]
 Params = dict[str, Any]
@@ -65,6 +66,28 @@ def fence(claim: Claim) -> Params:
 
 def fences_json(claims: Sequence[Claim]) -> str:
     return json.dumps([[c.id, c.attempt] for c in claims])
+
+
+def usage_params(usage: Usage | None) -> Params:
+    """The last attempt's figures for a single-row outcome write (NULL where not measured)."""
+    if usage is None:
+        return {"cpu_s": None, "peak_rss_bytes": None, "wall_s": None}
+    return {"cpu_s": usage.cpu_s, "peak_rss_bytes": usage.peak_rss_bytes, "wall_s": usage.wall_s}
+
+
+def usage_json(claims: Sequence[Claim], usages: Sequence[Usage | None] | None) -> str:
+    """``[[id, attempt, cpu_s, peak_rss_bytes, wall_s], ...]``: a batch's fences and figures,
+    for ``complete_many`` to join in one statement (``usages`` in the order of ``claims``)."""
+    if usages is None:
+        return json.dumps([[c.id, c.attempt, None, None, None] for c in claims])
+    return json.dumps(
+        [
+            [c.id, c.attempt, None, None, None]
+            if u is None
+            else [c.id, c.attempt, u.cpu_s, u.peak_rss_bytes, u.wall_s]
+            for c, u in zip(claims, usages, strict=True)
+        ]
+    )
 
 
 def to_datetime(value: object) -> datetime:
@@ -275,6 +298,8 @@ def admitted_rows(
 def claim_order(rows: Iterable[Row], limit: int) -> list[Row]:
     """The first ``limit`` rows in claim order (priority, then id), whichever type they are."""
     return sorted(rows, key=lambda row: (int(row["priority"]), int(row["id"])))[:limit]
+
+
 def declared_policy(row: Row) -> HandlerPolicy:
     """A ``task_types`` row's policy columns as the policy they declare."""
 
@@ -352,20 +377,26 @@ class SqlStore(Store):
     def progress(self, claim: Claim, pct: int) -> bool:
         return self._changed("progress", {**fence(claim), "pct": max(0, min(100, pct))}) == 1
 
-    def complete(self, claim: Claim) -> bool:
-        return self._changed("complete", fence(claim)) == 1
+    def complete(self, claim: Claim, usage: Usage | None = None) -> bool:
+        return self._changed("complete", {**fence(claim), **usage_params(usage)}) == 1
 
-    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
-        params = {**fence(claim), "failure": failure.value, "error": trim_error(error)}
+    def fail(self, claim: Claim, failure: Failure, error: str, usage: Usage | None = None) -> bool:
+        params = {
+            **fence(claim),
+            "failure": failure.value,
+            "error": trim_error(error),
+            **usage_params(usage),
+        }
         return self._changed("fail", params) == 1
 
-    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+    def requeue(self, claim: Claim, delay_s: float, error: str, usage: Usage | None = None) -> bool:
         delay = seconds(delay_s)
         params = {
             **fence(claim),
             "delay_s": delay["s"],
             "delay_us": delay["us"],
             "error": trim_error(error),
+            **usage_params(usage),
         }
         return self._changed("requeue", params) == 1
 
