@@ -28,12 +28,12 @@ strings, so a line is always one whole message.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
 from typing import Any
 
 import attrs
 
-from supervisor.usage import valid_bytes, valid_seconds
+from supervisor.usage import MAX_RSS_BYTES
 
 # Bytes asked of the socket per read. A message longer than this arrives in several reads
 # (LineBuffer joins them); a larger buffer would be allocated, and mmapped, on every read.
@@ -107,30 +107,44 @@ _KINDS: dict[str, type[Message]] = {
     "error": ErrorMessage,
 }
 
-# The JSON type each field must have; bool is checked before int (bool is an int in Python).
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (int,),
-    "pid": (int,),
-    "pct": (int,),
-    "attempt": (int,),
-    "max_attempts": (int,),
-    "remaining_s": (int, float),
-    "type": (str,),
-    "path": (str,),
-    "options": (str, type(None)),
-    "message": (str,),
-    "traceback": (str,),
-    "permanent": (bool,),
-    "cpu_s": (int, float, type(None)),
-    "peak_rss_bytes": (int, type(None)),
-    "cpu_total_s": (int, float, type(None)),
+# The JSON types each field may have, exactly: json.loads makes nothing but plain dict, list,
+# str, int, float, bool and None, so an exact check needs no care for bool being an int.
+_FIELD_TYPES: dict[str, frozenset[type]] = {
+    "id": frozenset({int}),
+    "pid": frozenset({int}),
+    "pct": frozenset({int}),
+    "attempt": frozenset({int}),
+    "max_attempts": frozenset({int}),
+    "remaining_s": frozenset({int, float}),
+    "type": frozenset({str}),
+    "path": frozenset({str}),
+    "options": frozenset({str, type(None)}),
+    "message": frozenset({str}),
+    "traceback": frozenset({str}),
+    "permanent": frozenset({bool}),
+    "cpu_s": frozenset({int, float, type(None)}),
+    "peak_rss_bytes": frozenset({int, type(None)}),
+    "cpu_total_s": frozenset({int, float, type(None)}),
 }
-# Figures whose value is checked beyond its type (see supervisor.usage).
-_FIGURES: dict[str, Callable[[object], bool]] = {
-    "cpu_s": valid_seconds,
-    "peak_rss_bytes": valid_bytes,
-    "cpu_total_s": valid_seconds,
+# Figures (supervisor.usage), null or 0 <= value < limit: the chained comparison also refuses
+# NaN, and the bytes' limit is what the columns hold.
+_FIGURE_LIMITS: dict[str, float] = {
+    "cpu_s": math.inf,
+    "peak_rss_bytes": MAX_RSS_BYTES + 1,
+    "cpu_total_s": math.inf,
 }
+
+
+def _schema(
+    cls: type[Message],
+) -> tuple[type[Message], frozenset[str], tuple[tuple[str, float], ...]]:
+    names = frozenset(field.name for field in attrs.fields(cls)) - {"kind"}
+    figures = tuple((name, limit) for name, limit in _FIGURE_LIMITS.items() if name in names)
+    return cls, names, figures
+
+
+# What decode() checks of each kind, worked out once: it runs for every message a child sends.
+_SCHEMAS = {kind: _schema(cls) for kind, cls in _KINDS.items()}
 
 
 def encode(message: Message) -> bytes:
@@ -147,20 +161,19 @@ def decode(line: bytes) -> Message:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
-    cls = _KINDS.get(data.pop("kind", None))
-    if cls is None:
+    kind = data.pop("kind", None)
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
         raise ProtocolError("unknown message kind")
-    expected = {field.name for field in attrs.fields(cls)} - {"kind"}
-    if set(data) != expected:
+    cls, expected, figures = schema
+    if data.keys() != expected:
         raise ProtocolError(f"{cls.__name__} wants fields {sorted(expected)}")
     for name, value in data.items():
-        wanted = _FIELD_TYPES[name]
-        if isinstance(value, bool) and bool not in wanted:
+        if type(value) not in _FIELD_TYPES[name]:
             raise ProtocolError(f"field {name!r} has the wrong type")
-        if not isinstance(value, wanted):
-            raise ProtocolError(f"field {name!r} has the wrong type")
-        check = _FIGURES.get(name)
-        if check is not None and value is not None and not check(value):
+    for name, limit in figures:
+        value = data[name]
+        if value is not None and not 0 <= value < limit:
             raise ProtocolError(f"field {name!r} is not a valid figure")
     return cls(**data)
 

@@ -41,7 +41,6 @@ message (:mod:`supervisor.protocol`).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import resource
 
@@ -49,7 +48,7 @@ import attrs
 
 # ``echo 5 > /proc/PID/clear_refs`` resets the process's peak RSS (VmHWM) to its current RSS.
 CLEAR_REFS_HIWATER = b"5"
-MAX_RSS_BYTES = 2**63 - 1  # what the columns hold (BIGINT, SQLite INTEGER)
+MAX_RSS_BYTES = 2**63 - 1  # what the columns hold (BIGINT, SQLite INTEGER): the protocol's limit
 _MIB = 1024 * 1024
 
 
@@ -72,21 +71,6 @@ def describe(cpu_s: float | None, peak_rss_bytes: int | None, wall_s: float | No
     if wall_s is not None:
         parts.append(f"wall {wall_s:.2f} s")
     return ", ".join(parts) or None
-
-
-def valid_seconds(value: object) -> bool:
-    """A CPU figure a child may send: a finite, non-negative JSON number (not a bool)."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
-
-
-def valid_bytes(value: object) -> bool:
-    """A peak a child may send: a non-negative integer the columns can hold."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RSS_BYTES
 
 
 # ------------------------------------------------------------------ the child's side
