@@ -13,7 +13,10 @@ exactly one of these ways, each decided here and nowhere else:
 * the drain deadline passes: the child is killed and the attempt refunded.
 
 Every ending goes through :meth:`Attempts.settle`, which takes the attempt
-from the child and hands its result to the database link. Claims that arrive
+from the child and hands its result to the database link, with what the
+attempt used (:mod:`supervisor.usage`): the child's own figures when it
+reported, else the parent reads them just before a kill, or from a dead
+child's exit status, against the CPU total the child last reported. Claims that arrive
 when no child is idle wait in a short backlog (they are leased, so they are
 renewed) and go to the next child that frees up.
 """

@@ -7,9 +7,9 @@ observe every attempt's. What they mean exactly:
 ``cpu_s``
     User + system CPU time of the child process during the attempt, plus that
     of every process the handler started *and waited for* (``RUSAGE_CHILDREN``:
-    a ``subprocess.run`` counts; the child is a subreaper, so grandchildren
-    whose parent exited are counted when reaped). At a kill, the processes of
-    the tree still alive are added (they were never waited for).
+    a ``subprocess.run`` counts, with what that process waited for in turn; a
+    process nobody waits for is not counted). At a kill, the processes of the
+    tree still alive are added (they were never waited for).
 ``peak_rss_bytes``
     The largest resident set size of any *single* process of the tree during
     the attempt, not a sum: the child's own high-water mark (``VmHWM``), reset
@@ -31,6 +31,16 @@ knows the CPU an attempt started from without asking. An attempt that ends by
 a kill (deadline, ``TIMEOUT``, cancel, lost claim) is measured by the parent
 just before the kill (:func:`measure_live`), and a panic from the dead
 child's ``wait4`` usage (:func:`exit_usage`); both are rare.
+
+Limits, all on the side of reporting less: a subprocess's peak is seen only
+when it is the largest the child ever waited for (``RUSAGE_CHILDREN`` keeps a
+maximum that cannot be reset), which matters only if it is also larger than
+the child itself during the attempt; at a kill, descendants that already
+exited without being waited for are missed. A panic's peak comes from
+``wait4``, which also remembers the peak at which any earlier thread of the
+child exited (a handler's thread from an earlier attempt could make it larger).
+A refund writes no figures (:attr:`supervisor.results.PendingResult.usage`);
+a lost or cancelled attempt's go to the histograms only (the row is not ours).
 
 A handler runs inside the child, so a hostile one can make the child report
 anything plausible; the parent only refuses figures that are not figures

@@ -26,6 +26,7 @@ import pytest
 from supervisor.lifecycle import Failure, Status
 from supervisor.store import TaskRow
 from tests.e2e.harness import Launcher, clean_env
+from tests.e2e.test_metrics import Scrape, free_port, wait_metrics, wait_scrape
 
 MIB = 1024 * 1024
 BURN_S = 1.0
@@ -192,3 +193,32 @@ def test_show_prints_the_figures(launch: Launcher) -> None:
         row.peak_rss_bytes,
         row.wall_s,
     )
+
+
+def test_the_figures_are_observed_in_metrics_histograms_by_type(
+    launch: Launcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    port = free_port()
+    supervisor = launch.start_ready("--metrics-port", str(port))
+    wait_metrics(port, supervisor)
+    rows = [run(launch, {"burn_s": 0.3}), run(launch, {}), run(launch, {"then": "die"})]
+    assert [r.status for r in rows] == [Status.COMPLETED, Status.COMPLETED, Status.FAILED]
+
+    def observed(scrape: Scrape) -> bool:
+        return scrape.value("task_peak_rss_bytes_count", type="work") == 3
+
+    final = wait_scrape(port, observed, what="three attempts in the histograms")
+    assert final.value("task_cpu_seconds_count", type="work") == 3
+    assert final.value("task_peak_rss_bytes_count", type="work") == 3
+    cpu = final.value("task_cpu_seconds_sum", type="work")
+    assert cpu == pytest.approx(sum(r.cpu_s or 0 for r in rows))
+    assert cpu is not None and cpu >= 0.3
+    peak = final.value("task_peak_rss_bytes_sum", type="work")
+    assert peak == sum(r.peak_rss_bytes or 0 for r in rows)
+    cpu_buckets = final.by("task_cpu_seconds_bucket", "type", "le", nonzero=False)
+    assert ("work", "0.001") in cpu_buckets and ("work", "3600.0") in cpu_buckets  # 1 ms .. 1 h
+    rss_buckets = final.by("task_peak_rss_bytes_bucket", "type", "le", nonzero=False)
+    one_mib, sixteen_gib = "1.048576e+06", "1.7179869184e+10"
+    assert rss_buckets[("work", one_mib)] == 0  # an interpreter alone is more than 1 MiB
+    assert rss_buckets[("work", sixteen_gib)] == 3
