@@ -299,6 +299,7 @@ def test_measure_live_adds_the_descendants_still_running() -> None:
         os.close(ready_w)
         assert os.read(ready_r, 1) == b"x"
         used = measure_live(child.pid, 0.0)
+        no_start = measure_live(child.pid, None)
     finally:
         import psutil
 
@@ -309,6 +310,7 @@ def test_measure_live_adds_the_descendants_still_running() -> None:
         os.close(ready_r)
     assert used.cpu_s is not None and used.cpu_s >= 0.3
     assert used.peak_rss_bytes is not None and used.peak_rss_bytes >= 128 * MIB
+    assert no_start.cpu_s is None and no_start.peak_rss_bytes == used.peak_rss_bytes
 
 
 def test_measure_live_of_a_process_that_is_gone_says_nothing() -> None:
