@@ -158,12 +158,13 @@ SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
 WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
 
 -- name: complete_many
--- Each row's figures come from %(usage)s, a JSON array of [id, attempt, cpu_s, peak_rss_bytes,
--- wall_s] (nulls where not measured), joined as a table: one statement however many rows.
+-- Each row's figures come from %(usage)s, a JSON array of {i: id, a: attempt, c: cpu_s,
+-- r: peak_rss_bytes, w: wall_s} (a figure not measured is left out: NULL), joined as a table:
+-- one statement however many rows.
 UPDATE tasks
 JOIN JSON_TABLE(%(usage)s, '$[*]' COLUMNS (
-    u_id BIGINT PATH '$[0]', u_attempt INT PATH '$[1]', u_cpu_s DOUBLE PATH '$[2]',
-    u_peak_rss_bytes BIGINT UNSIGNED PATH '$[3]', u_wall_s DOUBLE PATH '$[4]'
+    u_id BIGINT PATH '$.i', u_attempt INT PATH '$.a', u_cpu_s DOUBLE PATH '$.c',
+    u_peak_rss_bytes BIGINT UNSIGNED PATH '$.r', u_wall_s DOUBLE PATH '$.w'
 )) AS used ON used.u_id = tasks.id AND used.u_attempt = tasks.attempts
 SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
     lease_expires_at = NULL, completed_at = NOW(6),

@@ -76,18 +76,22 @@ def usage_params(usage: Usage | None) -> Params:
 
 
 def usage_json(claims: Sequence[Claim], usages: Sequence[Usage | None] | None) -> str:
-    """``[[id, attempt, cpu_s, peak_rss_bytes, wall_s], ...]``: a batch's fences and figures,
-    for ``complete_many`` to join in one statement (``usages`` in the order of ``claims``)."""
-    if usages is None:
-        return json.dumps([[c.id, c.attempt, None, None, None] for c in claims])
-    return json.dumps(
-        [
-            [c.id, c.attempt, None, None, None]
-            if u is None
-            else [c.id, c.attempt, u.cpu_s, u.peak_rss_bytes, u.wall_s]
-            for c, u in zip(claims, usages, strict=True)
-        ]
-    )
+    """``[{"i": id, "a": attempt, "c": cpu_s, "r": peak_rss_bytes, "w": wall_s}, ...]``: a
+    batch's fences and figures, for ``complete_many`` to join in one statement (``usages`` in
+    the order of ``claims``). A figure not measured is left out rather than written as JSON
+    null: a missing path reads as SQL NULL on every engine."""
+    rows: list[dict[str, float | int]] = []
+    for claim, usage in zip(claims, usages or [None] * len(claims), strict=True):
+        row: dict[str, float | int] = {"i": claim.id, "a": claim.attempt}
+        if usage is not None:
+            if usage.cpu_s is not None:
+                row["c"] = usage.cpu_s
+            if usage.peak_rss_bytes is not None:
+                row["r"] = usage.peak_rss_bytes
+            if usage.wall_s is not None:
+                row["w"] = usage.wall_s
+        rows.append(row)
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def to_datetime(value: object) -> datetime:

@@ -18,7 +18,7 @@ from supervisor.store.mysql import MysqlStore
 from supervisor.store.sqlite import SqliteStore
 from tests.store.test_claim_index import mixed_rows, plan_text
 
-BATCH = [[n, 1, 0.5, 1024 * 1024, 1.0] for n in range(1, 41)]
+BATCH = [{"i": n, "a": 1, "c": 0.5, "r": 1024 * 1024, "w": 1.0} for n in range(1, 41)]
 
 
 def test_sqlite_complete_many_looks_each_row_up_by_id(sqlite_dsn: str) -> None:
@@ -63,8 +63,8 @@ def test_mysql_complete_many_reads_only_the_batchs_rows(mysql_dsn: str) -> None:
             cursor.fetchall()
             params = {
                 "owner": "A",
-                "ids": tuple(row[0] for row in BATCH),
-                "fences": tuple((row[0], row[1]) for row in BATCH),
+                "ids": tuple(row["i"] for row in BATCH),
+                "fences": tuple((row["i"], row["a"]) for row in BATCH),
                 "usage": json.dumps(BATCH),
             }
             cursor.execute("EXPLAIN " + store._queries["complete_many"], params)
