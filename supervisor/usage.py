@@ -60,6 +60,10 @@ import attrs
 CLEAR_REFS_HIWATER = b"5"
 MAX_RSS_BYTES = 2**63 - 1  # what the columns hold (BIGINT, SQLite INTEGER): the protocol's limit
 _MIB = 1024 * 1024
+PAGE_KIB = resource.getpagesize() // 1024
+# ru_maxrss just after the reset may exceed the resident size by what the child allocated in
+# between (a few pages); more than this means a peak kept from an exited thread.
+STALE_SLACK_KIB = 256
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +122,15 @@ class Measured:
 class AttemptMeter:
     """The child's measure of each attempt: :meth:`start` before ``handle()``, :meth:`finish` after.
 
+    The peak: :meth:`start` resets the child's high-water mark (``clear_refs``),
+    and ``getrusage``'s ``ru_maxrss`` then reads it (a system call, ~1 us, where
+    generating ``/proc/self/status`` costs ~10 us: this runs for every task).
+    ``ru_maxrss`` is the larger of the high-water mark and a peak the kernel may
+    keep from threads that exited, which no reset clears; so :meth:`start` checks
+    it against the resident size (``/proc/self/statm``, cheap). When it is larger
+    (stale) and the attempt did not go past it, the attempt's own peak is read
+    from ``VmHWM`` in ``/proc/self/status`` instead.
+
     Opened before the child drops to ``--child-user``: a process that changed
     its uid is not dumpable, so its ``/proc/self`` files belong to root and
     ``clear_refs`` can no longer be opened for writing. The kernel checks the
@@ -127,18 +140,25 @@ class AttemptMeter:
     which is not this attempt's.
     """
 
-    def __init__(self, clear_refs: int | None, status: int | None) -> None:
+    def __init__(self, clear_refs: int | None, status: int | None, statm: int | None) -> None:
         self._clear_refs = clear_refs
         self._status = status
+        self._statm = statm
         self._cpu_start = 0.0
+        self._own_peak_start = 0
         self._reaped_peak_start = 0
         self._reset = False
+        self._stale = False
 
     @classmethod
     def open(cls, proc: str = "/proc/self") -> AttemptMeter:
-        """Open this process's ``clear_refs`` and ``status`` (each None if unavailable)."""
+        """Open this process's ``clear_refs``, ``status`` and ``statm`` (None if unavailable)."""
         fds: list[int | None] = []
-        for name, flags in (("clear_refs", os.O_WRONLY), ("status", os.O_RDONLY)):
+        for name, flags in (
+            ("clear_refs", os.O_WRONLY),
+            ("status", os.O_RDONLY),
+            ("statm", os.O_RDONLY),
+        ):
             try:
                 fds.append(os.open(f"{proc}/{name}", flags | os.O_CLOEXEC))
             except OSError:
@@ -146,38 +166,61 @@ class AttemptMeter:
         return cls(*fds)
 
     def start(self) -> float:
-        """Take the baselines and reset the peak; returns the CPU total the attempt starts at."""
-        self._cpu_start = cpu_total_s()
-        self._reaped_peak_start = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        """Reset the peak and take the baselines; returns the CPU total the attempt starts at."""
         self._reset = False
         if self._clear_refs is not None:
             with contextlib.suppress(OSError):
                 self._reset = os.write(self._clear_refs, CLEAR_REFS_HIWATER) == 1
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._cpu_start = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+        self._own_peak_start = own.ru_maxrss
+        self._reaped_peak_start = reaped.ru_maxrss
+        if self._reset:
+            resident = self._resident_kib()
+            self._stale = resident is None or own.ru_maxrss > resident + STALE_SLACK_KIB
         return self._cpu_start
 
     def finish(self) -> Measured:
-        total = cpu_total_s()
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
         return Measured(
             cpu_s=max(0.0, total - self._cpu_start),
-            peak_rss_bytes=self._peak_bytes(),
+            peak_rss_bytes=self._peak_bytes(own.ru_maxrss, reaped.ru_maxrss),
             cpu_total_s=total,
         )
 
-    def _peak_bytes(self) -> int | None:
-        if not self._reset or self._status is None:
+    def _peak_bytes(self, own_kib: int, reaped_kib: int) -> int | None:
+        if not self._reset:
             return None
-        try:
-            own = read_hwm_bytes(os.pread(self._status, 16384, 0))
-        except OSError:
+        if own_kib > self._own_peak_start or not self._stale:
+            peak: int | None = own_kib * 1024  # a new maximum is the reset mark's own
+        else:
+            peak = self._hwm_bytes()
+        if peak is None:
             return None
-        if own is None:
-            return None
-        reaped_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         # RUSAGE_CHILDREN's peak is the largest of every process ever reaped, and cannot be
         # reset: only a new maximum is surely this attempt's.
         if reaped_kib > self._reaped_peak_start:
-            return max(own, reaped_kib * 1024)
-        return own
+            return max(peak, reaped_kib * 1024)
+        return peak
+
+    def _resident_kib(self) -> int | None:
+        if self._statm is None:
+            return None
+        try:
+            return int(os.pread(self._statm, 256, 0).split()[1]) * PAGE_KIB
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _hwm_bytes(self) -> int | None:
+        if self._status is None:
+            return None
+        try:
+            return read_hwm_bytes(os.pread(self._status, 16384, 0))
+        except OSError:
+            return None
 
 
 # ------------------------------------------------------------------ the parent's side

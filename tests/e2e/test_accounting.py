@@ -146,6 +146,23 @@ def test_an_attempt_killed_at_its_deadline_has_its_figures(launch: Launcher) -> 
     assert row.wall_s is not None and 3.5 <= row.wall_s < 30
 
 
+def test_an_attempt_killed_at_its_timeout_has_its_figures(launch: Launcher) -> None:
+    """The handler's per-attempt ``TIMEOUT`` kills the same way, and is read the same way."""
+    launch.handler("limited", WORKS + "\n    TIMEOUT = 3\n")
+    launch.start_ready()
+    baseline = run(launch, {})
+    task_id = launch.enqueue(
+        "limited",
+        json.dumps({"burn_s": BURN_S, "alloc_mib": SMALL_MIB, "then": "hang"}),
+        max_attempts=1,
+    )
+    row = launch.wait_terminal(task_id, timeout=60)
+    assert row.status is Status.FAILED and row.failure is Failure.ATTEMPT_TIMEOUT
+    assert_cpu_near(row, BURN_S)
+    assert_allocation_near(row, baseline, SMALL_MIB)
+    assert row.wall_s is not None and 2.9 <= row.wall_s < 30
+
+
 def test_a_panic_has_its_figures(launch: Launcher) -> None:
     """The dead child's wait4 usage, against the CPU it reported when its attempt started."""
     launch.start_ready()

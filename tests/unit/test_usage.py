@@ -137,17 +137,22 @@ def test_read_hwm_bytes() -> None:
 # ------------------------------------------------------------------ the child's meter
 
 
-@pytest.fixture
-def meter() -> Iterator[AttemptMeter]:
-    opened = AttemptMeter.open()
-    yield opened
-    for fd in (opened._clear_refs, opened._status):
+def close_all(meter: AttemptMeter) -> None:
+    for fd in (meter._clear_refs, meter._status, meter._statm):
         if fd is not None:
             os.close(fd)
 
 
+@pytest.fixture
+def meter() -> Iterator[AttemptMeter]:
+    opened = AttemptMeter.open()
+    yield opened
+    close_all(opened)
+
+
 def test_the_meter_measures_cpu_and_the_attempts_own_peak(meter: AttemptMeter) -> None:
     start = meter.start()
+    assert not meter._stale
     burn(0.2)
     held = touch(64)
     used = meter.finish()
@@ -179,62 +184,94 @@ def test_the_meter_counts_a_waited_for_subprocess(meter: AttemptMeter) -> None:
     assert used.peak_rss_bytes is not None and used.peak_rss_bytes >= 400 * MIB
 
 
+def fake_file(text: bytes) -> int:
+    """A descriptor on a file holding ``text``, standing in for a /proc file."""
+    fd, path = tempfile.mkstemp()
+    os.write(fd, text)
+    os.unlink(path)
+    return fd
+
+
+def test_a_stale_maximum_is_detected_and_the_peak_read_from_the_status_file() -> None:
+    """ru_maxrss above the resident size after the reset: a peak kept from an exited thread.
+    Then an attempt that does not go past it reads its own mark (VmHWM) instead."""
+    meter = AttemptMeter.open()
+    assert meter._statm is not None
+    os.close(meter._statm)
+    meter._statm = fake_file(b"100 1 1 1 0 1 0\n")  # one resident page: ru_maxrss looks stale
+    try:
+        meter.start()
+        assert meter._stale
+        used = meter.finish()
+    finally:
+        close_all(meter)
+    assert used.peak_rss_bytes is not None and used.peak_rss_bytes > MIB  # the real VmHWM
+
+
+def test_a_stale_maximum_without_a_readable_status_means_no_peak() -> None:
+    for status in (None, b"Name:\tnothing here\n", "unreadable"):
+        meter = AttemptMeter.open()
+        assert meter._status is not None and meter._statm is not None
+        os.close(meter._status)
+        os.close(meter._statm)
+        meter._statm = None  # no statm: the maximum cannot be trusted
+        if status is None:
+            meter._status = None
+        elif status == "unreadable":
+            meter._status = os.open("/dev/null", os.O_WRONLY)  # pread fails
+        else:
+            assert isinstance(status, bytes)
+            meter._status = fake_file(status)
+        try:
+            meter.start()
+            assert meter._stale
+            assert meter.finish().peak_rss_bytes is None, status
+        finally:
+            close_all(meter)
+
+
+def test_a_statm_that_does_not_parse_counts_as_stale() -> None:
+    meter = AttemptMeter.open()
+    assert meter._statm is not None
+    os.close(meter._statm)
+    meter._statm = fake_file(b"garbage\n")
+    try:
+        meter.start()
+        assert meter._stale
+        assert meter.finish().peak_rss_bytes is not None  # from VmHWM
+    finally:
+        close_all(meter)
+
+
 def test_without_clear_refs_the_meter_reports_no_peak() -> None:
     """Only an attempt's own peak is reported, never the child's lifetime one."""
-    meter = AttemptMeter(clear_refs=None, status=os.open("/proc/self/status", os.O_RDONLY))
+    meter = AttemptMeter.open()
+    assert meter._clear_refs is not None
+    os.close(meter._clear_refs)
+    meter._clear_refs = None
     try:
         meter.start()
         used = meter.finish()
     finally:
-        assert meter._status is not None
-        os.close(meter._status)
+        close_all(meter)
     assert used.peak_rss_bytes is None and used.cpu_s >= 0
 
 
 def test_a_clear_refs_that_refuses_the_reset_means_no_peak() -> None:
-    refusing = os.open("/proc/self/status", os.O_RDONLY)  # a write to it fails
-    status = os.open("/proc/self/status", os.O_RDONLY)
-    try:
-        meter = AttemptMeter(clear_refs=refusing, status=status)
-        meter.start()
-        assert meter.finish().peak_rss_bytes is None
-    finally:
-        os.close(refusing)
-        os.close(status)
-
-
-def test_a_status_without_a_peak_means_no_peak() -> None:
-    with tempfile.TemporaryFile() as junk:
-        junk.write(b"Name:\tnothing here\n")
-        junk.flush()
-        meter = AttemptMeter.open()
-        assert meter._status is not None
-        os.close(meter._status)
-        meter._status = junk.fileno()
-        try:
-            meter.start()
-            assert meter.finish().peak_rss_bytes is None
-        finally:
-            assert meter._clear_refs is not None
-            os.close(meter._clear_refs)
-
-
-def test_a_status_that_cannot_be_read_means_no_peak() -> None:
     meter = AttemptMeter.open()
-    assert meter._status is not None and meter._clear_refs is not None
-    os.close(meter._status)
-    meter._status = os.open("/dev/null", os.O_WRONLY)  # pread fails: not open for reading
+    assert meter._clear_refs is not None
+    os.close(meter._clear_refs)
+    meter._clear_refs = os.open("/proc/self/status", os.O_RDONLY)  # a write to it fails
     try:
         meter.start()
         assert meter.finish().peak_rss_bytes is None
     finally:
-        os.close(meter._status)
-        os.close(meter._clear_refs)
+        close_all(meter)
 
 
-def test_opening_where_there_is_no_proc_gives_a_meter_without_a_peak(tmp_path: object) -> None:
+def test_opening_where_there_is_no_proc_gives_a_meter_without_a_peak() -> None:
     meter = AttemptMeter.open(proc="/nonexistent/proc")
-    assert (meter._clear_refs, meter._status) == (None, None)
+    assert (meter._clear_refs, meter._status, meter._statm) == (None, None, None)
     meter.start()
     assert meter.finish().peak_rss_bytes is None
 
@@ -319,5 +356,20 @@ def test_measure_live_of_a_process_that_is_gone_says_nothing() -> None:
     assert measure_live(child.pid, 0.0) == Usage()
 
 
-def test_measure_live_without_a_status_file_has_no_peak(tmp_path: object) -> None:
+def test_measure_live_without_a_status_file_has_no_peak() -> None:
     assert measure_live(os.getpid(), 0.0, proc="/nonexistent/proc").peak_rss_bytes is None
+
+
+def test_the_operators_task_page_shows_the_figures() -> None:
+    from supervisor import web
+    from supervisor.store.base import NewTask
+    from supervisor.store.memory import ManualClock, MemoryStore
+
+    store = MemoryStore(clock=ManualClock())
+    task_id = store.enqueue(NewTask(type="t"))
+    [claim] = store.claim("A", ["t"], 1, 60)
+    assert store.complete(claim, Usage(cpu_s=1.0, peak_rss_bytes=300 * MIB, wall_s=1.5))
+    row = store.get(task_id)
+    assert row is not None
+    page = web.task_body(row, None, with_options=False)
+    assert "<td>usage</td><td>cpu 1.00 s, peak RSS 300.0 MiB, wall 1.50 s</td>" in page
