@@ -147,10 +147,15 @@ def _schema(
 _SCHEMAS = {kind: _schema(cls) for kind, cls in _KINDS.items()}
 
 
+# encode() runs for every message either side sends: the field names are looked up once, and
+# one encoder serves every call (json.dumps with separators builds a new encoder each time).
+_FIELD_NAMES = {cls: tuple(field.name for field in attrs.fields(cls)) for cls in _KINDS.values()}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(message: Message) -> bytes:
-    # asdict without recursion: every field is a plain JSON value, and this runs per message.
-    data = attrs.asdict(message, recurse=False)
-    return json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n"
+    data = {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
+    return _ENCODER.encode(data).encode("utf-8") + b"\n"
 
 
 def decode(line: bytes) -> Message:
