@@ -15,7 +15,10 @@ exactly one of these ways, each decided here and nowhere else:
 * the drain deadline passes: the child is killed and the attempt refunded.
 
 Every ending goes through :meth:`Attempts.settle`, which takes the attempt
-from the child and hands its result to the database link. Claims that arrive
+from the child and hands its result to the database link, with what the
+attempt used (:mod:`supervisor.usage`): the child's own figures when it
+reported, else the parent reads them just before a kill, or from a dead
+child's exit status, against the CPU total the child last reported. Claims that arrive
 when no child is idle wait in a short backlog (they are leased, so they are
 renewed) and go to the next child that frees up.
 """
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import attrs
 from loguru import logger
 
 from supervisor.dblink import DatabaseLink
@@ -63,6 +67,7 @@ from supervisor.protocol import (
 from supervisor.records import Claim
 from supervisor.results import PendingResult, completion, failure_result, refund
 from supervisor.telemetry import Telemetry
+from supervisor.usage import exit_usage, measure_live
 from supervisor.workers import Child, Running
 
 STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
@@ -226,6 +231,8 @@ class Attempts:
         if died:
             running = child.died()
         elif kill is not None:
+            if child.running is not None:  # measured alive: a kill leaves nothing to read
+                child.running.usage = measure_live(child.pid, child.cpu_total_s)
             running = child.kill(kill)
         else:
             running = child.release()
@@ -234,6 +241,12 @@ class Attempts:
         duration_s = self._clock() - running.started
         result = result_for(running, duration_s)
         if result is not None:
+            if running.usage is not None and not result.refund:
+                result = attrs.evolve(
+                    result,
+                    cpu_s=running.usage.cpu_s,
+                    peak_rss_bytes=running.usage.peak_rss_bytes,
+                )
             self._link.submit(result)
         if kill is None and not died:
             self._observe(duration_s)
@@ -258,6 +271,7 @@ class Attempts:
 
     def on_message(self, child: Child, message: Message) -> None:
         if isinstance(message, ReadyMessage):
+            child.cpu_total_s = message.cpu_total_s
             self._pool.on_ready(child)
             self.dispatch_backlog()
             return
@@ -273,10 +287,17 @@ class Attempts:
         elif isinstance(message, DoneMessage | ErrorMessage) and self._too_late(running):
             self._time_out(child, running)
         elif isinstance(message, DoneMessage):
-            self.settle(child, lambda r, seconds: completion(r.claim, seconds))
+            self.settle(
+                child,
+                lambda r, seconds: completion(
+                    r.claim, seconds, message.cpu_s, message.peak_rss_bytes
+                ),
+            )
+            child.cpu_total_s = message.cpu_total_s
             self.dispatch_backlog()
         elif isinstance(message, ErrorMessage):
             self.settle(child, self._errored(message))
+            child.cpu_total_s = message.cpu_total_s
             self.dispatch_backlog()
 
     def _too_late(self, running: Running) -> bool:
@@ -362,6 +383,8 @@ class Attempts:
                 else exception_type(message.message),
                 duration_s=duration_s,
                 progress_pct=running.pct,
+                cpu_s=message.cpu_s,
+                peak_rss_bytes=message.peak_rss_bytes,
             )
 
         return result_for
@@ -402,6 +425,7 @@ class Attempts:
         if child.exit_reason == Failure.MEMORY.value:
             self._telemetry.memory_killed_reaped(child.pid, status.peak_rss_bytes)
         if child.running is not None and not child.killed_by_parent:
+            child.running.usage = exit_usage(status.cpu_s, status.peak_rss_bytes, child.cpu_total_s)
             error = panic_error(status.describe(), child.read_dump(since=child.running.dump_seen))
             child.exit_reason = Failure.PANIC.value
             self.settle(child, self._failed(Failure.PANIC, error), died=True)
@@ -472,7 +496,7 @@ class Attempts:
         """Kill the child of a claim that is not ours any more; write nothing."""
 
         def lost(r: Running, seconds: float) -> None:
-            self._telemetry.claim_lost(r.claim, seconds, cancelled=cancelled)
+            self._telemetry.claim_lost(r.claim, seconds, cancelled=cancelled, usage=r.usage)
 
         self.settle(child, lost, kill="cancelled" if cancelled else "lost")
 

@@ -56,6 +56,7 @@ from supervisor.protocol import (
 )
 from supervisor.reaping import become_subreaper
 from supervisor.task import Task
+from supervisor.usage import AttemptMeter, cpu_total_s
 
 STACK_SIGNAL = signal.SIGUSR1
 PROGRESS_MIN_INTERVAL_S = 0.1
@@ -212,7 +213,12 @@ def shadowed_module(task_type: str, path: str) -> str | None:
     return f"handler file {path} is named like the installed module {name!r} ({where}); rename it"
 
 
-def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> None:
+def run_task(
+    channel: Channel, handlers: HandlerCache, message: TaskMessage, meter: AttemptMeter
+) -> None:
+    """Run one attempt and report it, with what it used (measured around the import too:
+    a handler's first import is part of its first attempt's cost)."""
+    meter.start()
     progress = Progress(channel, message.id)
     task = Task.starting_now(
         id=message.id,
@@ -225,11 +231,23 @@ def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> 
     try:
         handle = handlers.handle_function(message.type, message.path)
     except HandlerImportError as exc:
-        channel.send(ErrorMessage(id=message.id, message=str(exc), traceback="", permanent=True))
+        used = meter.finish()
+        channel.send(
+            ErrorMessage(
+                id=message.id,
+                message=str(exc),
+                traceback="",
+                permanent=True,
+                cpu_s=used.cpu_s,
+                peak_rss_bytes=used.peak_rss_bytes,
+                cpu_total_s=used.cpu_total_s,
+            )
+        )
         return
     try:
         handle(task, progress)
     except BaseException as exc:  # noqa: BLE001 - any exception from a handler is its outcome
+        used = meter.finish()
         progress.flush()
         flush_std_streams()
         channel.send(
@@ -238,12 +256,23 @@ def run_task(channel: Channel, handlers: HandlerCache, message: TaskMessage) -> 
                 message=f"{type(exc).__name__}: {exc}",
                 traceback="".join(traceback.format_exception(exc))[-TRACEBACK_LIMIT:],
                 permanent=isinstance(exc, PermanentError),
+                cpu_s=used.cpu_s,
+                peak_rss_bytes=used.peak_rss_bytes,
+                cpu_total_s=used.cpu_total_s,
             )
         )
         return
+    used = meter.finish()
     progress.flush()
     flush_std_streams()
-    channel.send(DoneMessage(id=message.id))
+    channel.send(
+        DoneMessage(
+            id=message.id,
+            cpu_s=used.cpu_s,
+            peak_rss_bytes=used.peak_rss_bytes,
+            cpu_total_s=used.cpu_total_s,
+        )
+    )
 
 
 def flush_std_streams() -> None:
@@ -290,10 +319,10 @@ def open_dump(path: str) -> BinaryIO:
     return dump
 
 
-def serve(sock: socket.socket, dump: BinaryIO) -> int:
+def serve(sock: socket.socket, dump: BinaryIO, meter: AttemptMeter) -> int:
     channel = Channel(sock)
     handlers = HandlerCache()
-    channel.send(ReadyMessage(pid=os.getpid()))
+    channel.send(ReadyMessage(pid=os.getpid(), cpu_total_s=cpu_total_s()))
     while True:
         message = channel.receive()
         if message is None or isinstance(message, StopMessage):
@@ -301,7 +330,7 @@ def serve(sock: socket.socket, dump: BinaryIO) -> int:
         if not isinstance(message, TaskMessage):
             return 3
         os.ftruncate(dump.fileno(), 0)
-        run_task(channel, handlers, message)
+        run_task(channel, handlers, message, meter)
 
 
 def policy_constants(module: ModuleType) -> dict[str, object]:
@@ -423,6 +452,7 @@ def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: s
         from supervisor.metrics import bind_process_files
 
         bind_process_files(metrics_id)  # before any handler creates a metric
+    meter = AttemptMeter.open()  # before the drop: see AttemptMeter
     # --child-user: the drop, after the last import of the child's own and before anything of
     # a handler (or any file of the child's) exists; a child that cannot drop exits here.
     enter_child_user()
@@ -430,7 +460,7 @@ def run_child(*, socket_fd: int, lifeline_fd: int, dump_path: str, metrics_id: s
     threading.Thread(target=watch_lifeline, args=(lifeline_fd,), daemon=True).start()
     sock = socket.socket(fileno=socket_fd)
     with open_dump(dump_path) as dump:
-        return serve(sock, dump)
+        return serve(sock, dump, meter)
 
 
 if __name__ == "__main__":

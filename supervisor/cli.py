@@ -38,6 +38,7 @@ from supervisor.producer import new_task
 from supervisor.stack_cli import ask_for_stack
 from supervisor.status_view import print_status, printable, watch
 from supervisor.store import Store, TaskRow, open_store
+from supervisor.usage import describe as describe_usage
 
 EXIT_RUNTIME, EXIT_USAGE = 1, 2
 EXIT_READER_GONE = 128 + signal.SIGPIPE  # what a shell shows for a tool that SIGPIPE ended
@@ -398,6 +399,8 @@ def print_show(
             return EXIT_RUNTIME
         record = row_to_dict(row, with_options=with_options)
         record["effective"] = effective_record(store, row)
+        if not as_json:  # JSON has the three figures as numbers already
+            record["usage"] = describe_usage(row.cpu_s, row.peak_rss_bytes, row.wall_s)
     if as_json:
         print(json.dumps(record, indent=2))
     else:

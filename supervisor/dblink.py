@@ -447,7 +447,7 @@ class DatabaseLink:
 
     def _complete(self) -> None:
         done = [r for r in self._held if r.is_completion]
-        won = self._store.complete_many([r.claim for r in done])
+        won = self._store.complete_many([r.claim for r in done], [r.usage for r in done])
         for result in done:
             self._recorded(result, result.claim.id in won)
 
@@ -492,7 +492,13 @@ class DatabaseLink:
         claimed_at = self._clock()
         started = time.perf_counter()
         won, claims = self._store.complete_and_claim(
-            [r.claim for r in done], self.owner, types, need, self._lease_s, policies=policies
+            [r.claim for r in done],
+            self.owner,
+            types,
+            need,
+            self._lease_s,
+            policies=policies,
+            usages=[r.usage for r in done],
         )
         seconds = time.perf_counter() - started
         for result in done:
@@ -784,8 +790,8 @@ def write_one(store: Store, result: PendingResult) -> bool:
         store.progress(claim, result.progress_pct)
     if decision.status is Status.QUEUED:
         assert decision.retry_in_s is not None
-        return store.requeue(claim, decision.retry_in_s, result.error)
+        return store.requeue(claim, decision.retry_in_s, result.error, result.usage)
     if decision.status is Status.COMPLETED:
-        return store.complete(claim)
+        return store.complete(claim, result.usage)
     assert decision.failure is not None
-    return store.fail(claim, decision.failure, result.error)
+    return store.fail(claim, decision.failure, result.error, result.usage)

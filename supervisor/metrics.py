@@ -54,6 +54,10 @@ DURATION_BUCKETS = (
     1800,
     3600,
 )
+# An attempt's CPU: from trivial (a millisecond) to hours.
+CPU_BUCKETS = (0.001, 0.005, *DURATION_BUCKETS)
+# An attempt's peak RSS: 1 MiB to 16 GiB in powers of two (an interpreter alone is ~10-30 MiB).
+RSS_BUCKETS = tuple(float(2**power * 1024 * 1024) for power in range(15))
 CLAIM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 UNKNOWN_TYPE = "unknown"
 
@@ -156,6 +160,20 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=to,
         )
+        self.cpu = Histogram(
+            "task_cpu_seconds",
+            "CPU time (user + system) of an attempt, its waited-for subprocesses included.",
+            ["type"],
+            buckets=CPU_BUCKETS,
+            registry=to,
+        )
+        self.peak_rss = Histogram(
+            "task_peak_rss_bytes",
+            "Peak resident memory of an attempt: its largest single process.",
+            ["type"],
+            buckets=RSS_BUCKETS,
+            registry=to,
+        )
         self.in_flight = Gauge(
             "tasks_in_flight",
             "Attempts running now.",
@@ -223,6 +241,16 @@ class Metrics:
         self._child(self.processed, label, outcome).inc(count)
         if duration_s is not None:
             self._child(self.duration, label).observe(duration_s)
+
+    def observe_usage(
+        self, task_type: str, cpu_s: float | None, peak_rss_bytes: int | None
+    ) -> None:
+        """An attempt's figures (see :mod:`supervisor.usage`); the ones not measured are skipped."""
+        label = self.type_label(task_type)
+        if cpu_s is not None:
+            self._child(self.cpu, label).observe(cpu_s)
+        if peak_rss_bytes is not None:
+            self._child(self.peak_rss, label).observe(peak_rss_bytes)
 
     def observe_claim_transaction(self, seconds: float) -> None:
         self.claim_seconds.observe(seconds)

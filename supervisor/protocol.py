@@ -7,10 +7,17 @@ parent -> child
     ``stop``      finish (the child is idle when it gets this) and exit 0.
 
 child -> parent
-    ``ready``     ``{pid}``: started, ignoring SIGINT/SIGTERM, waiting for a task.
+    ``ready``     ``{pid, cpu_total_s}``: started, ignoring SIGINT/SIGTERM, waiting for a task.
     ``progress``  ``{id, pct}``: the handler reported progress (already clamped to 0..100).
-    ``done``      ``{id}``: the handler returned.
-    ``error``     ``{id, message, traceback, permanent}``: the handler raised.
+    ``done``      ``{id, cpu_s, peak_rss_bytes, cpu_total_s}``: the handler returned.
+    ``error``     ``{id, message, traceback, permanent, cpu_s, peak_rss_bytes, cpu_total_s}``:
+                  the handler raised.
+
+``cpu_s`` and ``peak_rss_bytes`` are what the attempt used (:mod:`supervisor.usage`;
+null where the child could not measure), ``cpu_total_s`` the child's CPU so
+far: the parent's baseline for measuring the next attempt if it has to kill it.
+A figure that is not a finite, non-negative number (or, for bytes, an integer
+the columns can hold) makes the message malformed.
 
 JSON, never pickle: decoding a child's bytes can never make the parent run
 code, and a malformed line is a :class:`ProtocolError` (the parent then treats
@@ -21,9 +28,12 @@ strings, so a line is always one whole message.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import attrs
+
+from supervisor.usage import MAX_RSS_BYTES
 
 # Bytes asked of the socket per read. A message longer than this arrives in several reads
 # (LineBuffer joins them); a larger buffer would be allocated, and mmapped, on every read.
@@ -54,6 +64,7 @@ class StopMessage:
 @attrs.frozen(kw_only=True)
 class ReadyMessage:
     pid: int
+    cpu_total_s: float | None = None
     kind: str = "ready"
 
 
@@ -67,6 +78,9 @@ class ProgressMessage:
 @attrs.frozen(kw_only=True)
 class DoneMessage:
     id: int
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
+    cpu_total_s: float | None = None
     kind: str = "done"
 
 
@@ -76,6 +90,9 @@ class ErrorMessage:
     message: str
     traceback: str
     permanent: bool
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
+    cpu_total_s: float | None = None
     kind: str = "error"
 
 
@@ -90,27 +107,55 @@ _KINDS: dict[str, type[Message]] = {
     "error": ErrorMessage,
 }
 
-# The JSON type each field must have; bool is checked before int (bool is an int in Python).
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (int,),
-    "pid": (int,),
-    "pct": (int,),
-    "attempt": (int,),
-    "max_attempts": (int,),
-    "remaining_s": (int, float),
-    "type": (str,),
-    "path": (str,),
-    "options": (str, type(None)),
-    "message": (str,),
-    "traceback": (str,),
-    "permanent": (bool,),
+# The JSON types each field may have, exactly: json.loads makes nothing but plain dict, list,
+# str, int, float, bool and None, so an exact check needs no care for bool being an int.
+_FIELD_TYPES: dict[str, frozenset[type]] = {
+    "id": frozenset({int}),
+    "pid": frozenset({int}),
+    "pct": frozenset({int}),
+    "attempt": frozenset({int}),
+    "max_attempts": frozenset({int}),
+    "remaining_s": frozenset({int, float}),
+    "type": frozenset({str}),
+    "path": frozenset({str}),
+    "options": frozenset({str, type(None)}),
+    "message": frozenset({str}),
+    "traceback": frozenset({str}),
+    "permanent": frozenset({bool}),
+    "cpu_s": frozenset({int, float, type(None)}),
+    "peak_rss_bytes": frozenset({int, type(None)}),
+    "cpu_total_s": frozenset({int, float, type(None)}),
+}
+# Figures (supervisor.usage), null or 0 <= value < limit: the chained comparison also refuses
+# NaN, and the bytes' limit is what the columns hold.
+_FIGURE_LIMITS: dict[str, float] = {
+    "cpu_s": math.inf,
+    "peak_rss_bytes": MAX_RSS_BYTES + 1,
+    "cpu_total_s": math.inf,
 }
 
 
+def _schema(
+    cls: type[Message],
+) -> tuple[type[Message], frozenset[str], tuple[tuple[str, float], ...]]:
+    names = frozenset(field.name for field in attrs.fields(cls)) - {"kind"}
+    figures = tuple((name, limit) for name, limit in _FIGURE_LIMITS.items() if name in names)
+    return cls, names, figures
+
+
+# What decode() checks of each kind, worked out once: it runs for every message a child sends.
+_SCHEMAS = {kind: _schema(cls) for kind, cls in _KINDS.items()}
+
+
+# encode() runs for every message either side sends: the field names are looked up once, and
+# one encoder serves every call (json.dumps with separators builds a new encoder each time).
+_FIELD_NAMES = {cls: tuple(field.name for field in attrs.fields(cls)) for cls in _KINDS.values()}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(message: Message) -> bytes:
-    # asdict without recursion: every field is a plain JSON value, and this runs per message.
-    data = attrs.asdict(message, recurse=False)
-    return json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n"
+    data = {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
+    return _ENCODER.encode(data).encode("utf-8") + b"\n"
 
 
 def decode(line: bytes) -> Message:
@@ -121,18 +166,20 @@ def decode(line: bytes) -> Message:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
-    cls = _KINDS.get(data.pop("kind", None))
-    if cls is None:
+    kind = data.pop("kind", None)
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
         raise ProtocolError("unknown message kind")
-    expected = {field.name for field in attrs.fields(cls)} - {"kind"}
-    if set(data) != expected:
+    cls, expected, figures = schema
+    if data.keys() != expected:
         raise ProtocolError(f"{cls.__name__} wants fields {sorted(expected)}")
     for name, value in data.items():
-        wanted = _FIELD_TYPES[name]
-        if isinstance(value, bool) and bool not in wanted:
+        if type(value) not in _FIELD_TYPES[name]:
             raise ProtocolError(f"field {name!r} has the wrong type")
-        if not isinstance(value, wanted):
-            raise ProtocolError(f"field {name!r} has the wrong type")
+    for name, limit in figures:
+        value = data[name]
+        if value is not None and not 0 <= value < limit:
+            raise ProtocolError(f"field {name!r} is not a valid figure")
     return cls(**data)
 
 

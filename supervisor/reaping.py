@@ -1,7 +1,8 @@
 """Turn a child's wait status into a frozen record: the one place that tells a panic from an exit.
 
-``os.wait4`` gives the child's own resource usage, so a panic report can say
-how much memory the child had reached when it died.
+``os.wait4`` gives the child's own resource usage (with its waited-for
+descendants'), so a panic report can say how much memory the child had reached
+when it died, and the attempt it died in gets its CPU and peak figures.
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ class ExitStatus:
     signal_name: str | None
     peak_rss_bytes: int
     killed_by_parent: bool
+    cpu_s: float | None = None  # user + system over the child's life, its reaped tree included
 
     @classmethod
     def from_wait(
-        cls, status: int, rusage_maxrss_kib: int, *, killed_by_parent: bool
+        cls,
+        status: int,
+        rusage_maxrss_kib: int,
+        *,
+        killed_by_parent: bool,
+        cpu_s: float | None = None,
     ) -> ExitStatus:
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
@@ -36,12 +43,14 @@ class ExitStatus:
                 signal_name=signal_name(-code),
                 peak_rss_bytes=rusage_maxrss_kib * 1024,
                 killed_by_parent=killed_by_parent,
+                cpu_s=cpu_s,
             )
         return cls(
             exit_code=code,
             signal_name=None,
             peak_rss_bytes=rusage_maxrss_kib * 1024,
             killed_by_parent=killed_by_parent,
+            cpu_s=cpu_s,
         )
 
     @property
@@ -66,15 +75,15 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def reap(pid: int) -> tuple[int, int] | None:
-    """Collect a finished child without blocking: ``(wait status, peak RSS KiB)`` or None."""
+def reap(pid: int) -> tuple[int, int, float] | None:
+    """Collect a finished child without blocking: ``(wait status, peak RSS KiB, CPU s)`` or None."""
     try:
         waited, status, usage = os.wait4(pid, os.WNOHANG)
     except ChildProcessError:
         return None
     if waited == 0:
         return None
-    return status, usage.ru_maxrss
+    return status, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 
 
 def become_subreaper() -> None:

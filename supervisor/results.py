@@ -13,6 +13,7 @@ import attrs
 
 from supervisor.lifecycle import COMPLETED, REFUND, Decision, Failure, Outcome, decision_for_failure
 from supervisor.records import Claim
+from supervisor.usage import Usage
 
 
 @attrs.frozen(kw_only=True)
@@ -31,6 +32,15 @@ class PendingResult:
     duration_s: float = 0.0
     progress_pct: int | None = None
     refund: bool = False
+    # What the attempt used (supervisor.usage); its wall time is ``duration_s``.
+    cpu_s: float | None = None
+    peak_rss_bytes: int | None = None
+
+    @property
+    def usage(self) -> Usage:
+        """The figures the row keeps. A refund writes none: the attempt is undone as if it
+        never ran, so the row keeps the figures of the last attempt that counts."""
+        return Usage(cpu_s=self.cpu_s, peak_rss_bytes=self.peak_rss_bytes, wall_s=self.duration_s)
 
     @property
     def is_completion(self) -> bool:
@@ -38,8 +48,19 @@ class PendingResult:
         return self.decision.outcome is Outcome.COMPLETED and not self.refund
 
 
-def completion(claim: Claim, duration_s: float) -> PendingResult:
-    return PendingResult(claim=claim, decision=COMPLETED, duration_s=duration_s)
+def completion(
+    claim: Claim,
+    duration_s: float,
+    cpu_s: float | None = None,
+    peak_rss_bytes: int | None = None,
+) -> PendingResult:
+    return PendingResult(
+        claim=claim,
+        decision=COMPLETED,
+        duration_s=duration_s,
+        cpu_s=cpu_s,
+        peak_rss_bytes=peak_rss_bytes,
+    )
 
 
 def refund(claim: Claim, duration_s: float = 0.0) -> PendingResult:

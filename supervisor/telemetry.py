@@ -29,6 +29,7 @@ from supervisor.link_events import (
 )
 from supervisor.records import Claim
 from supervisor.results import PendingResult
+from supervisor.usage import Usage
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -76,6 +77,7 @@ class Telemetry:
         self.metrics.observe_outcome(
             claim.type, outcome.value if won else lost_as.value, result.duration_s
         )
+        self.metrics.observe_usage(claim.type, result.cpu_s, result.peak_rss_bytes)
         if not won:
             self.log.warning(
                 "result discarded: the task was cancelled by an operator"
@@ -112,8 +114,21 @@ class Telemetry:
             would_have_been=result.decision.outcome.value,
         )
 
-    def claim_lost(self, claim: Claim, duration_s: float, *, cancelled: bool = False) -> None:
-        """A claim the heartbeat could not renew; an operator's cancel counts ``cancelled``."""
+    def claim_lost(
+        self,
+        claim: Claim,
+        duration_s: float,
+        *,
+        cancelled: bool = False,
+        usage: Usage | None = None,
+    ) -> None:
+        """A claim the heartbeat could not renew; an operator's cancel counts ``cancelled``.
+
+        The row is not ours to write, but what the killed attempt used still
+        goes to the ``task_cpu_seconds``/``task_peak_rss_bytes`` histograms.
+        """
+        if usage is not None:
+            self.metrics.observe_usage(claim.type, usage.cpu_s, usage.peak_rss_bytes)
         if cancelled:
             self.log.info(
                 "task cancelled by an operator; killing the child",

@@ -48,6 +48,7 @@ from supervisor.store import (
     TypeInfo,
     open_store,
 )
+from supervisor.usage import describe as describe_usage
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -568,6 +569,7 @@ def task_body(row: TaskRow, info: TypeInfo | None, with_options: bool) -> str:
     }
     fields.pop("last_error")
     fields.pop("stack")  # dozens of lines: below the table, as last_error
+    fields["usage"] = describe_usage(row.cpu_s, row.peak_rss_bytes, row.wall_s)
     parts = [fields_table(fields)]
     parts.append("<h2>Effective policy</h2>" + policy_table(row, info))
     if row.last_error is not None:

@@ -31,6 +31,7 @@ from supervisor.privileges import CREDENTIALS_ENV, ChildUser
 from supervisor.protocol import RECV_BYTES, LineBuffer, Message, StopMessage, decode, encode
 from supervisor.reaping import ExitStatus, reap
 from supervisor.records import Claim
+from supervisor.usage import Usage
 
 if TYPE_CHECKING:
     from supervisor.forkserver import Template
@@ -60,6 +61,7 @@ class Running:
     stack_requested: bool = False
     pct: int | None = None  # the last progress the child reported
     dump_seen: int = 0  # the dump file's size after the last stack on demand was read
+    usage: Usage | None = None  # measured by the parent when the attempt ends by a kill or death
 
 
 def child_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -106,6 +108,8 @@ class Child:
         # Why this child ends, for supervisor_child_restarts_total{reason}; set by whoever ends it.
         self.exit_reason = "died_idle"
         self.saw_ready = False
+        # The child's CPU total at its last ready/done/error: where its next attempt starts from.
+        self.cpu_total_s: float | None = None
         self.unsent = bytearray()  # written when the socket can take it (see send)
         self._buffer = LineBuffer()
         self.output = OutputReader(output_fd) if output_fd is not None else None
@@ -357,10 +361,12 @@ class Child:
         waited = reap(self.pid)
         if waited is None:
             return None
-        status, maxrss_kib = waited
+        status, maxrss_kib, cpu_s = waited
         if self.process is not None:  # so Popen does not think it still runs
             self.process.returncode = os.waitstatus_to_exitcode(status)
-        return ExitStatus.from_wait(status, maxrss_kib, killed_by_parent=self.killed_by_parent)
+        return ExitStatus.from_wait(
+            status, maxrss_kib, killed_by_parent=self.killed_by_parent, cpu_s=cpu_s
+        )
 
     def close(self) -> None:
         self.sock.close()

@@ -18,6 +18,7 @@ import attrs
 from supervisor.lifecycle import Failure, Status
 from supervisor.policy import HandlerPolicy
 from supervisor.records import Claim, Overwritten, SupervisorInfo
+from supervisor.usage import Usage
 
 __all__ = [
     "Claim",
@@ -336,38 +337,52 @@ class Store(abc.ABC):
         lease_s: float,
         *,
         policies: Mapping[str, HandlerPolicy] | None = None,
+        usages: Sequence[Usage | None] | None = None,
     ) -> tuple[set[int], list[Claim]]:
         """Complete ``owner``'s ``completions`` and claim up to ``limit`` more.
 
         Returns (ids that won their fence, new claims). A backend may do both in
-        one transaction; this default does them one after the other.
+        one transaction; this default does them one after the other. ``usages``
+        as for :meth:`complete_many`.
         """
-        won = self.complete_many(completions) if completions else set()
+        won = self.complete_many(completions, usages) if completions else set()
         return won, self.claim(owner, types, limit, lease_s, policies=policies)
 
     @abc.abstractmethod
     def progress(self, claim: Claim, pct: int) -> bool:
         """Record progress 0..100 (fenced)."""
 
+    # Every outcome write but a refund stores the attempt's ``usage`` (cpu_s, peak_rss_bytes,
+    # wall_s; see supervisor.usage) in the row, NULL for a figure not given: the row holds
+    # the last attempt's figures, never a mix with an earlier attempt's.
+
     @abc.abstractmethod
-    def complete(self, claim: Claim) -> bool:
+    def complete(self, claim: Claim, usage: Usage | None = None) -> bool:
         """Mark the attempt completed with progress 100 (fenced)."""
 
     @abc.abstractmethod
-    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
-        """Complete several attempts in one statement; return the ids that won their fence."""
+    def complete_many(
+        self, claims: Sequence[Claim], usages: Sequence[Usage | None] | None = None
+    ) -> set[int]:
+        """Complete several attempts in one statement; return the ids that won their fence.
+
+        ``usages``, if given, holds each claim's figures in the order of ``claims``.
+        """
 
     @abc.abstractmethod
-    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
+    def fail(self, claim: Claim, failure: Failure, error: str, usage: Usage | None = None) -> bool:
         """Terminal failure of the attempt (fenced)."""
 
     @abc.abstractmethod
-    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+    def requeue(self, claim: Claim, delay_s: float, error: str, usage: Usage | None = None) -> bool:
         """Put the task back, ``run_at = database now + delay`` (fenced); the attempt stays used."""
 
     @abc.abstractmethod
     def refund(self, claim: Claim) -> bool:
-        """Put the task back as if this attempt never started (drain deadline) (fenced)."""
+        """Put the task back as if this attempt never started (drain deadline) (fenced).
+
+        No figures: the row keeps those of the last attempt that counts.
+        """
 
     @abc.abstractmethod
     def renew_leases(self, owner: str, claims: Sequence[Claim], lease_s: float) -> set[int]:

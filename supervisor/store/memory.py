@@ -65,6 +65,7 @@ from supervisor.store.base import (
     Transition,
     TypeInfo,
 )
+from supervisor.usage import Usage
 
 Clock = Callable[[], datetime]
 
@@ -109,6 +110,13 @@ def _duration(seconds: float) -> timedelta:
         return timedelta(microseconds=round(seconds * 1_000_000))
     except (OverflowError, ValueError):  # infinite, NaN, or beyond timedelta's range
         raise _refused(f"{seconds} s is not a usable duration") from None
+
+
+def _usage_fields(usage: Usage | None) -> dict[str, Any]:
+    """The row's figures of the attempt, as the SQL stores write them (None where not given)."""
+    if usage is None:
+        return {"cpu_s": None, "peak_rss_bytes": None, "wall_s": None}
+    return {"cpu_s": usage.cpu_s, "peak_rss_bytes": usage.peak_rss_bytes, "wall_s": usage.wall_s}
 
 
 def _later(moment: datetime, seconds: float) -> datetime:
@@ -462,6 +470,7 @@ class MemoryStore(Store):
         lease_s: float,
         *,
         policies: Mapping[str, HandlerPolicy] | None = None,
+        usages: Sequence[Usage | None] | None = None,
     ) -> tuple[set[int], list[Claim]]:
         """Both in one critical section, as the MySQL backend does both in one transaction."""
         with self._call("complete_and_claim", reaches_database=False):
@@ -473,7 +482,7 @@ class MemoryStore(Store):
             if strangers:
                 raise ValueError(f"completions of {strangers} passed as {owner!r}'s")
             self._reach()
-            won = self._complete(completions)
+            won = self._complete(completions, usages)
             claims = self._claim(owner, wanted, limit, lease_s, policies) if claiming else []
             return won, claims
 
@@ -483,21 +492,23 @@ class MemoryStore(Store):
                 claim, lambda task, now: {"progress_pct": max(0, min(100, pct))}
             )
 
-    def complete(self, claim: Claim) -> bool:
+    def complete(self, claim: Claim, usage: Usage | None = None) -> bool:
         with self._call("complete"):
-            return claim.id in self._complete([claim])
+            return claim.id in self._complete([claim], [usage])
 
-    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+    def complete_many(
+        self, claims: Sequence[Claim], usages: Sequence[Usage | None] | None = None
+    ) -> set[int]:
         with self._call("complete_many", reaches_database=False):
             if not claims:
                 return set()
             self._reach()
-            return self._complete(claims)
+            return self._complete(claims, usages)
 
-    def _complete(self, claims: Sequence[Claim]) -> set[int]:
+    def _complete(self, claims: Sequence[Claim], usages: Sequence[Usage | None] | None) -> set[int]:
         now = self.clock()
         won = set()
-        for claim in claims:
+        for claim, usage in zip(claims, usages or [None] * len(claims), strict=True):
             task = self._fenced(claim)
             if task is None:
                 continue
@@ -510,11 +521,12 @@ class MemoryStore(Store):
                 progress_pct=100,
                 lease_expires_at=None,
                 completed_at=now,
+                **_usage_fields(usage),
             )
             won.add(claim.id)
         return won
 
-    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
+    def fail(self, claim: Claim, failure: Failure, error: str, usage: Usage | None = None) -> bool:
         with self._call("fail"):
             return self._write_fenced(
                 claim,
@@ -524,10 +536,11 @@ class MemoryStore(Store):
                     "last_error": trim_error(error),
                     "lease_expires_at": None,
                     "completed_at": now,
+                    **_usage_fields(usage),
                 },
             )
 
-    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+    def requeue(self, claim: Claim, delay_s: float, error: str, usage: Usage | None = None) -> bool:
         with self._call("requeue"):
             return self._write_fenced(
                 claim,
@@ -537,6 +550,7 @@ class MemoryStore(Store):
                     "claimed_by": None,
                     "lease_expires_at": None,
                     "run_at": _later(now, delay_s),
+                    **_usage_fields(usage),
                 },
             )
 

@@ -50,7 +50,9 @@ from supervisor.store.sql import (
     row_to_claim,
     running_of,
     seconds,
+    usage_json,
 )
+from supervisor.usage import Usage
 
 T = TypeVar("T")
 
@@ -326,11 +328,16 @@ class MysqlStore(SqlStore):
     ) -> list[Claim]:
         return self.complete_and_claim((), owner, types, limit, lease_s, policies=policies)[1]
 
-    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+    def complete_many(
+        self, claims: Sequence[Claim], usages: Sequence[Usage | None] | None = None
+    ) -> set[int]:
         won: set[int] = set()
+        paired = list(zip(claims, usages or [None] * len(claims), strict=True))
         for owner in {c.owner for c in claims}:
-            mine = [c for c in claims if c.owner == owner]
-            won |= self.complete_and_claim(mine, owner, (), 0, 0.0)[0]
+            mine = [(c, u) for c, u in paired if c.owner == owner]
+            won |= self.complete_and_claim(
+                [c for c, _ in mine], owner, (), 0, 0.0, usages=[u for _, u in mine]
+            )[0]
         return won
 
     def complete_and_claim(
@@ -342,6 +349,7 @@ class MysqlStore(SqlStore):
         lease_s: float,
         *,
         policies: Mapping[str, HandlerPolicy] | None = None,
+        usages: Sequence[Usage | None] | None = None,
     ) -> tuple[set[int], list[Claim]]:
         """Complete ``completions`` (all ``owner``'s) and claim the next batch in ONE transaction.
 
@@ -357,7 +365,11 @@ class MysqlStore(SqlStore):
             return set(), []
         assert all(c.owner == owner for c in completions)
         queries = self._queries
-        fences = _fence_params(owner, completions) if completions else {}
+        fences = (
+            {**_fence_params(owner, completions), "usage": usage_json(completions, usages)}
+            if completions
+            else {}
+        )
 
         def body(
             cursor: pymysql.cursors.DictCursor, *, optimistic: bool

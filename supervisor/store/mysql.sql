@@ -153,15 +153,24 @@ WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts
 -- name: complete
 UPDATE tasks
 SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
-    lease_expires_at = NULL, completed_at = NOW(6)
+    lease_expires_at = NULL, completed_at = NOW(6),
+    cpu_s = %(cpu_s)s, peak_rss_bytes = %(peak_rss_bytes)s, wall_s = %(wall_s)s
 WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
 
 -- name: complete_many
+-- Each row's figures come from %(usage)s, a JSON array of {i: id, a: attempt, c: cpu_s,
+-- r: peak_rss_bytes, w: wall_s} (a figure not measured is left out: NULL), joined as a table:
+-- one statement however many rows. The join on (id, attempt) is the fence's attempt check;
+-- %(ids)s keeps the read to the batch's primary keys.
 UPDATE tasks
+JOIN JSON_TABLE(%(usage)s, '$[*]' COLUMNS (
+    u_id BIGINT PATH '$.i', u_attempt INT PATH '$.a', u_cpu_s DOUBLE PATH '$.c',
+    u_peak_rss_bytes BIGINT UNSIGNED PATH '$.r', u_wall_s DOUBLE PATH '$.w'
+)) AS used ON used.u_id = tasks.id AND used.u_attempt = tasks.attempts
 SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
-    lease_expires_at = NULL, completed_at = NOW(6)
-WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
-  AND (id, attempts) IN %(fences)s
+    lease_expires_at = NULL, completed_at = NOW(6),
+    cpu_s = used.u_cpu_s, peak_rss_bytes = used.u_peak_rss_bytes, wall_s = used.u_wall_s
+WHERE tasks.id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
 
 -- name: lock_held
 -- MySQL cannot say which rows an UPDATE matched: lock the ones still held, then update those.
@@ -173,13 +182,15 @@ FOR UPDATE
 -- name: fail
 UPDATE tasks
 SET status = 'failed', failure = %(failure)s, last_error = %(error)s,
-    lease_expires_at = NULL, completed_at = NOW(6)
+    lease_expires_at = NULL, completed_at = NOW(6),
+    cpu_s = %(cpu_s)s, peak_rss_bytes = %(peak_rss_bytes)s, wall_s = %(wall_s)s
 WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
 
 -- name: requeue
 UPDATE tasks
 SET status = 'queued', last_error = %(error)s, claimed_by = NULL, lease_expires_at = NULL,
-    run_at = NOW(6) + INTERVAL %(delay_us)s MICROSECOND
+    run_at = NOW(6) + INTERVAL %(delay_us)s MICROSECOND,
+    cpu_s = %(cpu_s)s, peak_rss_bytes = %(peak_rss_bytes)s, wall_s = %(wall_s)s
 WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
 
 -- name: refund

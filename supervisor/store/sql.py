@@ -51,6 +51,7 @@ from supervisor.store.base import (
     Transition,
     TypeInfo,
 )
+from supervisor.usage import Usage
 
 Row = dict[str, Any]
 Params = dict[str, Any]
@@ -67,6 +68,32 @@ def fence(claim: Claim) -> Params:
 
 def fences_json(claims: Sequence[Claim]) -> str:
     return json.dumps([[c.id, c.attempt] for c in claims])
+
+
+def usage_params(usage: Usage | None) -> Params:
+    """The last attempt's figures for a single-row outcome write (NULL where not measured)."""
+    if usage is None:
+        return {"cpu_s": None, "peak_rss_bytes": None, "wall_s": None}
+    return {"cpu_s": usage.cpu_s, "peak_rss_bytes": usage.peak_rss_bytes, "wall_s": usage.wall_s}
+
+
+def usage_json(claims: Sequence[Claim], usages: Sequence[Usage | None] | None) -> str:
+    """``[{"i": id, "a": attempt, "c": cpu_s, "r": peak_rss_bytes, "w": wall_s}, ...]``: a
+    batch's fences and figures, for ``complete_many`` to join in one statement (``usages`` in
+    the order of ``claims``). A figure not measured is left out rather than written as JSON
+    null: a missing path reads as SQL NULL on every engine."""
+    rows: list[dict[str, float | int]] = []
+    for claim, usage in zip(claims, usages or [None] * len(claims), strict=True):
+        row: dict[str, float | int] = {"i": claim.id, "a": claim.attempt}
+        if usage is not None:
+            if usage.cpu_s is not None:
+                row["c"] = usage.cpu_s
+            if usage.peak_rss_bytes is not None:
+                row["r"] = usage.peak_rss_bytes
+            if usage.wall_s is not None:
+                row["w"] = usage.wall_s
+        rows.append(row)
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def to_datetime(value: object) -> datetime:
@@ -356,20 +383,26 @@ class SqlStore(Store):
     def progress(self, claim: Claim, pct: int) -> bool:
         return self._changed("progress", {**fence(claim), "pct": max(0, min(100, pct))}) == 1
 
-    def complete(self, claim: Claim) -> bool:
-        return self._changed("complete", fence(claim)) == 1
+    def complete(self, claim: Claim, usage: Usage | None = None) -> bool:
+        return self._changed("complete", {**fence(claim), **usage_params(usage)}) == 1
 
-    def fail(self, claim: Claim, failure: Failure, error: str) -> bool:
-        params = {**fence(claim), "failure": failure.value, "error": trim_error(error)}
+    def fail(self, claim: Claim, failure: Failure, error: str, usage: Usage | None = None) -> bool:
+        params = {
+            **fence(claim),
+            "failure": failure.value,
+            "error": trim_error(error),
+            **usage_params(usage),
+        }
         return self._changed("fail", params) == 1
 
-    def requeue(self, claim: Claim, delay_s: float, error: str) -> bool:
+    def requeue(self, claim: Claim, delay_s: float, error: str, usage: Usage | None = None) -> bool:
         delay = seconds(delay_s)
         params = {
             **fence(claim),
             "delay_s": delay["s"],
             "delay_us": delay["us"],
             "error": trim_error(error),
+            **usage_params(usage),
         }
         return self._changed("requeue", params) == 1
 

@@ -34,7 +34,9 @@ from supervisor.store.sql import (
     row_to_claim,
     running_of,
     seconds,
+    usage_json,
 )
+from supervisor.usage import Usage
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -251,13 +253,17 @@ class SqliteStore(SqlStore):
     def _full_keys_param(self, keys: Sequence[str]) -> object:
         return json.dumps(list(keys))
 
-    def complete_many(self, claims: Sequence[Claim]) -> set[int]:
+    def complete_many(
+        self, claims: Sequence[Claim], usages: Sequence[Usage | None] | None = None
+    ) -> set[int]:
         if not claims:
             return set()
         won: set[int] = set()
+        paired = list(zip(claims, usages or [None] * len(claims), strict=True))
         for owner in {c.owner for c in claims}:
-            mine = [c for c in claims if c.owner == owner]
-            rows = self._rows("complete_many", {"owner": owner, "fences": fences_json(mine)})
+            mine = [(c, u) for c, u in paired if c.owner == owner]
+            usage = usage_json([c for c, _ in mine], [u for _, u in mine])
+            rows = self._rows("complete_many", {"owner": owner, "usage": usage})
             won.update(int(row["id"]) for row in rows)
         return won
 

@@ -158,19 +158,29 @@ UPDATE tasks
 SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
     lease_expires_at = NULL,
     completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
-    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    cpu_s = :cpu_s, peak_rss_bytes = :peak_rss_bytes, wall_s = :wall_s
 WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
 
 -- name: complete_many
+-- :usage is a JSON array of {i: id, a: attempt, c: cpu_s, r: peak_rss_bytes, w: wall_s} (a
+-- figure not measured is left out: NULL): each row's fence and figures, read once and joined
+-- on the primary key. The unary + on status keeps the planner off the status index: it would
+-- visit every running row and scan the array for each, where this looks each entry up by id.
 UPDATE tasks
 SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
     lease_expires_at = NULL,
     completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
-    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
-WHERE status = 'running' AND claimed_by = :owner
-  AND (id, attempts) IN (
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:fences)
-  )
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    cpu_s = used.u_cpu_s, peak_rss_bytes = used.u_peak_rss_bytes, wall_s = used.u_wall_s
+FROM (
+    SELECT json_extract(value, '$.i') AS u_id, json_extract(value, '$.a') AS u_attempt,
+           json_extract(value, '$.c') AS u_cpu_s, json_extract(value, '$.r') AS u_peak_rss_bytes,
+           json_extract(value, '$.w') AS u_wall_s
+    FROM json_each(:usage)
+) AS used
+WHERE tasks.id = used.u_id AND tasks.attempts = used.u_attempt
+  AND +status = 'running' AND claimed_by = :owner
 RETURNING id
 
 -- name: fail
@@ -178,14 +188,16 @@ UPDATE tasks
 SET status = 'failed', failure = :failure, last_error = :error,
     lease_expires_at = NULL,
     completed_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
-    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    cpu_s = :cpu_s, peak_rss_bytes = :peak_rss_bytes, wall_s = :wall_s
 WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
 
 -- name: requeue
 UPDATE tasks
 SET status = 'queued', last_error = :error, claimed_by = NULL, lease_expires_at = NULL,
     run_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :delay_s || ' seconds'),
-    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+    updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
+    cpu_s = :cpu_s, peak_rss_bytes = :peak_rss_bytes, wall_s = :wall_s
 WHERE id = :id AND status = 'running' AND claimed_by = :owner AND attempts = :attempt
 
 -- name: refund

@@ -305,3 +305,37 @@ def test_a_spawned_child_drops_too(shared: Path, coverage_env: dict[str, str]) -
         child.close()
         os.close(lifeline_r)
         os.close(lifeline_w)
+
+
+# Touches as many MiB as it is told (imports only what the child has imported already).
+ALLOCATES = """
+import json
+
+def handle(task, progress):
+    held = bytearray(json.loads(task.options)["mib"] * 1024 * 1024)
+    held[::4096] = b"\\x01" * len(range(0, len(held), 4096))
+"""
+
+
+def test_peak_rss_stays_per_attempt_after_the_drop(
+    shared: Path, coverage_env: dict[str, str]
+) -> None:
+    """The dropped child cannot open its own ``clear_refs`` any more (it is not dumpable): the
+    descriptor it opened before the drop still resets its peak at each attempt's start."""
+    (shared / "work").mkdir(mode=0o755)
+    with Launcher(shared / "work", f"sqlite:///{shared / 'work' / 'tasks.db'}") as launch:
+        launch.handlers.chmod(0o755)
+        launch.handler("alloc", ALLOCATES).chmod(0o644)
+        supervisor = launch.start_ready("--child-user", "nobody", env=coverage_env)
+        (child,) = supervisor.child_pids()
+        rows = [
+            launch.wait_terminal(launch.enqueue("alloc", json.dumps({"mib": mib})))
+            for mib in (0, 200, 0)
+        ]
+        assert supervisor.child_pids() == {child}
+    assert all(r.status is Status.COMPLETED for r in rows), [r.last_error for r in rows]
+    before, big, after = (r.peak_rss_bytes for r in rows)
+    assert before is not None and big is not None and after is not None
+    mib = 1024 * 1024
+    assert abs((big - before) - 200 * mib) <= 20 * mib, (before / mib, big / mib)
+    assert after - before < 20 * mib, (before / mib, after / mib)
