@@ -399,8 +399,13 @@ def print_show(
             return EXIT_RUNTIME
         record = row_to_dict(row, with_options=with_options)
         record["effective"] = effective_record(store, row)
-        if not as_json:  # JSON has the three figures as numbers already
-            record["usage"] = describe_usage(row.cpu_s, row.peak_rss_bytes, row.wall_s)
+        if not as_json:  # JSON keeps the three figures as numbers; text reads them as one line
+            usage = describe_usage(row.cpu_s, row.peak_rss_bytes, row.wall_s)
+            record = {
+                ("usage" if key == "cpu_s" else key): (usage if key == "cpu_s" else value)
+                for key, value in record.items()
+                if key not in ("peak_rss_bytes", "wall_s")
+            }
     if as_json:
         print(json.dumps(record, indent=2))
     else:
