@@ -218,7 +218,13 @@ class Attempts:
     # ------------------------------------------------------------ the one way an attempt ends
 
     def settle(
-        self, child: Child, result_for: ResultFor, *, kill: str | None = None, died: bool = False
+        self,
+        child: Child,
+        result_for: ResultFor,
+        *,
+        kill: str | None = None,
+        died: bool = False,
+        measure: bool = True,
     ) -> None:
         """End the child's attempt and hand its result over.
 
@@ -226,12 +232,13 @@ class Attempts:
         reported), killed with its whole tree (``kill`` names the reason), or
         already gone (``died``). ``result_for(running, duration_s)`` builds the
         result; None writes nothing (a lost claim is not ours to write).
+        ``measure=False`` skips reading a killed child's figures (a refund writes none).
         """
         self._memory.stop(child.pid)
         if died:
             running = child.died()
         elif kill is not None:
-            if child.running is not None:  # measured alive: a kill leaves nothing to read
+            if measure and child.running is not None:  # alive: a kill leaves nothing to read
                 child.running.usage = measure_live(child.pid, child.cpu_total_s)
             running = child.kill(kill)
         else:
@@ -465,7 +472,8 @@ class Attempts:
                 running.stack_requested = True
                 running.limit = Failure.MEMORY
                 running.deadline = min(running.deadline, now + MEMORY_STACK_LEAD_S)
-                child.request_stack()
+                if not child.request_stack():  # no stack will come: kill at once
+                    running.deadline = now
 
     def enforce_deadlines(self, now: float) -> None:
         for child in self._pool.busy():
@@ -504,4 +512,9 @@ class Attempts:
         """Drain time is up: kill what still runs and put those tasks back, attempt refunded."""
         self.refund_backlog()
         for child in list(self._pool.children.values()):
-            self.settle(child, lambda r, seconds: refund(r.claim, seconds), kill=child.exit_reason)
+            self.settle(
+                child,
+                lambda r, seconds: refund(r.claim, seconds),
+                kill=child.exit_reason,
+                measure=False,
+            )

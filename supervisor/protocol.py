@@ -28,7 +28,6 @@ strings, so a line is always one whole message.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import attrs
@@ -127,11 +126,14 @@ _FIELD_TYPES: dict[str, frozenset[type]] = {
     "cpu_total_s": frozenset({int, float, type(None)}),
 }
 # Figures (supervisor.usage), null or 0 <= value < limit: the chained comparison also refuses
-# NaN, and the bytes' limit is what the columns hold.
+# NaN, and the bytes' limit is what the columns hold. CPU seconds are bounded too (a billion
+# seconds is 31 years of a core): JSON admits an int of 400 digits, which compares with a
+# float exactly but cannot become one (OverflowError in the histogram, the arithmetic, SQLite).
+MAX_CPU_S = 1e9
 _FIGURE_LIMITS: dict[str, float] = {
-    "cpu_s": math.inf,
+    "cpu_s": MAX_CPU_S,
     "peak_rss_bytes": MAX_RSS_BYTES + 1,
-    "cpu_total_s": math.inf,
+    "cpu_total_s": MAX_CPU_S,
 }
 
 

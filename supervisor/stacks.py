@@ -45,7 +45,9 @@ from supervisor.attempts import Attempts
 from supervisor.dblink import DatabaseLink
 from supervisor.lifecycle import Status
 from supervisor.pool import Pool
-from supervisor.workers import STACK_SIGNAL, Child, Running
+from supervisor.workers import Child, Running, catches
+
+__all__ = ["NOT_CAUGHT", "STACK_READ_LEAD_S", "StackTaker", "catches"]
 
 STACK_READ_LEAD_S = 0.05  # time faulthandler has to write every thread's stack
 NO_STACK = "(no stack: the child wrote none within {lead_ms:.0f} ms of the signal)"
@@ -53,24 +55,6 @@ NOT_CAUGHT = (
     "(no stack: the handler reset the child's SIGUSR1 to its default action, which would"
     " kill it; no signal was sent)"
 )
-
-
-def catches(pid: int, signum: int) -> bool:
-    """Whether process ``pid`` has a handler for ``signum`` (the kernel's ``SigCgt`` mask).
-
-    A handler may reset ``SIGUSR1`` to its default action, which terminates
-    the process: sending it then would kill the task an operator only wanted
-    to look at. When the mask cannot be read (the process is gone, no procfs),
-    the answer is yes: the signal then reaches nobody or does what it always did.
-    """
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("SigCgt:"):
-                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return True
 
 
 @attrs.define(kw_only=True)
@@ -105,13 +89,8 @@ class StackTaker:
         again by the link a little later.
         """
         for child in self._children_of(ids):
-            if child in self._taking:
-                continue
-            if not catches(child.pid, STACK_SIGNAL):
-                assert child.running is not None
-                self._link.record_stack(child.running.claim, NOT_CAUGHT, status=Status.RUNNING)
-                continue
-            self._start(child, cancel=False)
+            if not self._in_progress(child):
+                self._start(child, cancel=False)
 
     def cancelled(self, ids: frozenset[int]) -> frozenset[int]:
         """Start the cancel of these tasks' children: stack first, kill when it is read.
@@ -121,14 +100,19 @@ class StackTaker:
         """
         taken = set()
         for child in self._children_of(ids):
-            taking = self._taking.get(child)
-            if taking is None:
-                self._start(child, cancel=True)
-            else:  # a stack was being taken already: it serves the cancel too
-                taking.cancel = True
             assert child.running is not None
             taken.add(child.running.claim.id)
+            if self._in_progress(child):  # a stack was being taken already: it serves the cancel
+                self._taking[child].cancel = True
+            else:
+                self._start(child, cancel=True)
         return frozenset(taken)
+
+    def _in_progress(self, child: Child) -> bool:
+        """Whether a stack of the child's current attempt is being taken (one of an attempt
+        that ended meanwhile does not count: its entry is replaced)."""
+        taking = self._taking.get(child)
+        return taking is not None and taking.running is child.running
 
     def next_due(self) -> float | None:
         return min((t.due for t in self._taking.values()), default=None)
@@ -144,8 +128,10 @@ class StackTaker:
             stack = child.read_dump(since=taking.offset) or NO_STACK.format(
                 lead_ms=STACK_READ_LEAD_S * 1000
             )
-            # A timeout's or a panic's error shows what the child writes after this.
-            taking.running.dump_seen = child.dump_size()
+            # A timeout's or a panic's error shows what the child writes after this; unless the
+            # deadline or the memory watch asked for a stack meanwhile: their kill reads it.
+            if not taking.running.stack_requested:
+                taking.running.dump_seen = child.dump_size()
             claim = taking.running.claim
             if taking.cancel:
                 self._attempts.drop(child, cancelled=True)
@@ -154,11 +140,19 @@ class StackTaker:
                 self._link.record_stack(claim, stack, status=Status.RUNNING)
 
     def _start(self, child: Child, *, cancel: bool) -> None:
-        assert child.running is not None
+        running = child.running
+        assert running is not None
         offset = child.dump_size()
-        child.request_stack()
+        if not child.request_stack():  # the handler reset the signal: sending it would kill
+            self._taking.pop(child, None)
+            if cancel:
+                self._attempts.drop(child, cancelled=True)
+                self._link.record_stack(running.claim, NOT_CAUGHT, status=Status.CANCELLED)
+            else:
+                self._link.record_stack(running.claim, NOT_CAUGHT, status=Status.RUNNING)
+            return
         self._taking[child] = _Taking(
-            running=child.running,
+            running=running,
             offset=offset,
             due=self._clock() + STACK_READ_LEAD_S,
             cancel=cancel,

@@ -42,6 +42,24 @@ DUMP_TAIL_BYTES = 64 * 1024  # what is read of a dump file: its last 64 KiB (a h
 # Never handed to a child: it must not be able to reach the database.
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (the kernel's ``SigCgt`` mask).
+
+    A handler may reset ``SIGUSR1`` to its default action, which terminates
+    the process: sending it then would kill the task an operator only wanted
+    to look at. When the mask cannot be read (the process is gone, no procfs),
+    the answer is yes: the signal then reaches nobody or does what it always did.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 class ChildState(enum.Enum):
     STARTING = "starting"  # spawned, no ``ready`` yet
     IDLE = "idle"
@@ -291,10 +309,19 @@ class Child:
             messages.extend(decode(line) for line in self._buffer.feed(data))
         return messages
 
-    def request_stack(self) -> None:
-        """Ask faulthandler in the child to dump every thread's stack into the dump file."""
+    def request_stack(self) -> bool:
+        """Ask faulthandler in the child to dump every thread's stack into the dump file.
+
+        False, and nothing sent, when the child does not catch the signal (see
+        :func:`catches`): its default action would kill the child, which a
+        deadline would then record as a panic and an operator's ``stack`` as a
+        dead task.
+        """
+        if not catches(self.pid, STACK_SIGNAL):
+            return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, STACK_SIGNAL)
+        return True
 
     def dump_size(self) -> int:
         """How much the dump file holds now: a stack asked for next is written after it."""

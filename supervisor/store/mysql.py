@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import random
 import socket
 import time
@@ -50,7 +51,6 @@ from supervisor.store.sql import (
     row_to_claim,
     running_of,
     seconds,
-    usage_json,
 )
 from supervisor.usage import Usage
 
@@ -366,7 +366,7 @@ class MysqlStore(SqlStore):
         assert all(c.owner == owner for c in completions)
         queries = self._queries
         fences = (
-            {**_fence_params(owner, completions), "usage": usage_json(completions, usages)}
+            {**_fence_params(owner, completions), "usage": usage_by_id(completions, usages)}
             if completions
             else {}
         )
@@ -551,6 +551,28 @@ def _by_defaults(
 
 class _SomeFenceLost(Exception):
     """A completion lost its fence: redo the transaction, finding out which ones won."""
+
+
+def usage_by_id(claims: Sequence[Claim], usages: Sequence[Usage | None] | None) -> str:
+    """``{"<id>": {"c": cpu_s, "r": peak_rss_bytes, "w": wall_s}, ...}``: a batch's figures for
+    ``complete_many``, which looks each row's up by its id (the fence is the statement's own
+    ``(id, attempts) IN`` clause). A figure not measured is left out: its path reads NULL."""
+    return json.dumps(
+        {
+            str(claim.id): {
+                key: value
+                for key, value in (
+                    ("c", usage.cpu_s),
+                    ("r", usage.peak_rss_bytes),
+                    ("w", usage.wall_s),
+                )
+                if value is not None
+            }
+            for claim, usage in zip(claims, usages or [None] * len(claims), strict=True)
+            if usage is not None
+        },
+        separators=(",", ":"),
+    )
 
 
 def _fence_params(owner: str, claims: Sequence[Claim]) -> Params:

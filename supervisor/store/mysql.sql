@@ -158,19 +158,18 @@ SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
 WHERE id = %(id)s AND status = 'running' AND claimed_by = %(owner)s AND attempts = %(attempt)s
 
 -- name: complete_many
--- Each row's figures come from %(usage)s, a JSON array of {i: id, a: attempt, c: cpu_s,
--- r: peak_rss_bytes, w: wall_s} (a figure not measured is left out: NULL), joined as a table:
--- one statement however many rows. The join on (id, attempt) is the fence's attempt check;
--- %(ids)s keeps the read to the batch's primary keys.
+-- Each row's figures come from %(usage)s, a JSON object {"<id>": {c: cpu_s, r: peak_rss_bytes,
+-- w: wall_s}} (a figure not measured is left out: a missing path reads NULL), looked up by the
+-- row's own id. One statement however many rows, with the same WHERE (and plan: the batch's
+-- primary keys) as a completion without figures; a JOIN on JSON_TABLE cost 8 percent more per batch.
 UPDATE tasks
-JOIN JSON_TABLE(%(usage)s, '$[*]' COLUMNS (
-    u_id BIGINT PATH '$.i', u_attempt INT PATH '$.a', u_cpu_s DOUBLE PATH '$.c',
-    u_peak_rss_bytes BIGINT UNSIGNED PATH '$.r', u_wall_s DOUBLE PATH '$.w'
-)) AS used ON used.u_id = tasks.id AND used.u_attempt = tasks.attempts
 SET status = 'completed', failure = NULL, last_error = NULL, progress_pct = 100,
     lease_expires_at = NULL, completed_at = NOW(6),
-    cpu_s = used.u_cpu_s, peak_rss_bytes = used.u_peak_rss_bytes, wall_s = used.u_wall_s
-WHERE tasks.id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
+    cpu_s = JSON_EXTRACT(%(usage)s, CONCAT('$."', id, '".c')),
+    peak_rss_bytes = JSON_EXTRACT(%(usage)s, CONCAT('$."', id, '".r')),
+    wall_s = JSON_EXTRACT(%(usage)s, CONCAT('$."', id, '".w'))
+WHERE id IN %(ids)s AND status = 'running' AND claimed_by = %(owner)s
+  AND (id, attempts) IN %(fences)s
 
 -- name: lock_held
 -- MySQL cannot say which rows an UPDATE matched: lock the ones still held, then update those.

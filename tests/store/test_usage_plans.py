@@ -65,7 +65,7 @@ def test_mysql_complete_many_reads_only_the_batchs_rows(mysql_dsn: str) -> None:
                 "owner": "A",
                 "ids": tuple(row["i"] for row in BATCH),
                 "fences": tuple((row["i"], row["a"]) for row in BATCH),
-                "usage": json.dumps(BATCH),
+                "usage": json.dumps({str(row["i"]): {"c": row["c"]} for row in BATCH}),
             }
             cursor.execute("EXPLAIN " + store._queries["complete_many"], params)
             plan = list(cursor.fetchall())

@@ -92,6 +92,7 @@ class FakeChild(Child):
         self.exit_status: tuple[int | None, str | None] | None = None
         self.reaped = False
         self.stack_requests = 0
+        self.catches_stack_signal = True
         self.kills = 0
         self.exit_on_stop = False  # act out a real child's obedience to ``stop``
         self._heard: list[Message] = []
@@ -173,11 +174,15 @@ class FakeChild(Child):
             self.exit(0)
         return sent
 
-    def request_stack(self) -> None:
-        """faulthandler appends each stack to the dump file (opened ``O_APPEND``)."""
+    def request_stack(self) -> bool:
+        """faulthandler appends each stack to the dump file (opened ``O_APPEND``); a child
+        whose handler reset the signal (``catches_stack_signal = False``) is sent nothing."""
+        if not self.catches_stack_signal:
+            return False
         self.stack_requests += 1
         with self.dump_path.open("a") as dump:
             dump.write(STACK_TEXT)
+        return True
 
     def kill_tree(self) -> None:
         self.killed_by_parent = True

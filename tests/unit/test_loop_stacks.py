@@ -191,7 +191,7 @@ def test_a_child_that_writes_no_stack_is_recorded_as_such(make_loop: MakeLoop) -
     loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
     [task_id] = loop.enqueue()
     loop.cycle()
-    loop.child(0).request_stack = lambda: None  # type: ignore[method-assign]
+    loop.child(0).request_stack = lambda: True  # type: ignore[method-assign]  # sent; none written
     loop.store.request_stack(task_id)
     loop.poll()
     loop.advance(STACK_READ_LEAD_S)
@@ -238,9 +238,10 @@ def test_a_timeout_after_a_stack_on_demand_reports_only_the_stack_at_the_deadlin
     loop.cycle()
     child = loop.child(0)
 
-    def earlier() -> None:
+    def earlier() -> bool:
         with child.dump_path.open("a") as dump:
             dump.write("EARLIER STACK\n")
+        return True
 
     child.request_stack = earlier  # type: ignore[method-assign]
     loop.store.request_stack(task_id)
@@ -282,10 +283,10 @@ def test_a_child_that_does_not_catch_the_stack_signal_is_not_sent_it(
     make_loop: MakeLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its default action would kill the task; the answer says why there is no stack."""
-    monkeypatch.setattr(stacks, "catches", lambda pid, signum: False)
     loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
     [task_id] = loop.enqueue()
     loop.cycle()
+    loop.child(0).catches_stack_signal = False
     loop.store.request_stack(task_id)
     loop.poll()
     loop.turn()
@@ -302,3 +303,64 @@ def test_catches_reads_the_kernels_mask_of_caught_signals() -> None:
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert stacks.catches(FAKE_PID_BASE - 1, signal.SIGUSR1), "unknown: as before, signalled"
+
+
+def test_a_deadline_that_asks_for_its_stack_while_one_is_being_taken_keeps_it(
+    make_loop: MakeLoop,
+) -> None:
+    """An on-demand read that comes after the deadline's own request must not mark the
+    deadline's dump as seen: the timeout's last_error would have no stack at all."""
+    loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
+    [task_id] = loop.enqueue(budget_s=10)
+    claimed_at = loop.clock()
+    loop.cycle()
+    child = loop.child(0)
+    loop.advance_to(claimed_at + 10 - 0.06)
+    loop.sup.stacks.wanted(frozenset({task_id}))  # read due at -0.01 s
+    loop.advance_to(claimed_at + 10 - 0.04)
+    loop.step()  # the deadline asks for its own stack (at -0.05 s)
+    assert child.stack_requests == 2
+    loop.advance_to(claimed_at + 10 - 0.01)
+    loop.step()  # the on-demand stack is read and written
+    loop.advance_to(claimed_at + 10)
+    loop.step()
+    loop.turn()
+    row = loop.row(task_id)
+    assert row.failure is Failure.TIMEOUT and row.last_error is not None
+    assert STACK_TEXT in row.last_error
+
+
+def test_a_cancel_right_after_a_stacked_attempt_ended_still_kills_the_next_one(
+    make_loop: MakeLoop,
+) -> None:
+    """A stack taken of task A, which finished before the read; B runs on the same child and
+    is cancelled meanwhile: the stale entry must not swallow B's cancel."""
+    loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
+    first, second = loop.enqueue(count=2)
+    loop.cycle()
+    child = loop.child(0)
+    loop.sup.stacks.wanted(frozenset({first}))
+    child.say_done()
+    loop.step()
+    loop.cycle()
+    assert child.running is not None and child.running.claim.id == second
+    assert loop.sup.stacks.cancelled(frozenset({second})) == frozenset({second})
+    loop.advance(STACK_READ_LEAD_S)
+    loop.step()
+    assert child.kills == 1
+
+
+def test_a_cancel_of_a_child_that_does_not_catch_the_signal_kills_it_at_once(
+    make_loop: MakeLoop,
+) -> None:
+    loop = make_loop(workers=1, lease_s=LONG_LEASE_S, poll_interval_s=POLL_S)
+    [task_id] = loop.enqueue()
+    loop.cycle()
+    child = loop.child(0)
+    child.catches_stack_signal = False
+    loop.store.cancel(task_id)
+    assert loop.sup.stacks.cancelled(frozenset({task_id})) == frozenset({task_id})
+    assert child.kills == 1 and child.stack_requests == 0
+    loop.turn()
+    row = loop.row(task_id)
+    assert (row.status, row.stack) == (Status.CANCELLED, NOT_CAUGHT)

@@ -85,6 +85,10 @@ def test_figures_round_trip(message: ReadyMessage | DoneMessage | ErrorMessage) 
         '"cpu_s": 1, "peak_rss_bytes": false, "cpu_total_s": 1',
         '"cpu_s": 1, "peak_rss_bytes": 1, "cpu_total_s": -1e-9',
         '"cpu_s": 1, "peak_rss_bytes": 1, "cpu_total_s": [1]',
+        # An int no float can hold: float() of it raises OverflowError in the parent's loop.
+        '"cpu_s": 1' + "0" * 400 + ', "peak_rss_bytes": 1, "cpu_total_s": 1',
+        '"cpu_s": 1, "peak_rss_bytes": 1, "cpu_total_s": 1' + "0" * 400,
+        '"cpu_s": 1e10, "peak_rss_bytes": 1, "cpu_total_s": 1',
     ],
 )
 def test_garbage_figures_make_the_message_malformed(figures: str) -> None:
