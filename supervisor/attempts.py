@@ -139,14 +139,23 @@ class Attempts:
         """Hand waiting claims to idle children while there are both.
 
         A claim that cannot run (expired, its handler gone) leaves its child
-        idle: that child takes the next claim.
+        idle: that child takes the next claim. A claim with ``MAX_RSS`` skips
+        (and retires) a child that already holds half of it (``Pool.too_heavy_for``).
         """
         while self.backlog:
             idle = self._pool.idle()
             if not idle:
                 return
-            claim, claimed_at = self.backlog.popleft()
+            claim, claimed_at = self.backlog[0]
+            limit = self._max_rss_of(claim.type)
+            if limit is not None and self._pool.too_heavy_for(idle[0], limit):
+                continue  # that child is retired now; the claim waits for the next one
+            self.backlog.popleft()
             self._dispatch(idle[0], claim, claimed_at)
+
+    def _max_rss_of(self, task_type: str) -> int | None:
+        declared = self._policies().get(task_type)
+        return None if declared is None else declared.max_rss_bytes
 
     def _dispatch(self, child: Child, claim: Claim, claimed_at: float) -> None:
         now = self._clock()
@@ -179,9 +188,9 @@ class Attempts:
             )
         )
         self._telemetry.dispatched(claim, child.pid)
-        declared = self._policies().get(claim.type)
-        if declared is not None and declared.max_rss_bytes is not None:
-            self._memory.start(child.pid, declared.max_rss_bytes)
+        max_rss = self._max_rss_of(claim.type)
+        if max_rss is not None:
+            self._memory.start(child.pid, max_rss)
         message = TaskMessage(
             id=claim.id,
             type=claim.type,

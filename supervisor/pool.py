@@ -29,6 +29,9 @@ SPAWN_RETRY_MIN_S, SPAWN_RETRY_MAX_S = 0.5, 30.0
 # slot was lost for good and a drain waited out its whole timeout.
 STOP_GRACE_S = 5.0
 MAX_CHILD_RSS_MESSAGE = "child over --max-child-rss after its task; recycling it"
+HEAVY_CHILD_MESSAGE = (
+    "child already holds half of this task's MAX_RSS (left by earlier tasks); replacing it first"
+)
 
 Spawner = Callable[[int], Child]
 
@@ -155,6 +158,30 @@ class Pool:
             self._retire(child, child.exit_reason)
         elif self._over_rss(child):  # last: a child that goes anyway is not read
             self._retire(child, "max_rss")
+
+    def too_heavy_for(self, child: Child, max_rss_bytes: int) -> bool:
+        """Whether an idle child already holds half of a task's ``MAX_RSS``: then replace it.
+
+        A child is reused across tasks and types, and CPython seldom gives memory
+        back: a heap another type grew would count against this task's limit,
+        and a ``memory`` failure is never retried. So a task with ``MAX_RSS``
+        starts only in a child that holds less than half of it (a fresh child
+        always qualifies: it is not read). One ``statm`` read, only for such tasks.
+        """
+        if child.tasks_done == 0:
+            return False
+        rss = self.read_rss(child.pid)
+        if rss is None or 2 * rss < max_rss_bytes:
+            return False
+        logger.info(
+            HEAVY_CHILD_MESSAGE,
+            pid=child.pid,
+            slot=child.slot,
+            rss_mib=round(rss / MIB, 1),
+            limit_mib=round(max_rss_bytes / MIB, 1),
+        )
+        self._retire(child, "max_rss")
+        return True
 
     def _over_rss(self, child: Child) -> bool:
         """``--max-child-rss``: the child's own RSS, read (one ``statm``) only when it is set.

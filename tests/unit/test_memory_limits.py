@@ -27,7 +27,7 @@ from supervisor.memory_watch import (
     statm_rss,
 )
 from supervisor.policy import HandlerPolicy, PolicyError, from_constants
-from supervisor.pool import MAX_CHILD_RSS_MESSAGE
+from supervisor.pool import HEAVY_CHILD_MESSAGE, MAX_CHILD_RSS_MESSAGE
 from supervisor.telemetry import MEMORY_KILL_MESSAGE, MEMORY_REAPED_MESSAGE
 from tests.unit.conftest import MakeLoop
 from tests.unit.fakes import FAKE_PID_BASE, STACK_TEXT, Loop, MonotonicClock
@@ -419,3 +419,46 @@ def test_a_child_whose_rss_cannot_be_read_is_kept(make_loop: MakeLoop) -> None:
     first = loop.child(0)
     run_one(loop, {})
     assert not first.told_to_stop()
+
+
+def test_a_max_rss_task_does_not_start_in_a_child_an_earlier_task_left_heavy(
+    make_loop: MakeLoop,
+) -> None:
+    """The child's heap counts against the limit, and a memory failure is never retried:
+    a child holding half the limit already is replaced before the task starts."""
+    loop = make_loop(workers=1, constants=LIMITED)
+    first_id, second_id = loop.enqueue(count=2)
+    heavy = loop.child(0)
+    rss = {heavy.pid: 60 * MIB}
+    loop.sup.pool.read_rss = rss.get
+    loop.sup.memory.read_rss = {}.get  # the watch sees nothing: this is about dispatch
+    loop.cycle()
+    assert heavy.running is not None and heavy.running.claim.id == first_id
+    heavy.say_done()  # the first task ran in a fresh child: never read, never refused
+    loop.step()
+    loop.cycle()  # the second task is claimed and meets the heavy child
+    assert heavy.told_to_stop(), "60 MiB is over half of MAX_RSS = 100"
+    [line] = loop.logged(HEAVY_CHILD_MESSAGE)
+    assert (line["pid"], line["rss_mib"], line["limit_mib"]) == (heavy.pid, 60.0, 100.0)
+    heavy.exit(0)
+    loop.step()
+    fresh = loop.child(0)
+    assert fresh is not heavy
+    fresh.say_ready()
+    loop.step()
+    assert fresh.running is not None and fresh.running.claim.id == second_id
+    assert loop.metric("supervisor_child_restarts_total", reason="max_rss") == 1
+
+
+def test_a_light_child_keeps_its_max_rss_task(make_loop: MakeLoop) -> None:
+    loop = make_loop(workers=1, constants=LIMITED)
+    loop.enqueue(count=2)
+    child = loop.child(0)
+    loop.sup.pool.read_rss = {child.pid: 49 * MIB}.get
+    loop.sup.memory.read_rss = {}.get
+    loop.cycle()
+    child.say_done()
+    loop.step()
+    loop.cycle()
+    assert not child.told_to_stop()
+    assert child.running is not None, "the second task went to the same child"
