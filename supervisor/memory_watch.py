@@ -61,7 +61,7 @@ MIB = 1024 * 1024
 
 RssReader = Callable[[int], int | None]
 # The descendants of each of the given pids, from one scan of the process table.
-DescendantLister = Callable[[Collection[int]], dict[int, tuple[int, ...]]]
+DescendantLister = Callable[[Collection[int]], dict[int, tuple[int, ...]] | None]
 
 
 def statm_rss(pid: int) -> int | None:
@@ -73,11 +73,12 @@ def statm_rss(pid: int) -> int | None:
         return None
 
 
-def descendants(roots: Collection[int]) -> dict[int, tuple[int, ...]]:
+def descendants(roots: Collection[int]) -> dict[int, tuple[int, ...]] | None:
     """Every process below each of ``roots`` (children, their children...), from one scan.
 
-    Processes that vanish during the scan are skipped; if the table cannot be
-    read at all (out of fds), none are found and the next scan tries again.
+    Processes that vanish during the scan are skipped. None if the table cannot
+    be read at all (out of fds): the descendants known from the last scan are
+    then kept (read again at every sample) until the next scan succeeds.
     """
     children: dict[int, list[int]] = {}
     try:
@@ -86,7 +87,7 @@ def descendants(roots: Collection[int]) -> dict[int, tuple[int, ...]]:
             if isinstance(ppid, int):
                 children.setdefault(ppid, []).append(proc.pid)
     except (psutil.Error, OSError):
-        return {}
+        return None
     found = {}
     for root in roots:
         below: dict[int, None] = {}  # ordered, and a pid reused mid-scan cannot loop us
@@ -170,8 +171,9 @@ class MemoryWatch:
             # Every watched tree at once, due or not: one scan costs the same for all.
             self._scan_at = now + self._tree_interval_s
             found = self.list_descendants(list(self._watched))
-            for pid, watched in self._watched.items():
-                watched.descendants = found.get(pid, ())
+            if found is not None:  # a failed scan keeps what the last one found
+                for pid, watched in self._watched.items():
+                    watched.descendants = found.get(pid, ())
         breaches = []
         for pid, watched in due:
             watched.next_at = now + self._interval_s

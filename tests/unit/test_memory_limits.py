@@ -13,6 +13,7 @@ from collections.abc import Collection
 
 import pytest
 
+from supervisor import memory_watch
 from supervisor.config import Settings, add_run_flags, settings_from
 from supervisor.errors import UsageError
 from supervisor.lifecycle import Failure, Status, memory_error
@@ -43,13 +44,16 @@ class Readings:
         self.reads: list[int] = []
         self.tree: dict[int, tuple[int, ...]] = {}
         self.scans: list[list[int]] = []  # the roots of each scan of the process table
+        self.table_unreadable = False  # out of fds, say: the scan finds nothing at all
 
     def read(self, pid: int) -> int | None:
         self.reads.append(pid)
         return self.rss.get(pid)
 
-    def list(self, roots: Collection[int]) -> dict[int, tuple[int, ...]]:
+    def list(self, roots: Collection[int]) -> dict[int, tuple[int, ...]] | None:
         self.scans.append(sorted(roots))
+        if self.table_unreadable:
+            return None
         return {root: self.tree.get(root, ()) for root in roots}
 
 
@@ -127,6 +131,33 @@ def test_a_new_descendant_counts_from_the_next_listing_and_a_gone_one_reads_as_n
     clock.now += TREE_INTERVAL_S
     [breach] = watch.sample(clock())
     assert readings.scans == [[10], [10]] and breach.rss_bytes == 110 * MIB
+
+
+def test_a_scan_that_cannot_read_the_process_table_keeps_the_descendants_known() -> None:
+    """Forgetting them would let a tree's memory hide in its subprocesses until a scan works."""
+    readings, clock = Readings(), MonotonicClock()
+    watch = watch_with(readings, clock)
+    readings.rss.update({10: 40 * MIB, 11: 30 * MIB})
+    readings.tree[10] = (11,)
+    watch.start(10, 100 * MIB)
+    clock.now += SAMPLE_INTERVAL_S
+    watch.sample(clock())
+
+    readings.table_unreadable = True
+    readings.rss[11] = 70 * MIB
+    clock.now += TREE_INTERVAL_S
+    [breach] = watch.sample(clock())
+    assert len(readings.scans) == 2 and breach.rss_bytes == 110 * MIB
+
+
+def test_descendants_answers_none_when_the_table_cannot_be_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(memory_watch.psutil, "process_iter", unreadable)
+    assert memory_watch.descendants([os.getpid()]) is None
 
 
 def test_one_scan_serves_every_watched_tree_and_a_later_one_waits_for_the_next_scan() -> None:
