@@ -37,6 +37,7 @@ from loguru import logger
 
 from supervisor.dblink import DatabaseLink
 from supervisor.lifecycle import (
+    STACK_LEAD_S,
     Backoff,
     Decision,
     Failure,
@@ -70,7 +71,6 @@ from supervisor.telemetry import Telemetry
 from supervisor.usage import exit_usage, measure_live
 from supervisor.workers import Child, Running
 
-STACK_LEAD_S = 0.05  # ask for the stack this long before the deadline kill
 # Prefetch: while attempts take less than this (a moving average), each busy child gets one
 # claim ahead, so a child that frees up finds work at once instead of waiting a round trip.
 SHORT_ATTEMPT_S = 0.05

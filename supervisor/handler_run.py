@@ -34,6 +34,7 @@ from supervisor.errors import UsageError
 from supervisor.handlers import discover
 from supervisor.lifecycle import (
     COMPLETED,
+    STACK_LEAD_S,
     Backoff,
     Decision,
     Failure,
@@ -61,7 +62,6 @@ from supervisor.protocol import (
 from supervisor.reaping import ExitStatus
 from supervisor.workers import Child, child_environment
 
-STACK_LEAD_S = 0.05  # as the parent: the stack is asked for this long before the deadline kill
 START_TIMEOUT_S = 60.0  # a child that is not ready by then is broken, not slow
 STOP_GRACE_S = 5.0  # as the pool: a child still alive this long after ``stop`` is killed
 

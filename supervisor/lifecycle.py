@@ -316,6 +316,11 @@ def exception_type(message: str) -> str:
     return message.split(":", 1)[0].strip() or "exception"
 
 
+# The stack is asked for this long before a deadline's kill (faulthandler's time to write it);
+# the parent's attempts and run_handler's share it.
+STACK_LEAD_S = 0.05
+
+
 def timeout_error(budget_s: float, stack: str) -> str:
     """``last_error`` of a deadline kill: what happened, then where the handler was."""
     text = (

@@ -36,6 +36,16 @@ HEAVY_CHILD_MESSAGE = (
 Spawner = Callable[[int], Child]
 
 
+def log_rss(message: str, child: Child, rss: int, limit_bytes: int) -> None:
+    logger.info(
+        message,
+        pid=child.pid,
+        slot=child.slot,
+        rss_mib=round(rss / MIB, 1),
+        limit_mib=round(limit_bytes / MIB, 1),
+    )
+
+
 class Pool:
     def __init__(
         self,
@@ -173,13 +183,7 @@ class Pool:
         rss = self.read_rss(child.pid)
         if rss is None or 2 * rss < max_rss_bytes:
             return False
-        logger.info(
-            HEAVY_CHILD_MESSAGE,
-            pid=child.pid,
-            slot=child.slot,
-            rss_mib=round(rss / MIB, 1),
-            limit_mib=round(max_rss_bytes / MIB, 1),
-        )
+        log_rss(HEAVY_CHILD_MESSAGE, child, rss, max_rss_bytes)
         self._retire(child, "max_rss")
         return True
 
@@ -193,13 +197,7 @@ class Pool:
         rss = self.read_rss(child.pid)
         if rss is None or rss <= self._max_child_rss_bytes:
             return False
-        logger.info(
-            MAX_CHILD_RSS_MESSAGE,
-            pid=child.pid,
-            slot=child.slot,
-            rss_mib=round(rss / MIB, 1),
-            limit_mib=round(self._max_child_rss_bytes / MIB, 1),
-        )
+        log_rss(MAX_CHILD_RSS_MESSAGE, child, rss, self._max_child_rss_bytes)
         return True
 
     def on_exit(self, child: Child, status: ExitStatus) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.attempts import STACK_LEAD_S
-from supervisor.lifecycle import Failure, Status
+from supervisor.lifecycle import STACK_LEAD_S, Failure, Status
 from tests.unit.conftest import MakeLoop
 from tests.unit.fakes import STACK_TEXT
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from supervisor.attempts import STACK_LEAD_S
-from supervisor.lifecycle import Backoff, Failure, Status
+from supervisor.lifecycle import STACK_LEAD_S, Backoff, Failure, Status
 from supervisor.policy import HandlerPolicy
 from supervisor.store import SupervisorInfo
 from tests.unit.conftest import MakeLoop
