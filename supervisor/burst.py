@@ -29,6 +29,12 @@ class BurstTally:
     def __init__(self) -> None:
         self._last: dict[int, Outcome] = {}
         self.attempts: Counter[str] = Counter()
+        # Types not claimed at all (a bad policy constant; "*": no policy known): their tasks,
+        # if any, were left queued, so the burst did not run everything runnable.
+        self.refused_types: set[str] = set()
+
+    def refused(self, task_type: str) -> None:
+        self.refused_types.add(task_type)
 
     def recorded(self, result: PendingResult, won: bool, *, cancelled: bool = False) -> None:
         """A result written (``won``) or fenced out; a refund never ran, so it does not count."""
@@ -53,7 +59,9 @@ class BurstTally:
         return Counter(outcome.value for outcome in self._last.values())
 
     def exit_status(self) -> int:
-        if all(outcome is Outcome.COMPLETED for outcome in self._last.values()):
+        if not self.refused_types and all(
+            outcome is Outcome.COMPLETED for outcome in self._last.values()
+        ):
             return EXIT_ALL_COMPLETED
         return EXIT_SOME_FAILED
 
@@ -63,4 +71,9 @@ class BurstTally:
         total = sum(tasks.values())
         parts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(tasks.items()))
         ran = f"{total} task{'s' if total != 1 else ''}" + (f": {parts}" if parts else "")
-        return f"burst finished: {ran}; exit {self.exit_status()}"
+        refused = (
+            f"; types not claimed: {', '.join(sorted(self.refused_types))}"
+            if self.refused_types
+            else ""
+        )
+        return f"burst finished: {ran}{refused}; exit {self.exit_status()}"

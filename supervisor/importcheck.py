@@ -183,9 +183,12 @@ class ImportWatch:
         *,
         checked: Callable[[str, Mapping[str, object]], None],
         warn: Callable[[str, str], None] | None = None,
+        finished: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``finished()`` is called once every handler has been reported on."""
         self._selector = selector
+        self._finished = finished
         self._env = {k: v for k, v in env.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         self._report = report
         self._checked = checked
@@ -235,6 +238,8 @@ class ImportWatch:
                 self._warn(task_type, warning)
         if found.unreached:
             self.start({t: check.handlers[t] for t in found.unreached})
+        elif self._finished is not None:
+            self._finished()
 
     def close(self) -> None:
         if self._check is not None:

@@ -197,6 +197,7 @@ class Supervisor:
             self.import_failed,
             checked=self.policy_found,
             warn=self.import_warning,
+            finished=self.import_check_finished,
             clock=clock,
         )
         self.draining = False
@@ -311,6 +312,8 @@ class Supervisor:
                 type=task_type,
                 error=str(exc),
             )
+            if self.burst is not None:
+                self.burst.refused(task_type)
             return
         self.policies[task_type] = self.claimable[task_type] = policy
         self.link.set_types(self.claimable)
@@ -321,6 +324,13 @@ class Supervisor:
             for name, found in sorted(declared.items())
             if found.schedule is not None
         )
+
+    def import_check_finished(self) -> None:
+        """Burst mode waits for a claim to find nothing; with no type claimable (every handler
+        declares a bad policy, or none could be checked) no claim is ever made: stop now."""
+        if self.burst is not None and not self.draining and not self.claimable:
+            self.burst.refused("*")
+            self.stop_burst()
 
     def import_warning(self, task_type: str, warning: str) -> None:
         self.log.warning("handler file name clashes with a module", type=task_type, error=warning)
@@ -477,6 +487,7 @@ class Supervisor:
         if (
             self.burst is None
             or self.draining
+            or self.imports.pid is not None  # a type still being checked is not claimed yet
             or self.pool.busy()
             or self.attempts.backlog
             or event.submitted != self.link.submitted

@@ -121,3 +121,53 @@ def test_burst_with_a_bad_flag_is_exit_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--workers must be a whole number >= 1" in done.stderr
+
+
+SLOW_TO_IMPORT = """
+    import time
+
+    time.sleep(2)  # the import check reports this handler seconds after the others
+
+    def handle(task, progress):
+        progress(100)
+"""
+
+BAD_POLICY = """
+    MAX_ATTEMPTS = "lots"
+
+    def handle(task, progress):
+        progress(100)
+"""
+
+
+def test_a_burst_waits_for_a_handler_still_being_checked_before_it_calls_the_queue_dry(
+    launch: Launcher,
+) -> None:
+    """A type is claimed only once the import check reported its policy: a claim that found
+    nothing before then says nothing about that type's tasks."""
+    launch.handler("afast", RETURNS)
+    launch.handler("zslow", SLOW_TO_IMPORT)
+    fast, slow = launch.enqueue("afast"), launch.enqueue("zslow")
+
+    supervisor = launch.start("--burst", workers=2)
+
+    assert supervisor.wait_exit(BURST_EXIT_S) == 0
+    assert launch.get(fast).status is Status.COMPLETED
+    assert launch.get(slow).status is Status.COMPLETED
+    assert supervisor.logs()[-1]["message"] == "burst finished: 2 tasks: 2 completed; exit 0"
+
+
+def test_a_burst_whose_only_handler_declares_a_bad_policy_stops_with_exit_1(
+    launch: Launcher,
+) -> None:
+    """No type can be claimed, so no claim will ever find the queue dry: it must not hang."""
+    launch.handler("picky", BAD_POLICY)
+    queued = launch.enqueue("picky")
+
+    supervisor = launch.start("--burst")
+
+    assert supervisor.wait_exit(BURST_EXIT_S) == 1
+    assert launch.get(queued).status is Status.QUEUED
+    assert supervisor.logs()[-1]["message"] == (
+        "burst finished: 0 tasks; types not claimed: *, picky; exit 1"
+    )
