@@ -445,6 +445,7 @@ class MemoryStore(Store):
                 max_attempts=task.max_attempts if task.max_attempts is not None else max_attempts,
                 timeout_s=task.timeout_s if task.timeout_s is not None else timeout_s,
                 progress_pct=0,
+                stack_requested_at=None,  # a request of an earlier attempt is not this one's
                 started_at=now,
                 lease_expires_at=lease_expires_at,
             )

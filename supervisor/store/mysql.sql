@@ -141,6 +141,8 @@ SET status = 'running',
     max_attempts = COALESCE(max_attempts, %(max_attempts)s),
     timeout_s = COALESCE(timeout_s, %(timeout_s)s),
     progress_pct = 0,
+    -- A stack asked for during an earlier attempt is not this one's to answer.
+    stack_requested_at = NULL,
     started_at = NOW(6),
     lease_expires_at = NOW(6) + INTERVAL %(lease_us)s MICROSECOND
 WHERE id IN %(ids)s AND status = 'queued'

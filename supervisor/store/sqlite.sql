@@ -51,6 +51,7 @@ SET status = 'running',
         timeout_s,
         (SELECT json_extract(value, '$[1]') FROM json_each(:defaults) WHERE key = tasks.type)),
     progress_pct = 0,
+    stack_requested_at = NULL,  -- a request of an earlier attempt is not this one's to answer
     started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
     lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
     updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
@@ -137,6 +138,7 @@ SET status = 'running',
         timeout_s,
         (SELECT json_extract(value, '$[1]') FROM json_each(:defaults) WHERE key = tasks.type)),
     progress_pct = 0,
+    stack_requested_at = NULL,  -- a request of an earlier attempt is not this one's to answer
     started_at = strftime('%Y-%m-%d %H:%M:%f', 'now'),
     lease_expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || :lease_s || ' seconds'),
     updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')

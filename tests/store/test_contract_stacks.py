@@ -111,3 +111,15 @@ def test_task_controls_read_the_rows_control_state_by_id(store: Store) -> None:
     taken = controls[takeover.current.id]
     assert (taken.claimed_by, taken.attempts) == ("B", takeover.current.attempt)
     assert store.task_controls([]) == []
+
+
+def test_a_request_left_unanswered_by_an_attempt_is_not_the_next_attempts(store: Store) -> None:
+    """The attempt ended (a retry) before its supervisor answered: the next claim clears the
+    request, so the next owner does not take a stack nobody asked of its attempt."""
+    task_id = enqueue(store)
+    claim = claim_one(store)
+    assert store.request_stack(task_id).requested_at is not None
+    assert store.requeue(claim, 0.0, "RuntimeError: try again")
+    assert row(store, task_id).stack_requested_at is not None, "unanswered while queued"
+    claim_one(store)
+    assert row(store, task_id).stack_requested_at is None
