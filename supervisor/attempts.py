@@ -247,9 +247,13 @@ class Attempts:
         if died:
             running = child.died()
         elif kill is not None:
+            descendants = None
             if measure and child.running is not None:  # alive: a kill leaves nothing to read
-                child.running.usage = measure_live(child.pid, child.cpu_total_s)
-            running = child.kill(kill)
+                descendants = child.descendants()  # one scan serves the figures and the kill
+                child.running.usage = measure_live(
+                    child.pid, child.cpu_total_s, descendants=descendants
+                )
+            running = child.kill(kill, descendants)
         else:
             running = child.release()
         if running is None:

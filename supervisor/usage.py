@@ -53,8 +53,13 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:  # imported where it is used: the store imports this module (Usage)
+    import psutil
 
 # ``echo 5 > /proc/PID/clear_refs`` resets the process's peak RSS (VmHWM) to its current RSS.
 CLEAR_REFS_HIWATER = b"5"
@@ -243,19 +248,28 @@ def exit_usage(cpu_total: float | None, peak_rss_bytes: int, start_s: float | No
     return Usage(cpu_s=since(cpu_total, start_s), peak_rss_bytes=peak_rss_bytes)
 
 
-def measure_live(pid: int, start_s: float | None, proc: str = "/proc") -> Usage:
+def measure_live(
+    pid: int,
+    start_s: float | None,
+    *,
+    descendants: Sequence[psutil.Process] | None = None,
+    proc: str = "/proc",
+) -> Usage:
     """A live child's attempt, read just before it is killed (a few /proc reads, on kills only).
 
     CPU: the child's total (with its waited-for descendants) since ``start_s``,
     plus all CPU of the descendants still running. Peak: the largest
-    ``VmHWM`` among the child and those descendants.
+    ``VmHWM`` among the child and those descendants. ``descendants``: the
+    caller's listing, when it has one (the kill needs the same list, and
+    listing scans the whole process table); else they are listed here.
     """
     import psutil
 
     try:
         process = psutil.Process(pid)
         times = process.cpu_times()
-        descendants = process.children(recursive=True)
+        if descendants is None:
+            descendants = process.children(recursive=True)
     except (psutil.Error, OSError):
         return Usage()
     total = times.user + times.system + times.children_user + times.children_system

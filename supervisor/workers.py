@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,10 +166,12 @@ class Child:
             if not self.send(StopMessage()):
                 self.kill_tree()
 
-    def kill(self, reason: str) -> Running | None:
+    def kill(
+        self, reason: str, descendants: Sequence[psutil.Process] | None = None
+    ) -> Running | None:
         """Kill the child's whole tree; the attempt it held, if any, is the caller's to settle."""
         self.exit_reason = reason
-        self.kill_tree()
+        self.kill_tree(descendants)
         running, self.running = self.running, None
         return running
 
@@ -349,19 +351,25 @@ class Child:
             return ""
         return data.decode("utf-8", errors="replace").strip()
 
-    def kill_tree(self) -> None:
+    def descendants(self) -> list[psutil.Process]:
+        """The processes below the child, from one scan of the process table."""
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except (psutil.Error, OSError):  # out of fds, say: the group kill still reaches most
+            return []
+
+    def kill_tree(self, descendants: Sequence[psutil.Process] | None = None) -> None:
         """SIGKILL the child, its process group, and every descendant found before the kill.
 
-        The descendants are listed first: once the child is dead its orphans
-        are re-parented and can no longer be found through it. Descendants that
-        moved to a new session or group are killed by pid.
+        The descendants are listed first (or given: the caller listed them just
+        before): once the child is dead its orphans are re-parented and can no
+        longer be found through it. Descendants that moved to a new session or
+        group are killed by pid.
         """
         self.killed_by_parent = True
         self.state = ChildState.STOPPING
-        try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
-        except (psutil.Error, OSError):  # out of fds, say: the group kill still reaches most
-            descendants = []
+        if descendants is None:
+            descendants = self.descendants()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):

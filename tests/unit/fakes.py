@@ -24,10 +24,11 @@ import selectors
 import signal
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 from loguru import logger
 from prometheus_client import CollectorRegistry
 
@@ -184,7 +185,7 @@ class FakeChild(Child):
             dump.write(STACK_TEXT)
         return True
 
-    def kill_tree(self) -> None:
+    def kill_tree(self, descendants: Sequence[psutil.Process] | None = None) -> None:
         self.killed_by_parent = True
         self.state = ChildState.STOPPING
         self.kills += 1

@@ -42,7 +42,7 @@ def live_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float | None]
     the child burned 5 s in all by then, and peaked at 80 MiB."""
     reads: list[tuple[int, float | None]] = []
 
-    def measure(pid: int, start_s: float | None) -> Usage:
+    def measure(pid: int, start_s: float | None, **listing: object) -> Usage:
         reads.append((pid, start_s))
         return Usage(cpu_s=None if start_s is None else 5.0 - start_s, peak_rss_bytes=80 * MIB)
 
