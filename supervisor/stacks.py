@@ -17,7 +17,7 @@ the deadline logic treats its stack request as the start of the kill for that
 reason, see ``Attempts._too_late``; an on-demand stack does not, since the
 task carries on.) A handler that reset ``SIGUSR1`` to its default action
 (which terminates) is not signalled for an on-demand stack at all: see
-:func:`catches`.
+:func:`supervisor.workers.catches`.
 
 Two uses:
 
@@ -45,9 +45,7 @@ from supervisor.attempts import Attempts
 from supervisor.dblink import DatabaseLink
 from supervisor.lifecycle import Status
 from supervisor.pool import Pool
-from supervisor.workers import Child, Running, catches
-
-__all__ = ["NOT_CAUGHT", "STACK_READ_LEAD_S", "StackTaker", "catches"]
+from supervisor.workers import Child, Running
 
 STACK_READ_LEAD_S = 0.05  # time faulthandler has to write every thread's stack
 NO_STACK = "(no stack: the child wrote none within {lead_ms:.0f} ms of the signal)"

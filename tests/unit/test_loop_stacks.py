@@ -13,7 +13,7 @@ import signal
 import attrs
 import pytest
 
-from supervisor import stacks
+from supervisor import workers
 from supervisor.controls import STACK_REASK_S
 from supervisor.errors import StoreUnavailable
 from supervisor.lifecycle import Failure, Status
@@ -296,13 +296,13 @@ def test_a_child_that_does_not_catch_the_stack_signal_is_not_sent_it(
 
 
 def test_catches_reads_the_kernels_mask_of_caught_signals() -> None:
-    assert stacks.catches(os.getpid(), signal.SIGINT), "Python catches SIGINT"
+    assert workers.catches(os.getpid(), signal.SIGINT), "Python catches SIGINT"
     previous = signal.signal(signal.SIGUSR2, signal.SIG_DFL)
     try:
-        assert not stacks.catches(os.getpid(), signal.SIGUSR2)
+        assert not workers.catches(os.getpid(), signal.SIGUSR2)
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert stacks.catches(FAKE_PID_BASE - 1, signal.SIGUSR1), "unknown: as before, signalled"
+    assert workers.catches(FAKE_PID_BASE - 1, signal.SIGUSR1), "unknown: as before, signalled"
 
 
 def test_a_deadline_that_asks_for_its_stack_while_one_is_being_taken_keeps_it(
