@@ -555,9 +555,13 @@ class Store(abc.ABC):
         made with a different policy.
         """
 
-    @abc.abstractmethod
     def declared_policy(self, task_type: str) -> HandlerPolicy | None:
-        """The policy last declared for ``task_type``; None if no supervisor declared one."""
+        """The policy last declared for ``task_type``; None if no supervisor declared one.
+
+        Read from :meth:`type_infos` (a table of a row per type), so ``show``,
+        ``status`` and the web page agree on what counts as declared.
+        """
+        return next((info.policy for info in self.type_infos() if info.type == task_type), None)
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -720,11 +720,6 @@ class MemoryStore(Store):
                 )
             return overwritten
 
-    def declared_policy(self, task_type: str) -> HandlerPolicy | None:
-        with self._call("declared_policy"):
-            known = self._types.get(task_type)
-            return None if known is None else known.policy
-
     def deregister(self, supervisor_id: str) -> None:
         with self._call("deregister"):
             self._supervisors.pop(supervisor_id, None)

@@ -395,10 +395,6 @@ ON DUPLICATE KEY UPDATE
     declared_by = VALUES(declared_by),
     declared_at = VALUES(declared_at)
 
--- name: declared_policy
-SELECT max_attempts, backoff, timeout_s, concurrency, concurrency_per_key, declared_by
-FROM task_types WHERE type = %(type)s
-
 -- name: find_tasks
 -- The web page's listings and the bulk commands' pages. Every condition is off when its
 -- parameter is NULL (pymysql inlines the values, so the optimizer folds the dead ones away).

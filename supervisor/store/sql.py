@@ -635,17 +635,13 @@ class SqlStore(Store):
         for task_type, declaring in sorted(policies.items()):
             policy = declaring.declared()
             rows = self._rows("declared_by_other", {"type": task_type, "me": supervisor_id})
-            if rows and declared_policy(rows[0]) != policy:
-                before = declared_policy(rows[0])
+            before = declared_policy(rows[0]) if rows else None
+            if before is not None and before != policy:
                 overwritten.append(
                     Overwritten(type=task_type, declared_by=rows[0]["declared_by"], before=before)
                 )
             self._changed("declare_type", {**policy_params(task_type, policy), "me": supervisor_id})
         return overwritten
-
-    def declared_policy(self, task_type: str) -> HandlerPolicy | None:
-        rows = self._rows("declared_policy", {"type": task_type})
-        return declared_policy(rows[0]) if rows and rows[0]["declared_by"] else None
 
     def ping(self) -> None:
         self._rows("ping")

@@ -423,10 +423,6 @@ ON CONFLICT (type) DO UPDATE SET
     declared_by = excluded.declared_by,
     declared_at = excluded.declared_at
 
--- name: declared_policy
-SELECT max_attempts, backoff, timeout_s, concurrency, concurrency_per_key, declared_by
-FROM task_types WHERE type = :type
-
 -- name: find_tasks
 -- The web page's listings and the bulk commands' pages. Every condition is off when its
 -- parameter is NULL. Newest first by rowid: a keyset page (id < before) costs the same on
