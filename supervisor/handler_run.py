@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import selectors
 import shutil
 import tempfile
@@ -60,6 +59,7 @@ from supervisor.protocol import (
     TaskMessage,
 )
 from supervisor.reaping import ExitStatus
+from supervisor.usage import Usage, exit_usage
 from supervisor.workers import Child, child_environment
 
 START_TIMEOUT_S = 60.0  # a child that is not ready by then is broken, not slow
@@ -81,8 +81,10 @@ class HandlerRun:
     faulthandler dump at a timeout or a crash. ``progress`` holds the values the
     child reported, in order (the child coalesces bursts to ten a second, and
     always sends the last). ``output`` holds the lines the handler printed.
-    ``cpu_s`` and ``peak_rss_bytes`` are the child process's (its start-up
-    included), None where the platform does not say.
+    ``cpu_s`` and ``peak_rss_bytes`` are the attempt's, as the row records them
+    (:mod:`supervisor.usage`): the child's own report when it reported, else
+    its exit figures against its CPU when it said ``ready``; None where the
+    platform does not say.
     """
 
     outcome: Outcome
@@ -117,6 +119,7 @@ class _Attempt:
     decision: Decision | None = None
     last_error: str | None = None
     stack: str = ""
+    usage: Usage | None = None  # what the child reported with its done or error
 
 
 def handler_path(task_type: str, handlers: Path) -> Path:
@@ -180,12 +183,11 @@ class _Runner:
         self._selector.register(child.output.fd, selectors.EVENT_READ, "output")
         self._ready = False
         self._exited: ExitStatus | None = None
-        self._exit_rusage: resource.struct_rusage | None = None
+        self._ready_cpu_s: float | None = None  # the child's CPU total when it said ready
 
     def run(self, message: TaskMessage) -> HandlerRun:
         try:
             self._wait_ready()
-            cpu_before = self._cpu_s()
             started = time.monotonic()
             attempt = _Attempt(
                 started=started,
@@ -202,7 +204,9 @@ class _Runner:
             self._read_output(attempt, final=True)
         finally:
             self._selector.close()
-        cpu_after = self._cpu_after()
+        usage = attempt.usage
+        if usage is None and self._exited is not None:  # killed or died: as the parent measures
+            usage = exit_usage(self._exited.cpu_s, self._exited.peak_rss_bytes, self._ready_cpu_s)
         decision = attempt.decision
         return HandlerRun(
             outcome=decision.outcome,
@@ -214,8 +218,8 @@ class _Runner:
             progress=tuple(attempt.progress),
             output=tuple(attempt.output),
             duration_s=duration_s,
-            cpu_s=None if cpu_after is None or cpu_before is None else cpu_after - cpu_before,
-            peak_rss_bytes=None if self._exited is None else self._exited.peak_rss_bytes,
+            cpu_s=None if usage is None else usage.cpu_s,
+            peak_rss_bytes=None if usage is None else usage.peak_rss_bytes,
             exit=self._exited,
         )
 
@@ -237,7 +241,8 @@ class _Runner:
             for key, _ in self._selector.select(left):
                 if key.data == "socket":
                     messages, _closed = self._child.receive()
-                    self._ready = any(isinstance(m, ReadyMessage) for m in messages)
+                    for ready in (m for m in messages if isinstance(m, ReadyMessage)):
+                        self._ready, self._ready_cpu_s = True, ready.cpu_total_s
                 elif key.data == "exit":
                     status = self._reap()
                     output = " / ".join(line.text for line in self._output.read())
@@ -274,26 +279,15 @@ class _Runner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._child.pid, 9)  # what the child left behind in its group goes too
         _pid, status, usage = os.wait4(self._child.pid, 0)
-        self._exit_rusage = usage
         if self._child.process is not None:  # so Popen does not think it still runs
             self._child.process.returncode = os.waitstatus_to_exitcode(status)
         self._exited = ExitStatus.from_wait(
-            status, usage.ru_maxrss, killed_by_parent=self._child.killed_by_parent
+            status,
+            usage.ru_maxrss,
+            killed_by_parent=self._child.killed_by_parent,
+            cpu_s=usage.ru_utime + usage.ru_stime,
         )
         return self._exited
-
-    def _cpu_s(self) -> float | None:
-        try:
-            import psutil
-
-            times = psutil.Process(self._child.pid).cpu_times()
-        except Exception:  # noqa: BLE001 - CPU is a nicety; a vanished child says nothing
-            return None
-        return float(times.user + times.system)
-
-    def _cpu_after(self) -> float | None:
-        usage = self._exit_rusage
-        return None if usage is None else usage.ru_utime + usage.ru_stime
 
     # ------------------------------------------------------------ the attempt
 
@@ -357,7 +351,9 @@ class _Runner:
         # the deadline) belongs to the deadline, since the stack signal may have caused it.
         if attempt.stack_requested or time.monotonic() >= attempt.deadline:
             self._time_out(attempt)
-        elif isinstance(received, DoneMessage):
+            return
+        attempt.usage = Usage(cpu_s=received.cpu_s, peak_rss_bytes=received.peak_rss_bytes)
+        if isinstance(received, DoneMessage):
             attempt.decision = COMPLETED
         else:
             attempt.decision = decide_error(

@@ -29,6 +29,15 @@ RETURNS = """
         progress(100)
 """
 
+BURNS = """
+    import time
+
+    def handle(task, progress):
+        end = time.process_time() + 0.5
+        while time.process_time() < end:
+            pass
+"""
+
 RAISES = """
     def handle(task, progress):
         raise ValueError("no such file")
@@ -116,6 +125,7 @@ def handlers(tmp_path: Path) -> Path:
     folder.mkdir()
     for name, source in {
         "resize": RETURNS,
+        "burns": BURNS,
         "raises": RAISES,
         "hopeless": RAISES_PERMANENT,
         "hangs": HANGS,
@@ -267,3 +277,20 @@ def test_a_child_that_cannot_start_is_an_error_of_the_environment(handlers: Path
     )
     with pytest.raises(ChildStartError, match="exited before it was ready"):
         run_attempt(message, backoff=Backoff(), env={"PYTHONHOME": "/nonexistent"})
+
+
+def test_the_figures_are_the_attempts_as_the_row_records_them(handlers: Path) -> None:
+    """Half a second of CPU burned on purpose, not the child's start-up with it; the peak is
+    the attempt's (the child's own report, as in production)."""
+    run = run_handler("burns", handlers=handlers)
+    assert run.completed
+    assert run.cpu_s is not None and 0.45 <= run.cpu_s <= 0.55
+    assert run.peak_rss_bytes is not None and run.peak_rss_bytes > 0
+    assert run.exit is not None and run.exit.cpu_s is not None and run.exit.cpu_s >= run.cpu_s
+
+
+def test_a_killed_attempts_figures_come_from_the_exit_against_its_start(handlers: Path) -> None:
+    run = run_handler("hangs", handlers=handlers, budget=1)
+    assert run.failure is Failure.TIMEOUT
+    assert run.cpu_s is not None and run.cpu_s < 0.5, "it slept: the start-up is not counted"
+    assert run.peak_rss_bytes is not None and run.peak_rss_bytes > 0
